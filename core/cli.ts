@@ -1,0 +1,126 @@
+#!/usr/bin/env node
+import fs from 'node:fs';
+import { cac } from 'cac';
+import { isExpected, messageOf, NeonError } from './errors.js';
+import { Repository, repoDirFrom } from './repository.js';
+
+// Every command that touches running state is a REST call to the daemon (client.ts); modules are imported
+// lazily so that `neon status` does not load what `neon init` needs.
+
+interface GlobalOptions {
+  json?: boolean;
+  repo?: string;
+}
+
+const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+/** Print `value` as JSON with --json, else the human text. */
+function print(options: GlobalOptions, value: unknown, human: () => string): void {
+  console.log(options.json ? JSON.stringify(value, null, 2) : human());
+}
+
+function repoOf(options: GlobalOptions): Repository {
+  return new Repository(repoDirFrom(options.repo));
+}
+
+async function call<T>(options: GlobalOptions, method: string, path: string, body?: unknown): Promise<T> {
+  const { callDaemon } = await import('./client.js');
+  return callDaemon<T>(repoOf(options), method, path, body);
+}
+
+function checkPgVersion(value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value)) {
+    throw new NeonError('bad_pg_version', `--pg-version must be a major version number like 17, not "${value}"`);
+  }
+  return value;
+}
+
+export function createCli() {
+  const cli = cac('neon');
+  cli.option('--json', 'Print the raw JSON response').option('--repo <dir>', 'Repository folder (default: $NEON_REPO_DIR or ./.neon)');
+
+  cli
+    .command('init', "Create a repository: the main compute's data directory, token and settings")
+    .option('--storage_dest <url>', 'Durable storage: a path, file:///path or s3://bucket/prefix')
+    .option('--storage-dest <url>', 'Same as --storage_dest')
+    .option('--pg-version <major>', 'PostgreSQL major version (default: the embedded one)')
+    .option('--force', 'Delete an existing repository and create a new one')
+    .action(async (options: GlobalOptions & { storage_dest?: string; storageDest?: string; pgVersion?: unknown; force?: boolean }) => {
+      const { initRepository } = await import('./init.js');
+      const { silentLogger } = await import('./log.js');
+      const { meta, repo } = await initRepository({
+        repoDir: repoDirFrom(options.repo),
+        projectDir: process.cwd(),
+        storageDest: options.storage_dest ?? options.storageDest,
+        pgVersion: checkPgVersion(options.pgVersion),
+        force: options.force,
+        log: silentLogger,
+      });
+      print(options, { repository: repo.dir, postgres: meta.postgres, storage_dest: meta.storageDest ?? null }, () =>
+        [
+          `Initialised a neon repository in ${repo.dir}`,
+          `PostgreSQL ${meta.postgres.fullVersion} (${meta.postgres.source}, ${meta.postgres.binDir})`,
+          meta.storageDest ? `storage_dest: ${meta.storageDest}` : 'storage_dest: none (history stays in the repository)',
+          'Next: neon start',
+        ].join('\n'),
+      );
+    });
+
+  cli.command('start', 'Start the daemon and the computes (creates the repository on first use)').action(async (options: GlobalOptions) => {
+    const { startCommand } = await import('./commands.js');
+    await startCommand(repoOf(options), options, print);
+  });
+
+  cli.command('stop', 'Stop the daemon and every compute').action(async (options: GlobalOptions) => {
+    const { stopDaemon } = await import('./daemon-control.js');
+    const repo = repoOf(options);
+    const pid = await stopDaemon(repo);
+    print(options, { stopped: true, pid, repository: repo.dir }, () => `neon stopped (${repo.dir})`);
+  });
+
+  cli.command('status', 'Show the daemon, its components and computes').action(async (options: GlobalOptions) => {
+    const { statusCommand } = await import('./commands.js');
+    await statusCommand(repoOf(options), options, print);
+  });
+
+  cli
+    .command('pg <action>', 'Computes: pg list | pg show -n NAME | pg start -n NAME | pg stop -n NAME')
+    .option('-n, --name <name>', 'Compute name')
+    .action(async (action: string, options: GlobalOptions & { name?: string }) => {
+      const { pgCommand } = await import('./commands.js');
+      await pgCommand(action, options.name, (method, path, body) => call(options, method, path, body), options, print);
+    });
+
+  cli.help();
+  cli.version(pkg.version);
+  return cli;
+}
+
+/** Run the CLI; expected errors print one line, others their stack; both exit non-zero. */
+export async function main(argv = process.argv): Promise<void> {
+  if (argv[2] === '__daemon') {
+    const { runDaemon } = await import('./daemon.js');
+    const repoIndex = argv.indexOf('--repo');
+    return runDaemon(argv[repoIndex + 1]);
+  }
+  const cli = createCli();
+  try {
+    cli.parse(argv, { run: false });
+    if (!cli.matchedCommand) {
+      if (cli.args.length) throw new NeonError('unknown_command', `unknown command "${cli.args[0]}": see \`neon --help\``);
+      if (!cli.options.help && !cli.options.version) cli.outputHelp();
+      return;
+    }
+    await cli.runMatchedCommand();
+  } catch (error) {
+    if (isExpected(error) || (error as Error)?.name === 'CACError') {
+      console.error(`neon: ${messageOf(error)}`);
+    } else {
+      console.error((error as Error)?.stack ?? error);
+    }
+    process.exitCode = 1;
+  }
+}
+
+await main();

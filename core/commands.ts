@@ -1,0 +1,157 @@
+import { callDaemon } from './client.js';
+import type { ComputeInfo } from './compute.js';
+import { runningDaemonPid, spawnDaemon } from './daemon-control.js';
+import { NeonError } from './errors.js';
+import { initRepository } from './init.js';
+import { silentLogger } from './log.js';
+import { keyValues, table } from './output.js';
+import type { Repository } from './repository.js';
+
+/** The CLI's printer: JSON with --json, else the human text. */
+type Print = (options: { json?: boolean }, value: unknown, human: () => string) => void;
+type Call = <T>(method: string, path: string, body?: unknown) => Promise<T>;
+
+/** `GET /status` as the CLI receives it. */
+interface Status {
+  repository: string;
+  storage_dest: string | null;
+  daemon: { pid: number; port: number; url: string; log_file: string };
+  postgres: { version: string; source: string; bin_dir: string; run_as: string };
+  components: { kind: string; name: string; state: string; pid: number | null; port: number; restarts: number }[];
+}
+
+function statusText(status: Status): string {
+  const { daemon, postgres } = status;
+  return [
+    keyValues([
+      ['repository', status.repository],
+      ['daemon', `running, pid ${daemon.pid}, ${daemon.url}`],
+      ['postgres', `${postgres.version} (${postgres.source}: ${postgres.bin_dir}), runs as ${postgres.run_as}`],
+      ['storage_dest', status.storage_dest],
+    ]),
+    '',
+    table(status.components, [
+      ['kind', 'kind'],
+      ['name', 'name'],
+      ['state', 'state'],
+      ['pid', 'pid'],
+      ['port', 'port'],
+      ['restarts', 'restarts'],
+    ]),
+  ].join('\n');
+}
+
+/** `neon start`: create the repository on first use, start the daemon unless it runs, print how to connect. */
+export async function startCommand(repo: Repository, options: { json?: boolean }, print: Print): Promise<void> {
+  let initialised = false;
+  if (!(await repo.exists())) {
+    await initRepository({ repoDir: repo.dir, projectDir: process.cwd(), log: silentLogger });
+    initialised = true;
+  }
+  let notice: string | undefined;
+  const already = runningDaemonPid(repo) !== undefined;
+  if (!already) {
+    const meta = await repo.readMeta();
+    ({ notice } = await spawnDaemon(repo, meta.projectDir));
+  }
+  const status = await callDaemon<Status>(repo, 'GET', '/status');
+  const main = await callDaemon<ComputeInfo>(repo, 'GET', '/pgs/main').catch(() => undefined);
+  const value = {
+    already_running: already,
+    initialised,
+    notice: notice ?? null,
+    connection_string: main?.connection_string ?? null,
+    status,
+  };
+  print(options, value, () =>
+    [
+      initialised ? `Initialised a neon repository in ${repo.dir}` : undefined,
+      notice ? `Note: ${notice}` : undefined,
+      already ? 'neon is already running.' : 'neon is running.',
+      main ? `\nConnect with:\n  psql "${main.connection_string}"\n` : '',
+      statusText(status),
+    ]
+      .filter((line) => line !== undefined)
+      .join('\n'),
+  );
+}
+
+/** `neon status`: the daemon's view, or the repository's when it is stopped. */
+export async function statusCommand(repo: Repository, options: { json?: boolean }, print: Print): Promise<void> {
+  if (runningDaemonPid(repo) === undefined) {
+    const meta = await repo.readMeta();
+    const state = await repo.readState();
+    const computes = Object.values(state.computes).map((c) => ({ kind: 'compute', name: c.name, state: 'stopped', port: c.port }));
+    const value = {
+      running: false,
+      repository: repo.dir,
+      postgres: meta.postgres,
+      storage_dest: meta.storageDest ?? null,
+      components: computes,
+    };
+    print(options, value, () =>
+      [
+        keyValues([
+          ['repository', repo.dir],
+          ['daemon', 'not running (neon start)'],
+          ['postgres', `${meta.postgres.fullVersion} (${meta.postgres.source}: ${meta.postgres.binDir})`],
+          ['storage_dest', meta.storageDest],
+        ]),
+        '',
+        table(computes, [
+          ['kind', 'kind'],
+          ['name', 'name'],
+          ['state', 'state'],
+          ['port', 'port'],
+        ]),
+      ].join('\n'),
+    );
+    return;
+  }
+  const status = await callDaemon<Status>(repo, 'GET', '/status');
+  print(options, { running: true, ...status }, () => statusText(status));
+}
+
+const PG_ACTIONS = ['list', 'show', 'start', 'stop'];
+
+/** `neon pg list | show | start | stop`. */
+export async function pgCommand(
+  action: string,
+  name: string | undefined,
+  call: Call,
+  options: { json?: boolean },
+  print: Print,
+): Promise<void> {
+  if (!PG_ACTIONS.includes(action)) {
+    throw new NeonError('unknown_command', `unknown pg action "${action}": use one of ${PG_ACTIONS.join(', ')}`);
+  }
+  if (action === 'list') {
+    const pgs = await call<ComputeInfo[]>('GET', '/pgs');
+    print(options, pgs, () =>
+      table(pgs as unknown as Record<string, unknown>[], [
+        ['name', 'name'],
+        ['state', 'state'],
+        ['branch', 'branch'],
+        ['port', 'port'],
+        ['pid', 'pid'],
+      ]),
+    );
+    return;
+  }
+  if (!name || typeof name !== 'string') throw new NeonError('missing_name', `neon pg ${action} needs a compute name: -n NAME`);
+  const path = `/pgs/${encodeURIComponent(name)}`;
+  const pg = action === 'show' ? await call<ComputeInfo>('GET', path) : await call<ComputeInfo>('POST', `${path}/actions`, { action });
+  print(options, pg, () =>
+    keyValues([
+      ['name', pg.name],
+      ['state', pg.state],
+      ['branch', pg.branch],
+      ['pid', pg.pid],
+      ['port', pg.port],
+      ['connection', pg.connection_string],
+      ['data_dir', pg.data_dir],
+      ['log_file', pg.log_file],
+      ['restarts', pg.restarts],
+    ]),
+  );
+}

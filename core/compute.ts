@@ -1,0 +1,234 @@
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { NeonError } from './errors.js';
+import type { NeonHooks } from './hooks.js';
+import type { LaunchedProcess, Launcher, ProcessExit } from './launcher.js';
+import type { Logger } from './log.js';
+import { portOrFree } from './net.js';
+import type { PgBinaries } from './postgres/binaries.js';
+import { writeComputeConf } from './postgres/conf.js';
+import { readPostmasterPid, stopLeftovers } from './postgres/postmaster.js';
+import { asUser, type PgUser } from './postgres/user.js';
+import type { ComputeRecord, Repository } from './repository.js';
+
+/** Life of a compute as shown by `neon status` and `GET /pgs`. */
+export type ComputeState = 'stopped' | 'starting' | 'running' | 'stopping' | 'failed';
+
+/** What the REST API says about a compute. */
+export interface ComputeInfo {
+  name: string;
+  branch: string;
+  state: ComputeState;
+  pid: number | null;
+  port: number;
+  data_dir: string;
+  log_file: string;
+  connection_string: string;
+  /** Automatic restarts after unexpected exits since the compute was last started by request. */
+  restarts: number;
+  last_exit?: { code: number | null; signal: string | null; at: string };
+}
+
+/** What a compute needs from the daemon. */
+export interface ComputeDeps {
+  repo: Repository;
+  binaries: PgBinaries;
+  pgUser?: PgUser;
+  launcher: Launcher;
+  hooks: NeonHooks;
+  log: Logger;
+  sharedBuffers?: string;
+  settings?: Record<string, string | number | boolean>;
+  /** Persist a changed record (its port) in state.json. */
+  save(record: ComputeRecord): Promise<void>;
+}
+
+/** How long a compute may take to accept connections (crash recovery of a big WAL backlog can be slow). */
+const READY_TIMEOUT_MS = 120_000;
+/** Automatic restarts after unexpected exits before the compute is marked failed. */
+const MAX_RESTARTS = 1;
+
+/**
+ * One compute: a Postgres server process over a data directory of the repository, supervised by the daemon.
+ * An exit nobody asked for is logged, reported to the `computeExited` observers and answered by one restart;
+ * a second one marks the compute failed.
+ */
+export class Compute {
+  state: ComputeState = 'stopped';
+  restarts = 0;
+  private process?: LaunchedProcess;
+  private stopping = false;
+  private lastExit?: ComputeInfo['last_exit'];
+  private transition: Promise<void> = Promise.resolve();
+
+  constructor(
+    public record: ComputeRecord,
+    private readonly deps: ComputeDeps,
+  ) {}
+
+  get dataDir(): string {
+    return this.deps.repo.dataDirOf(this.record);
+  }
+
+  get logFile(): string {
+    return this.deps.repo.logFile(`compute-${this.record.name}`);
+  }
+
+  /** postgresql:// URL with the compute's password, for clients. */
+  get connectionString(): string {
+    const { user, password, port, database } = this.record;
+    return `postgresql://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${port}/${encodeURIComponent(database)}`;
+  }
+
+  info(): ComputeInfo {
+    return {
+      name: this.record.name,
+      branch: this.record.branch,
+      state: this.state,
+      pid: this.process && this.state !== 'stopped' && this.state !== 'failed' ? this.process.pid : null,
+      port: this.record.port,
+      data_dir: this.dataDir,
+      log_file: this.logFile,
+      connection_string: this.connectionString,
+      restarts: this.restarts,
+      ...(this.lastExit ? { last_exit: this.lastExit } : {}),
+    };
+  }
+
+  /** Start it (a no-op when it runs). Requests are queued so that start and stop never interleave. */
+  start(): Promise<void> {
+    return this.queue(async () => {
+      if (this.state === 'running') return;
+      this.restarts = 0;
+      await this.launch();
+    });
+  }
+
+  /** Stop it: fast shutdown (clients disconnected, a checkpoint written), escalating if it does not go. */
+  stop(): Promise<void> {
+    return this.queue(async () => {
+      const child = this.process;
+      if (!child || this.state === 'stopped' || this.state === 'failed') {
+        this.state = this.state === 'failed' ? 'failed' : 'stopped';
+        return;
+      }
+      this.state = 'stopping';
+      this.stopping = true;
+      for (const [signal, waitMs] of [
+        ['SIGINT', 60_000],
+        ['SIGQUIT', 10_000],
+        ['SIGKILL', 10_000],
+      ] as const) {
+        child.kill(signal);
+        const done = await Promise.race([child.exited.then(() => true), sleep(waitMs).then(() => false)]);
+        if (done) break;
+        this.deps.log.warn('compute %s did not stop after %s; escalating', this.record.name, signal);
+      }
+      await child.exited;
+      this.state = 'stopped';
+    });
+  }
+
+  private queue(work: () => Promise<void>): Promise<void> {
+    const next = this.transition.then(work);
+    this.transition = next.catch(() => undefined);
+    return next;
+  }
+
+  private async launch(): Promise<void> {
+    const { deps, record } = this;
+    const log = deps.log;
+    this.state = 'starting';
+    this.stopping = false;
+    try {
+      const leftovers = await stopLeftovers(this.dataDir);
+      if (leftovers.length) log.warn('stopped %d leftover process(es) of compute %s from an earlier run', leftovers.length, record.name);
+      const port = await portOrFree(record.port);
+      if (port !== record.port) {
+        log.warn('port %d of compute %s is taken; using %d', record.port, record.name, port);
+        this.record = { ...record, port };
+        await deps.save(this.record);
+      }
+      await writeComputeConf(
+        this.dataDir,
+        { port, clusterName: `neon-${record.name}`, sharedBuffers: deps.sharedBuffers, extra: deps.settings },
+        deps.pgUser,
+      );
+      const child = await deps.launcher.launch({
+        name: `compute ${record.name}`,
+        command: path.join(deps.binaries.binDir, 'postgres'),
+        args: ['-D', this.dataDir],
+        cwd: this.dataDir,
+        ...asUser(deps.pgUser),
+        logFile: this.logFile,
+      });
+      this.process = child;
+      child.exited.then((exit) => this.onExit(child, exit));
+      await this.waitReady(child);
+      this.state = 'running';
+      log.info('compute %s running (pid %d, port %d)', record.name, child.pid, port);
+      await deps.hooks.computeStarted.promise({ name: record.name, pid: child.pid, port }).catch((error) => log.error('%s', error.message));
+    } catch (error) {
+      this.state = 'failed';
+      this.process?.kill('SIGKILL');
+      throw error;
+    }
+  }
+
+  // Postgres writes "ready" into postmaster.pid once it accepts connections (what `pg_ctl -w` waits for).
+  private async waitReady(child: LaunchedProcess): Promise<void> {
+    let exited: ProcessExit | undefined;
+    child.exited.then((exit) => (exited = exit));
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      if (exited) {
+        throw new NeonError(
+          'compute_start_failed',
+          `compute ${this.record.name} exited while starting (${describe(exited)}); see ${this.logFile}`,
+          { status: 500 },
+        );
+      }
+      const info = readPostmasterPid(this.dataDir);
+      if (info?.pid === child.pid && (info.status === 'ready' || info.status === 'standby')) return;
+      if (Date.now() > deadline) {
+        throw new NeonError(
+          'compute_start_failed',
+          `compute ${this.record.name} did not become ready in ${READY_TIMEOUT_MS / 1000}s; see ${this.logFile}`,
+          { status: 500 },
+        );
+      }
+      await sleep(15);
+    }
+  }
+
+  private async onExit(child: LaunchedProcess, exit: ProcessExit): Promise<void> {
+    if (child !== this.process) return;
+    this.lastExit = { ...exit, at: new Date().toISOString() };
+    const { log, hooks } = this.deps;
+    const expected = this.stopping;
+    await hooks.computeExited
+      .promise({ name: this.record.name, pid: child.pid, code: exit.code, signal: exit.signal, expected })
+      .catch((error) => log.error('%s', error.message));
+    // Exits while starting are reported by waitReady; exits we asked for need no answer.
+    if (expected || this.state !== 'running') return;
+    log.error('compute %s exited unexpectedly (%s)', this.record.name, describe(exit));
+    if (this.restarts >= MAX_RESTARTS) {
+      this.state = 'failed';
+      log.error(
+        'compute %s failed: it exited again after %d restart(s); see %s, then `neon pg start -n %s`',
+        this.record.name,
+        this.restarts,
+        this.logFile,
+        this.record.name,
+      );
+      return;
+    }
+    this.restarts += 1;
+    log.warn('restarting compute %s (restart %d of %d)', this.record.name, this.restarts, MAX_RESTARTS);
+    await this.queue(() => this.launch()).catch((error) => log.error('restart of compute %s failed: %s', this.record.name, error.message));
+  }
+}
+
+function describe(exit: ProcessExit): string {
+  return exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`;
+}

@@ -1,0 +1,146 @@
+import path from 'node:path';
+import { cosmiconfig, defaultLoaders } from 'cosmiconfig';
+import { NeonError, messageOf } from './errors.js';
+import { resolvePlugins, type ConfigEnv, type NeonPlugin, type PluginOption } from './plugin.js';
+import { defaultPlugins } from './defaults.js';
+
+/** Postgres settings of `neon.config.ts`. */
+export interface PostgresConfig {
+  /** Major version for new repositories (default: the embedded one, 17). `neon init --pg-version` wins. */
+  version?: number;
+  /** A folder holding `postgres`, `initdb` and `pg_ctl`, used instead of looking for them. */
+  bin?: string;
+  /** When neon runs as root, Postgres runs as this user (default `postgres`): Postgres refuses root. */
+  user?: string;
+  /** Port of the main compute (default 55432, or a free one when that is taken). */
+  port?: number;
+  /** shared_buffers of each compute (default 128MB). */
+  sharedBuffers?: string;
+  /** More postgresql.conf settings for every compute. */
+  settings?: Record<string, string | number | boolean>;
+}
+
+/** The daemon's REST endpoint. */
+export interface DaemonConfig {
+  /**
+   * Port on 127.0.0.1 (default 3000). When the default is taken the daemon picks a free port and says so; a port
+   * set here (or in NEON_PORT) that is taken is an error.
+   */
+  port?: number;
+}
+
+/** What `neon.config.ts` exports (or `package.json#neon`, or `neon.config.json`). */
+export interface NeonConfig {
+  /** Plugins: factories' results; falsy entries are skipped and nested arrays flattened. Default: the built-ins. */
+  plugins?: PluginOption[];
+  /** Durable home of the repository's history: a path, `file:///abs/path` or `s3://bucket/prefix`. */
+  storage_dest?: string;
+  daemon?: DaemonConfig;
+  postgres?: PostgresConfig;
+}
+
+/** A config object, a promise of one, or a function of the command that returns one. */
+export type UserConfigExport = NeonConfig | Promise<NeonConfig> | ((env: ConfigEnv) => NeonConfig | Promise<NeonConfig>);
+
+/** Identity helper that gives `neon.config.ts` its types. */
+export function defineConfig(config: NeonConfig): NeonConfig;
+export function defineConfig(config: Promise<NeonConfig>): Promise<NeonConfig>;
+export function defineConfig(
+  config: (env: ConfigEnv) => NeonConfig | Promise<NeonConfig>,
+): (env: ConfigEnv) => NeonConfig | Promise<NeonConfig>;
+export function defineConfig(config: UserConfigExport): UserConfigExport {
+  return config;
+}
+
+/** A loaded configuration: the user's object, the plugins that apply to this command, and where it came from. */
+export interface ResolvedConfig {
+  config: NeonConfig;
+  plugins: NeonPlugin[];
+  /** The file it was read from; undefined when the built-in defaults apply. */
+  file?: string;
+}
+
+/** The places searched, in order, in the project folder only. */
+export const CONFIG_FILES = [
+  'package.json',
+  'neon.config.ts',
+  'neon.config.mts',
+  'neon.config.js',
+  'neon.config.mjs',
+  'neon.config.cjs',
+  'neon.config.json',
+];
+
+/** Load `neon.config.*` (or `package.json#neon`) from `dir`, evaluate it for `env`, and resolve its plugins. */
+export async function loadConfig(dir: string, env: ConfigEnv): Promise<ResolvedConfig> {
+  const explorer = cosmiconfig('neon', {
+    searchPlaces: CONFIG_FILES,
+    searchStrategy: 'none',
+    cache: false,
+    loaders: { '.mts': defaultLoaders['.ts'] },
+  });
+  let found: { config: unknown; filepath: string } | null;
+  try {
+    found = await explorer.search(dir);
+  } catch (error) {
+    throw new NeonError('config_error', `could not load the neon config in ${dir}: ${firstLine(messageOf(error))}`, { cause: error });
+  }
+  if (!found) return { config: {}, plugins: resolvePlugins(defaultPlugins(), env) };
+  const file = path.relative(dir, found.filepath) || found.filepath;
+  let value = found.config;
+  try {
+    if (typeof value === 'function') value = await value(env);
+    value = await value;
+  } catch (error) {
+    throw new NeonError('config_error', `${file}: the exported function threw: ${messageOf(error)}`, { cause: error });
+  }
+  const config = checkConfig(value, file);
+  const plugins = resolvePlugins(config.plugins ?? defaultPlugins(), env);
+  return { config, plugins, file: found.filepath };
+}
+
+// cosmiconfig prefixes messages with a multi-line "TypeScript Error in …"; keep the line that says what broke.
+function firstLine(message: string): string {
+  return message.split('\n').filter(Boolean).slice(-1)[0] ?? message;
+}
+
+const TOP_KEYS: Record<string, string> = { plugins: 'array', storage_dest: 'string', daemon: 'object', postgres: 'object' };
+const DAEMON_KEYS: Record<string, string> = { port: 'number' };
+const POSTGRES_KEYS: Record<string, string> = {
+  version: 'number',
+  bin: 'string',
+  user: 'string',
+  port: 'number',
+  sharedBuffers: 'string',
+  settings: 'object',
+};
+
+/** Check the shape of a config object: every key known, every value of the right type. */
+export function checkConfig(value: unknown, file: string): NeonConfig {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
+    throw new NeonError('config_error', `${file} must export an object (or a function returning one), but exported ${got}`);
+  }
+  checkKeys(value as Record<string, unknown>, TOP_KEYS, file, '');
+  const config = value as NeonConfig;
+  if (config.daemon) checkKeys(config.daemon as Record<string, unknown>, DAEMON_KEYS, file, 'daemon.');
+  if (config.postgres) checkKeys(config.postgres as Record<string, unknown>, POSTGRES_KEYS, file, 'postgres.');
+  return config;
+}
+
+function checkKeys(object: Record<string, unknown>, known: Record<string, string>, file: string, prefix: string) {
+  for (const [key, val] of Object.entries(object)) {
+    const type = known[key];
+    if (!type) {
+      throw new NeonError(
+        'config_error',
+        `${file}: unknown setting "${prefix}${key}" (known: ${Object.keys(known)
+          .map((k) => prefix + k)
+          .join(', ')})`,
+      );
+    }
+    if (val === undefined) continue;
+    const actual = Array.isArray(val) ? 'array' : val === null ? 'null' : typeof val;
+    if (actual !== type) throw new NeonError('config_error', `${file}: "${prefix}${key}" must be a ${type}, not ${actual}`);
+  }
+}

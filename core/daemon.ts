@@ -1,0 +1,180 @@
+import fs from 'node:fs/promises';
+import { loadConfig, type NeonConfig } from './config.js';
+import { Compute } from './compute.js';
+import { NeonError, isExpected, messageOf } from './errors.js';
+import { writeFileAtomic } from './fs-atomic.js';
+import { createHooks, type NeonHooks } from './hooks.js';
+import { acquireDaemonLock } from './lock.js';
+import { createLogger, type Logger } from './log.js';
+import { applyPlugins, type NeonPlugin } from './plugin.js';
+import { checkBinaries, type PgBinaries } from './postgres/binaries.js';
+import { pgUserFor, type PgUser } from './postgres/user.js';
+import { resolveLauncher } from './resolve.js';
+import { RestServer } from './rest.js';
+import { registerRoutes } from './routes.js';
+import { Repository, type RepoMeta } from './repository.js';
+
+/** The REST port used when none is configured (the seed's `http://localhost:3000`). */
+export const DEFAULT_DAEMON_PORT = 3000;
+
+/** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
+export type DaemonMessage = { type: 'ready'; port: number; notice?: string } | { type: 'error'; code: string; message: string };
+
+/**
+ * The neon daemon: owns the components of one repository (the computes for now), supervises them and answers
+ * the REST API on 127.0.0.1. Stopping it (`neon stop`, SIGTERM, SIGINT) stops everything it started.
+ */
+export class Daemon {
+  readonly computes = new Map<string, Compute>();
+  readonly startedAt = new Date();
+  port = 0;
+  hooks!: NeonHooks;
+  plugins: NeonPlugin[] = [];
+  binaries!: PgBinaries;
+  config: NeonConfig = {};
+  configFile?: string;
+  pgUser?: PgUser;
+  private rest?: RestServer;
+  private releaseLock?: () => Promise<void>;
+  private shuttingDown?: Promise<void>;
+  /** Called once everything is stopped (the daemon process exits there). */
+  onStopped: () => void = () => undefined;
+
+  constructor(
+    readonly repo: Repository,
+    readonly meta: RepoMeta,
+    readonly log: Logger,
+  ) {}
+
+  /** Start everything; resolves with a notice for the user (a port that had to change), if any. */
+  async start(): Promise<string | undefined> {
+    const { repo, meta, log } = this;
+    this.releaseLock = await acquireDaemonLock(repo.pidFile, repo.dir);
+    await fs.rm(repo.daemonFile, { force: true });
+    const loaded = await loadConfig(meta.projectDir, { command: 'start' });
+    this.config = loaded.config;
+    this.configFile = loaded.file;
+    this.plugins = loaded.plugins;
+    this.hooks = createHooks();
+    applyPlugins(this.hooks, this.plugins);
+    log.info('config %s; plugins: %s', loaded.file ?? '(defaults)', this.plugins.map((p) => p.name).join(', '));
+
+    this.pgUser = pgUserFor(this.config.postgres?.user);
+    this.binaries = await checkBinaries(meta.postgres);
+    const launcher = await resolveLauncher(this.hooks, 'compute');
+    const token = await repo.readToken();
+
+    this.rest = registerRoutes(new RestServer(token, log.child('rest')), this);
+    const notice = await this.listen();
+    await writeFileAtomic(
+      repo.daemonFile,
+      JSON.stringify({ pid: process.pid, port: this.port, startedAt: this.startedAt.toISOString() }) + '\n',
+    );
+    log.info('REST API on http://127.0.0.1:%d', this.port);
+
+    const state = await repo.readState();
+    for (const record of Object.values(state.computes)) {
+      this.computes.set(
+        record.name,
+        new Compute(record, {
+          repo,
+          binaries: this.binaries,
+          pgUser: this.pgUser,
+          launcher,
+          hooks: this.hooks,
+          log: log.child(`compute ${record.name}`),
+          sharedBuffers: this.config.postgres?.sharedBuffers,
+          settings: this.config.postgres?.settings,
+          save: (changed) => this.saveCompute(changed),
+        }),
+      );
+    }
+    await Promise.all([...this.computes.values()].filter((c) => c.record.running).map((c) => c.start()));
+    await this.hooks.start.promise({ repo, log, storageDest: meta.storageDest });
+    return notice;
+  }
+
+  // The configured port (neon.config.ts daemon.port, or NEON_PORT) must be free; the default may move.
+  private async listen(): Promise<string | undefined> {
+    const configured = process.env.NEON_PORT ? Number(process.env.NEON_PORT) : this.config.daemon?.port;
+    if (configured !== undefined && (!Number.isInteger(configured) || configured < 0 || configured > 65535)) {
+      throw new NeonError('bad_port', `daemon port ${configured} is not a port number (0-65535)`);
+    }
+    try {
+      this.port = await this.rest!.listen(configured ?? DEFAULT_DAEMON_PORT);
+      return undefined;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+      if (configured !== undefined) {
+        const where = process.env.NEON_PORT ? 'NEON_PORT' : 'daemon.port in neon.config.ts';
+        throw new NeonError(
+          'port_taken',
+          `port ${configured} (set by ${where}) is already in use on 127.0.0.1: free it or choose another port`,
+        );
+      }
+      this.port = await this.rest!.listen(0);
+      return `port ${DEFAULT_DAEMON_PORT} is in use, so the REST API listens on port ${this.port}`;
+    }
+  }
+
+  /** Record a changed compute (its port, whether it should run) in state.json. */
+  async saveCompute(record: { name: string } & Partial<Compute['record']>): Promise<void> {
+    const state = await this.repo.readState();
+    state.computes[record.name] = { ...state.computes[record.name], ...record };
+    await this.repo.writeState(state);
+  }
+
+  /** The compute called `name`, or a 404. */
+  compute(name: string): Compute {
+    const found = this.computes.get(name);
+    if (!found) throw new NeonError('pg_not_found', `no compute named "${name}" (see \`neon pg list\`)`, { status: 404 });
+    return found;
+  }
+
+  /** Stop everything and exit. Safe to call more than once. */
+  shutdown(reason: 'request' | 'signal'): Promise<void> {
+    this.shuttingDown ??= (async () => {
+      const { log, repo } = this;
+      log.info('stopping (%s)', reason);
+      if (this.hooks) await this.hooks.stop.promise({ repo, log, reason }).catch((e) => log.error('%s', messageOf(e)));
+      await Promise.all([...this.computes.values()].map((c) => c.stop().catch((e) => log.error('%s', messageOf(e)))));
+      await this.rest?.close();
+      await fs.rm(repo.daemonFile, { force: true });
+      await this.releaseLock?.();
+      log.info('stopped');
+      this.onStopped();
+    })();
+    return this.shuttingDown;
+  }
+}
+
+/** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
+export async function runDaemon(repoDir: string): Promise<void> {
+  const repo = new Repository(repoDir);
+  const log = createLogger('daemon');
+  const tell = (message: DaemonMessage) => process.send?.(message);
+  let daemon: Daemon | undefined;
+  const onSignal = () => (daemon ? void daemon.shutdown('signal') : process.exit(1));
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', () => undefined);
+  process.on('uncaughtException', (error) => {
+    log.error('uncaught: %s', error.stack ?? error.message);
+    process.exitCode = 1;
+    onSignal();
+  });
+  try {
+    daemon = new Daemon(repo, await repo.readMeta(), log);
+    daemon.onStopped = () => process.exit();
+    log.info('starting daemon pid %d for %s', process.pid, repo.dir);
+    const notice = await daemon.start();
+    tell({ type: 'ready', port: daemon.port, notice });
+  } catch (error) {
+    log.error('start failed: %s', isExpected(error) ? messageOf(error) : (error as Error).stack);
+    tell({ type: 'error', code: error instanceof NeonError ? error.code : 'internal', message: messageOf(error) });
+    process.exitCode = 1;
+    await daemon?.shutdown('signal');
+    process.exit();
+  }
+  if (process.connected) process.disconnect();
+}

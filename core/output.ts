@@ -1,0 +1,20 @@
+/** A column of a table: the row key and its heading. */
+export type Column = [key: string, heading: string];
+
+function cell(value: unknown): string {
+  if (value === null || value === undefined || value === '') return '-';
+  return String(value);
+}
+
+/** Rows as an aligned plain-text table, headings in capitals. */
+export function table(rows: Record<string, unknown>[], columns: Column[]): string {
+  const cells = [columns.map(([, heading]) => heading.toUpperCase()), ...rows.map((row) => columns.map(([key]) => cell(row[key])))];
+  const widths = columns.map((_, i) => Math.max(...cells.map((line) => line[i].length)));
+  return cells.map((line) => line.map((text, i) => (i === line.length - 1 ? text : text.padEnd(widths[i]))).join('  ')).join('\n');
+}
+
+/** Pairs as aligned `key  value` lines. */
+export function keyValues(pairs: [string, unknown][]): string {
+  const width = Math.max(...pairs.map(([key]) => key.length));
+  return pairs.map(([key, value]) => `${key.padEnd(width)}  ${cell(value)}`).join('\n');
+}

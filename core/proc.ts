@@ -1,0 +1,80 @@
+import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** True when a process with this pid exists (even if it belongs to another user). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The command line of a process, or undefined when it is gone. Zombies have an empty one. */
+export function cmdlineOf(pid: number): string[] | undefined {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The pids of every process whose working directory is `dir` (Postgres processes run in their data directory). */
+export function processesIn(dir: string): number[] {
+  let real: string;
+  try {
+    real = fs.realpathSync(dir);
+  } catch {
+    return [];
+  }
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (fs.readlinkSync(`/proc/${entry}/cwd`) === real) pids.push(Number(entry));
+    } catch {
+      // gone, or not ours to look at
+    }
+  }
+  return pids;
+}
+
+/** Every pid whose command line contains `text` (used by tests and by stale-process cleanup). */
+export function processesMatching(text: string): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    const cmd = cmdlineOf(Number(entry));
+    if (cmd?.some((arg) => arg.includes(text))) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** Wait until none of `pids` is alive, up to `timeoutMs`; true when they all went. */
+export async function waitGone(pids: number[], timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = pids.filter((pid) => isAlive(pid) && !isZombie(pid));
+    if (left.length === 0) return true;
+    if (Date.now() > deadline) return false;
+    await sleep(25);
+  }
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    return / Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ''));
+  } catch {
+    return false;
+  }
+}
+
+/** Send `signal` to a process, ignoring one that is already gone. */
+export function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}

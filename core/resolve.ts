@@ -1,0 +1,40 @@
+import { UnhandledSchemeError } from './errors.js';
+import type { BackupFormat } from './format.js';
+import type { NeonHooks } from './hooks.js';
+import type { Launcher } from './launcher.js';
+import { KNOWN_STORAGE_PLUGINS, parseStorageUrl, type Storage } from './storage.js';
+
+// The bail hooks answer "which plugin handles this?"; these wrappers turn silence into an error that says
+// which plugin to add.
+
+/** Open the storage for a URL or path, through the plugin that claims its scheme. */
+export async function resolveStorage(hooks: NeonHooks, raw: string, cwd?: string): Promise<Storage> {
+  const request = parseStorageUrl(raw, cwd);
+  const storage = await hooks.resolveStorage.get(request.scheme)?.promise(request);
+  if (!storage) {
+    throw new UnhandledSchemeError('storage', request.scheme, `storage "${raw}"`, KNOWN_STORAGE_PLUGINS[request.scheme]);
+  }
+  return storage;
+}
+
+const KNOWN_FORMAT_PLUGINS: Record<string, string> = {
+  pgdata: "formatPgdata() from 'neon/plugins/format-pgdata'",
+  walg: "formatWalg() from 'neon/plugins/format-walg'",
+};
+
+/** The backup format plugin for `--snapshot_format`. */
+export async function resolveFormat(hooks: NeonHooks, format: string): Promise<BackupFormat> {
+  const found = await hooks.resolveFormat.get(format.toLowerCase())?.promise({ format });
+  if (!found) throw new UnhandledSchemeError('format', format, `--snapshot_format=${format}`, KNOWN_FORMAT_PLUGINS[format]);
+  return found;
+}
+
+/** The launcher for a component kind (`compute`, …). */
+export async function resolveLauncher(hooks: NeonHooks, kind: string): Promise<Launcher> {
+  const found = await hooks.resolveLauncher.get(kind)?.promise({ kind });
+  if (!found) {
+    const hint = kind === 'compute' ? "launcherCompute() from 'neon/plugins/launcher-compute'" : undefined;
+    throw new UnhandledSchemeError('launcher', kind, `starting a ${kind}`, hint);
+  }
+  return found;
+}

@@ -1,0 +1,41 @@
+import { execa } from 'execa';
+import type { Launcher, LaunchedProcess, LaunchSpec } from '../../core/launcher.js';
+import { checkPluginOptions, type NeonPlugin } from '../../core/plugin.js';
+
+/** Options of {@link launcherCompute}; none yet, listed so that a typo is reported. */
+export type LauncherComputeOptions = Record<string, never>;
+
+/**
+ * Launches compute processes (`postgres -D …`) as children of the daemon with execa: output appended to the
+ * compute's log file, the environment reduced to what Postgres needs, and the unprivileged user applied.
+ */
+export default function launcherCompute(options?: LauncherComputeOptions): NeonPlugin {
+  checkPluginOptions('launcher-compute', options, []);
+  return {
+    name: 'launcher-compute',
+    resolveLauncher: { kinds: ['compute'], handler: () => launcher },
+  };
+}
+
+const launcher: Launcher = {
+  async launch(spec: LaunchSpec): Promise<LaunchedProcess> {
+    const child = execa(spec.command, spec.args, {
+      cwd: spec.cwd,
+      // Only what Postgres needs: the daemon's environment holds nothing it should inherit.
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C', LANG: 'C', TZ: process.env.TZ ?? 'UTC', ...spec.env },
+      extendEnv: false,
+      uid: spec.uid,
+      gid: spec.gid,
+      stdin: 'ignore',
+      stdout: { file: spec.logFile, append: true },
+      stderr: { file: spec.logFile, append: true },
+      reject: false,
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', () => resolve());
+      child.once('error', reject);
+    });
+    const exited = child.then((result) => ({ code: result.exitCode ?? null, signal: result.signal ?? null }));
+    return { pid: child.pid!, exited, kill: (signal) => child.kill(signal) };
+  },
+};
