@@ -1,5 +1,8 @@
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
 import path from 'node:path';
-import { cosmiconfig, defaultLoaders } from 'cosmiconfig';
+import { pathToFileURL } from 'node:url';
+import { cosmiconfig, defaultLoaders, type Loader } from 'cosmiconfig';
 import { NeonError, messageOf } from './errors.js';
 import { resolvePlugins, type ConfigEnv, type NeonPlugin, type PluginOption } from './plugin.js';
 import { defaultPlugins } from './defaults.js';
@@ -77,7 +80,14 @@ export async function loadConfig(dir: string, env: ConfigEnv): Promise<ResolvedC
     searchPlaces: CONFIG_FILES,
     searchStrategy: 'none',
     cache: false,
-    loaders: { '.mts': defaultLoaders['.ts'] },
+    loaders: {
+      '.js': boxed(importDefault),
+      '.mjs': boxed(importDefault),
+      '.cjs': boxed(importDefault),
+      '.ts': boxed(loadTs),
+      '.mts': boxed(loadTs),
+      '.json': boxed(defaultLoaders['.json']),
+    },
   });
   let found: { config: unknown; filepath: string } | null;
   try {
@@ -87,7 +97,7 @@ export async function loadConfig(dir: string, env: ConfigEnv): Promise<ResolvedC
   }
   if (!found) return { config: {}, plugins: resolvePlugins(defaultPlugins(), env) };
   const file = path.relative(dir, found.filepath) || found.filepath;
-  let value = found.config;
+  let value = isPackageJson(found.filepath) ? found.config : (found.config as Boxed).exported;
   try {
     if (typeof value === 'function') value = await value(env);
     value = await value;
@@ -97,6 +107,54 @@ export async function loadConfig(dir: string, env: ConfigEnv): Promise<ResolvedC
   const config = checkConfig(value, file);
   const plugins = resolvePlugins(config.plugins ?? defaultPlugins(), env);
   return { config, plugins, file: found.filepath };
+}
+
+const isPackageJson = (filepath: string) => path.basename(filepath) === 'package.json';
+
+/** What the loaders hand cosmiconfig for a config file: its export, boxed. */
+type Boxed = { exported: unknown };
+
+/**
+ * Box a config file's export: cosmiconfig takes a null or undefined export for "no config here" and moves on to the
+ * defaults, which would hide `export default null` or a forgotten `export default`; checkConfig reports them instead.
+ * package.json stays as it is: cosmiconfig reads its `neon` key itself.
+ */
+function boxed(load: Loader): Loader {
+  return async (filepath, content) => {
+    const exported = await load(filepath, content);
+    return isPackageJson(filepath) ? exported : ({ exported } satisfies Boxed);
+  };
+}
+
+/**
+ * Import a JS config once. cosmiconfig's loader retries a failed import() with require(), which runs a CommonJS
+ * config a second time and, on Node >= 20.19, replaces the syntax error of an ES module with an internal assertion.
+ */
+async function importDefault(filepath: string): Promise<unknown> {
+  return (await import(pathToFileURL(filepath).href)).default;
+}
+
+/** Compile a TypeScript config to a temporary .mjs beside it (so relative imports work), import it, remove it. */
+async function loadTs(filepath: string, content: string): Promise<unknown> {
+  const ts = (await import('typescript')).default;
+  const { outputText, diagnostics = [] } = ts.transpileModule(content, {
+    fileName: filepath,
+    reportDiagnostics: true,
+    compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
+  });
+  const [problem] = diagnostics;
+  if (problem) {
+    const at = problem.file && problem.start !== undefined ? problem.file.getLineAndCharacterOfPosition(problem.start) : undefined;
+    const where = at ? `${path.basename(filepath)}:${at.line + 1}:${at.character + 1}` : path.basename(filepath);
+    throw new Error(`${where}: ${ts.flattenDiagnosticMessageText(problem.messageText, ' ')}`);
+  }
+  const compiled = `${filepath}.${randomUUID()}.mjs`;
+  await fs.writeFile(compiled, outputText);
+  try {
+    return await importDefault(compiled);
+  } finally {
+    await fs.rm(compiled, { force: true });
+  }
 }
 
 // cosmiconfig prefixes messages with a multi-line "TypeScript Error in …"; keep the line that says what broke.

@@ -1,14 +1,17 @@
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-/** True when a process with this pid exists (even if it belongs to another user). */
+/**
+ * True when a process with this pid runs (even if it belongs to another user). A zombie — dead, not yet reaped
+ * by a parent that may never reap it — does not count.
+ */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  return !isZombie(pid);
 }
 
 /** The command line of a process, or undefined when it is gone. Zombies have an empty one. */
@@ -55,7 +58,7 @@ export function processesMatching(text: string): number[] {
 export async function waitGone(pids: number[], timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const left = pids.filter((pid) => isAlive(pid) && !isZombie(pid));
+    const left = pids.filter(isAlive);
     if (left.length === 0) return true;
     if (Date.now() > deadline) return false;
     await sleep(25);

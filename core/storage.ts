@@ -68,7 +68,7 @@ export function parseStorageUrl(raw: string, cwd = process.cwd()): StorageReques
   const walg = WALG_PREFIX.exec(input);
   if (walg) {
     const [, kind, value] = walg;
-    if (kind === 'FILE') return parseStorageUrl(value, cwd);
+    if (kind === 'FILE') return { ...parseStorageUrl(value, cwd), raw };
     const scheme = kind.toLowerCase();
     const url = value.includes('://') ? value : `${scheme}://${value}`;
     return { ...parseStorageUrl(url, cwd), raw };

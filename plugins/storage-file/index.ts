@@ -91,12 +91,18 @@ export class FileStorage implements Storage {
   }
 
   async get(key: string): Promise<Readable> {
+    let handle;
     try {
-      const handle = await fs.open(this.pathOf(key), 'r');
-      return handle.createReadStream();
+      handle = await fs.open(this.pathOf(key), 'r');
     } catch (error) {
-      throw this.notFound(key, error);
+      throw isMissing(error) ? this.notFound(key) : error;
     }
+    // A folder opens too (it holds longer keys), but it is not an object.
+    if (!(await handle.stat()).isFile()) {
+      await handle.close();
+      throw this.notFound(key);
+    }
+    return handle.createReadStream();
   }
 
   async head(key: string): Promise<StorageObject | undefined> {
@@ -104,7 +110,7 @@ export class FileStorage implements Storage {
       const stat = await fs.stat(this.pathOf(key));
       return stat.isFile() ? { key, size: stat.size, mtime: stat.mtime } : undefined;
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if (isMissing(error)) return undefined;
       throw error;
     }
   }
@@ -142,14 +148,24 @@ export class FileStorage implements Storage {
 
   async delete(key: string): Promise<void> {
     const file = this.pathOf(key);
-    await fs.rm(file, { force: true });
+    try {
+      await fs.rm(file, { force: true });
+    } catch (error) {
+      // A path through an object, or a folder of longer keys: there is no object by this name.
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOTDIR' || code === 'ERR_FS_EISDIR') return;
+      throw error;
+    }
     if (this.fsync) await fsyncDir(path.dirname(file)).catch(() => undefined);
   }
 
-  private notFound(key: string, error: unknown): Error {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-      return new NeonError('not_found', `${key} not found in ${this.url}`, { status: 404 });
-    }
-    return error as Error;
+  private notFound(key: string): NeonError {
+    return new NeonError('not_found', `${key} not found in ${this.url}`, { status: 404 });
   }
+}
+
+/** True for errors that mean no object has this name: nothing there, or a path through an object (`obj/x`). */
+function isMissing(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
 }
