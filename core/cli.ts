@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { cac } from 'cac';
 import { isExpected, messageOf, NeonError } from './errors.js';
 import { Repository, repoDirFrom } from './repository.js';
@@ -69,7 +70,7 @@ export function createCli() {
 
   cli.command('start', 'Start the daemon and the computes (creates the repository on first use)').action(async (options: GlobalOptions) => {
     const { startCommand } = await import('./commands.js');
-    await startCommand(repoOf(options), options, print);
+    await startCommand(repoOf(options), fileURLToPath(import.meta.url), options, print);
   });
 
   cli.command('stop', 'Stop the daemon and every compute').action(async (options: GlobalOptions) => {

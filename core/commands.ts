@@ -2,23 +2,13 @@ import { callDaemon } from './client.js';
 import type { ComputeInfo } from './compute.js';
 import { runningDaemonPid, spawnDaemon } from './daemon-control.js';
 import { NeonError } from './errors.js';
-import { initRepository } from './init.js';
-import { silentLogger } from './log.js';
 import { keyValues, table } from './output.js';
 import type { Repository } from './repository.js';
+import type { Status } from './routes.js';
 
 /** The CLI's printer: JSON with --json, else the human text. */
 type Print = (options: { json?: boolean }, value: unknown, human: () => string) => void;
 type Call = <T>(method: string, path: string, body?: unknown) => Promise<T>;
-
-/** `GET /status` as the CLI receives it. */
-interface Status {
-  repository: string;
-  storage_dest: string | null;
-  daemon: { pid: number; port: number; url: string; log_file: string };
-  postgres: { version: string; source: string; bin_dir: string; run_as: string };
-  components: { kind: string; name: string; state: string; pid: number | null; port: number; restarts: number }[];
-}
 
 function statusText(status: Status): string {
   const { daemon, postgres } = status;
@@ -42,20 +32,22 @@ function statusText(status: Status): string {
 }
 
 /** `neon start`: create the repository on first use, start the daemon unless it runs, print how to connect. */
-export async function startCommand(repo: Repository, options: { json?: boolean }, print: Print): Promise<void> {
+export async function startCommand(repo: Repository, cli: string, options: { json?: boolean }, print: Print): Promise<void> {
   let initialised = false;
   if (!(await repo.exists())) {
+    const [{ initRepository }, { silentLogger }] = await Promise.all([import('./init.js'), import('./log.js')]);
     await initRepository({ repoDir: repo.dir, projectDir: process.cwd(), log: silentLogger });
     initialised = true;
   }
-  let notice: string | undefined;
   const already = runningDaemonPid(repo) !== undefined;
-  if (!already) {
-    const meta = await repo.readMeta();
-    ({ notice } = await spawnDaemon(repo, meta.projectDir));
+  let answer: { status: Status; pgs: ComputeInfo[]; notice?: string };
+  if (already) {
+    answer = { status: await callDaemon<Status>(repo, 'GET', '/status'), pgs: await callDaemon<ComputeInfo[]>(repo, 'GET', '/pgs') };
+  } else {
+    answer = await spawnDaemon(repo, (await repo.readMeta()).projectDir, cli);
   }
-  const status = await callDaemon<Status>(repo, 'GET', '/status');
-  const main = await callDaemon<ComputeInfo>(repo, 'GET', '/pgs/main').catch(() => undefined);
+  const { status, notice } = answer;
+  const main = answer.pgs.find((pg) => pg.name === 'main');
   const value = {
     already_running: already,
     initialised,

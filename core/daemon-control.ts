@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { callDaemon, notRunning } from './client.js';
 import type { DaemonMessage } from './daemon.js';
 import { NeonError } from './errors.js';
@@ -23,14 +22,13 @@ export function runningDaemonPid(repo: Repository): number | undefined {
 }
 
 /**
- * Start the daemon detached from the terminal (its output goes to logs/daemon.log) and wait until it says it
+ * Start the daemon (`node <cli> __daemon`) detached from the terminal (its output goes to logs/daemon.log) and wait until it says it
  * is ready over the IPC channel, or why it could not start.
  */
-export async function spawnDaemon(repo: Repository, projectDir: string): Promise<{ port: number; notice?: string }> {
+export async function spawnDaemon(repo: Repository, projectDir: string, cli: string): Promise<Extract<DaemonMessage, { type: 'ready' }>> {
   fs.mkdirSync(repo.logsDir, { recursive: true });
   const logFile = repo.logFile('daemon');
   const log = fs.openSync(logFile, 'a', 0o640);
-  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
   const child = spawn(process.execPath, [cli, '__daemon', '--repo', repo.dir], {
     cwd: projectDir,
     detached: true,
@@ -51,7 +49,7 @@ export async function spawnDaemon(repo: Repository, projectDir: string): Promise
       child.once('error', (error) => (clearTimeout(timer), reject(error)));
     });
     if (message.type === 'error') throw new NeonError(message.code, message.message);
-    return { port: message.port, notice: message.notice };
+    return message;
   } finally {
     child.removeAllListeners();
     if (child.connected) child.disconnect();

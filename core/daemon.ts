@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import { loadConfig, type NeonConfig } from './config.js';
-import { Compute } from './compute.js';
+import { Compute, type ComputeInfo } from './compute.js';
 import { NeonError, isExpected, messageOf } from './errors.js';
 import { writeFileAtomic } from './fs-atomic.js';
 import { createHooks, type NeonHooks } from './hooks.js';
@@ -11,14 +11,15 @@ import { checkBinaries, type PgBinaries } from './postgres/binaries.js';
 import { pgUserFor, type PgUser } from './postgres/user.js';
 import { resolveLauncher } from './resolve.js';
 import { RestServer } from './rest.js';
-import { registerRoutes } from './routes.js';
+import { registerRoutes, statusOf, type Status } from './routes.js';
 import { Repository, type RepoMeta } from './repository.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
 
 /** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
-export type DaemonMessage = { type: 'ready'; port: number; notice?: string } | { type: 'error'; code: string; message: string };
+export type DaemonMessage =
+  { type: 'ready'; port: number; notice?: string; status: Status; pgs: ComputeInfo[] } | { type: 'error'; code: string; message: string };
 
 /**
  * The neon daemon: owns the components of one repository (the computes for now), supervises them and answers
@@ -124,6 +125,11 @@ export class Daemon {
     await this.repo.writeState(state);
   }
 
+  /** What `GET /pgs` answers. */
+  pgs(): ComputeInfo[] {
+    return [...this.computes.values()].map((c) => c.info());
+  }
+
   /** The compute called `name`, or a 404. */
   compute(name: string): Compute {
     const found = this.computes.get(name);
@@ -168,7 +174,8 @@ export async function runDaemon(repoDir: string): Promise<void> {
     daemon.onStopped = () => process.exit();
     log.info('starting daemon pid %d for %s', process.pid, repo.dir);
     const notice = await daemon.start();
-    tell({ type: 'ready', port: daemon.port, notice });
+    // The answer to `neon start` travels with the ready message: no HTTP round trips before it can print.
+    tell({ type: 'ready', port: daemon.port, notice, status: statusOf(daemon), pgs: daemon.pgs() });
   } catch (error) {
     log.error('start failed: %s', isExpected(error) ? messageOf(error) : (error as Error).stack);
     tell({ type: 'error', code: error instanceof NeonError ? error.code : 'internal', message: messageOf(error) });

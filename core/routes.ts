@@ -9,8 +9,8 @@ const PG_ACTIONS = ['start', 'stop'] as const;
 /** The REST API: `/status`, the `/pgs` resource, and `/shutdown` for `neon stop`. */
 export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
   return rest
-    .route('GET', '/status', async () => status(daemon))
-    .route('GET', '/pgs', async () => [...daemon.computes.values()].map((c) => c.info()))
+    .route('GET', '/status', async () => statusOf(daemon))
+    .route('GET', '/pgs', async () => daemon.pgs())
     .route('GET', '/pgs/:name', async ({ params }) => daemon.compute(params.name).info())
     .route('POST', '/pgs/:name/actions', async ({ params, body }) => {
       const compute = daemon.compute(params.name);
@@ -34,7 +34,11 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     });
 }
 
-function status(daemon: Daemon) {
+/** What `GET /status` answers. */
+export type Status = ReturnType<typeof statusOf>;
+
+/** The daemon, its Postgres binaries and its components, for `GET /status` and `neon status`. */
+export function statusOf(daemon: Daemon) {
   const { repo, meta, binaries } = daemon;
   return {
     repository: repo.dir,
