@@ -7,7 +7,7 @@ import { createHooks, type NeonHooks } from './hooks.js';
 import { acquireDaemonLock } from './lock.js';
 import { createLogger, type Logger } from './log.js';
 import { applyPlugins, type NeonPlugin } from './plugin.js';
-import { checkBinaries, type PgBinaries } from './postgres/binaries.js';
+import { checkBinaries, reachableBinaries, type PgBinaries } from './postgres/binaries.js';
 import { pgUserFor, type PgUser } from './postgres/user.js';
 import { resolveLauncher } from './resolve.js';
 import { RestServer } from './rest.js';
@@ -61,7 +61,7 @@ export class Daemon {
     log.info('config %s; plugins: %s', loaded.file ?? '(defaults)', this.plugins.map((p) => p.name).join(', '));
 
     this.pgUser = pgUserFor(this.config.postgres?.user);
-    this.binaries = await checkBinaries(meta.postgres);
+    this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
     const launcher = await resolveLauncher(this.hooks, 'compute');
     const token = await repo.readToken();
 

@@ -7,7 +7,7 @@ import { createHooks } from './hooks.js';
 import { isDaemonOf } from './lock.js';
 import type { Logger } from './log.js';
 import { applyPlugins } from './plugin.js';
-import { findBinaries } from './postgres/binaries.js';
+import { findBinaries, reachableBinaries } from './postgres/binaries.js';
 import { initdb } from './postgres/initdb.js';
 import { checkReachable, pgUserFor } from './postgres/user.js';
 import { resolveStorage } from './resolve.js';
@@ -67,7 +67,8 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
   await Promise.all(REPO_ENTRIES.map((entry) => fs.rm(path.join(repo.dir, entry), { recursive: true, force: true })));
   await fs.mkdir(repo.logsDir, { recursive: true, mode: 0o755 });
   await fs.mkdir(repo.computesDir, { recursive: true, mode: 0o755 });
-  checkReachable(pgUser, [path.join(binaries.binDir, 'postgres'), repo.computesDir]);
+  const runnable = await reachableBinaries(binaries, pgUser);
+  checkReachable(pgUser, [path.join(runnable.binDir, 'postgres'), repo.computesDir]);
   await repo.createToken();
 
   const main: ComputeRecord = {
@@ -82,7 +83,7 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
     createdAt: new Date().toISOString(),
   };
   try {
-    await initdb({ binaries, dataDir: repo.dataDirOf(main), superuser: main.user, password: main.password, pgUser });
+    await initdb({ binaries: runnable, dataDir: repo.dataDirOf(main), superuser: main.user, password: main.password, pgUser });
   } catch (error) {
     await fs.rm(path.join(repo.computesDir, 'main'), { recursive: true, force: true });
     throw error;

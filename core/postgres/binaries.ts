@@ -2,6 +2,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { NeonError } from '../errors.js';
+import { tempNameFor } from '../fs-atomic.js';
+import { unreachable, type PgUser } from './user.js';
 
 /** A set of Postgres server binaries: the folder holding `postgres`, `initdb`, `pg_ctl`, and its version. */
 export interface PgBinaries {
@@ -144,4 +146,27 @@ export async function checkBinaries(recorded: PgBinaries): Promise<PgBinaries> {
   if (fs.existsSync(path.join(recorded.binDir, 'postgres'))) return recorded;
   const again = await findBinaries({ version: recorded.version, bin: recorded.source === 'path' ? recorded.binDir : undefined });
   return again;
+}
+
+/** Where root keeps copies of binaries that the Postgres user cannot reach where npm put them. */
+export const BINARY_CACHE = '/var/cache/neon';
+
+/**
+ * The binaries as the Postgres user can run them. A checkout under a private folder (/root/…) keeps the embedded
+ * package where that user cannot go; the package is relocatable (bin, lib, share side by side), so a copy under
+ * /var/cache/neon, made once per version, serves instead of asking the user to open up their home folder.
+ */
+export async function reachableBinaries(binaries: PgBinaries, user: PgUser | undefined): Promise<PgBinaries> {
+  if (!unreachable(user, [path.join(binaries.binDir, 'postgres')])) return binaries;
+  if (binaries.source !== 'embedded') return binaries; // the caller's reachability check names the folder
+  const install = path.dirname(binaries.binDir);
+  const copy = path.join(BINARY_CACHE, `postgresql-${binaries.fullVersion}-embedded`);
+  if (!fs.existsSync(path.join(copy, 'bin', 'postgres'))) {
+    fs.mkdirSync(BINARY_CACHE, { recursive: true, mode: 0o755 });
+    const temp = tempNameFor(copy);
+    await fs.promises.cp(install, temp, { recursive: true, verbatimSymlinks: true });
+    fs.rmSync(copy, { recursive: true, force: true });
+    fs.renameSync(temp, copy);
+  }
+  return { ...binaries, binDir: path.join(copy, 'bin') };
 }

@@ -61,19 +61,21 @@ export async function chownTo(user: PgUser | undefined, target: string, recursiv
   }
 }
 
-/**
- * Check that the Postgres user can reach each path (search permission on every parent folder). Checked by
- * running `test -x` as that user, which sees exactly the permissions Postgres will see.
- */
-export function checkReachable(user: PgUser | undefined, paths: string[]): void {
-  if (!user) return;
+/** The first of `paths` the Postgres user cannot reach, by running `test -x` as that user (exactly what it sees). */
+export function unreachable(user: PgUser | undefined, paths: string[]): string | undefined {
+  if (!user) return undefined;
   const script = 'for p; do test -x "$p" || { printf %s "$p"; exit 1; }; done';
   const result = spawnSync('/bin/sh', ['-c', script, 'sh', ...paths], { uid: user.uid, gid: user.gid, encoding: 'utf8' });
-  if (result.status !== 0) {
-    const blocked = result.stdout || paths[0];
+  return result.status === 0 ? undefined : result.stdout || paths[0];
+}
+
+/** Check that the Postgres user can reach each path (search permission on every parent folder). */
+export function checkReachable(user: PgUser | undefined, paths: string[]): void {
+  const blocked = unreachable(user, paths);
+  if (blocked) {
     throw new NeonError(
       'pg_user_cannot_reach',
-      `the Postgres user "${user.name}" cannot reach ${blocked}: give it search permission on every parent folder ` +
+      `the Postgres user "${user!.name}" cannot reach ${blocked}: give it search permission on every parent folder ` +
         `(chmod o+x on each), or set NEON_REPO_DIR to a folder it can reach`,
     );
   }
