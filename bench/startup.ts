@@ -63,7 +63,23 @@ async function postgresRound(): Promise<[number, number]> {
   const url = `postgresql://postgres:secret@127.0.0.1:${port}/postgres`;
   try {
     let t0 = performance.now();
-    run(bin('initdb'), ['-D', data, '-U', 'postgres', `--pwfile=${pwfile}`, '--auth-local=scram-sha-256', '--auth-host=scram-sha-256', '--data-checksums', '--encoding=UTF8', '--locale=C', '--no-instructions'], { asPg: true });
+    run(
+      bin('initdb'),
+      [
+        '-D',
+        data,
+        '-U',
+        'postgres',
+        `--pwfile=${pwfile}`,
+        '--auth-local=scram-sha-256',
+        '--auth-host=scram-sha-256',
+        '--data-checksums',
+        '--encoding=UTF8',
+        '--locale=C',
+        '--no-instructions',
+      ],
+      { asPg: true },
+    );
     run(bin('pg_ctl'), ['start', '-w', '-s', '-D', data, '-l', path.join(dir, 'log'), '-o', options], { asPg: true });
     await firstQuery(url);
     const first = performance.now() - t0;
@@ -83,7 +99,10 @@ const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floo
 const results = { neon: [[], []] as number[][], postgres: [[], []] as number[][] };
 for (let i = 0; i < runs; i++) {
   // Alternate so that drift in machine load hits both sides alike.
-  for (const [name, round] of [['postgres', postgresRound], ['neon', neonRound]] as const) {
+  for (const [name, round] of [
+    ['postgres', postgresRound],
+    ['neon', neonRound],
+  ] as const) {
     const [first, restart] = await round();
     results[name][0].push(first);
     results[name][1].push(restart);
@@ -95,10 +114,14 @@ const rows = [
   ['first start (clean folder → first query)', median(results.neon[0]), median(results.postgres[0]), 1.5],
   ['restart (existing repository → first query)', median(results.neon[1]), median(results.postgres[1]), 2.0],
 ] as const;
-console.log(`PostgreSQL ${binaries.fullVersion} (embedded), ${runs} runs, medians; node ${process.version}; ${execFileSync('nproc').toString().trim()} cores`);
+console.log(
+  `PostgreSQL ${binaries.fullVersion} (embedded), ${runs} runs, medians; node ${process.version}; ${execFileSync('nproc').toString().trim()} cores`,
+);
 console.log('| measure | neon (ms) | initdb + pg_ctl (ms) | ratio | target |');
 console.log('|---|---:|---:|---:|---:|');
 for (const [label, ours, theirs, target] of rows) {
   const ratio = ours / theirs;
-  console.log(`| ${label} | ${ours.toFixed(0)} | ${theirs.toFixed(0)} | ${ratio.toFixed(2)} | ≤ ${target} ${ratio <= target ? '✓' : '✗'} |`);
+  console.log(
+    `| ${label} | ${ours.toFixed(0)} | ${theirs.toFixed(0)} | ${ratio.toFixed(2)} | ≤ ${target} ${ratio <= target ? '✓' : '✗'} |`,
+  );
 }

@@ -132,7 +132,9 @@ const functions = suite('function and promise exports');
 
 functions('a function export receives the command given to loadConfig', () =>
   inDir(
-    { 'neon.config.ts': `export default ({ command }: { command: string }) => ({ storage_dest: '/data/' + command, plugins: [{ name: 'for-' + command }] });\n` },
+    {
+      'neon.config.ts': `export default ({ command }: { command: string }) => ({ storage_dest: '/data/' + command, plugins: [{ name: 'for-' + command }] });\n`,
+    },
     async (dir) => {
       const init = await load(dir, 'init');
       const start = await load(dir, 'start');
@@ -146,14 +148,17 @@ functions('a function export receives the command given to loadConfig', () =>
 
 functions('an async function export is awaited', () =>
   inDir(
-    { 'neon.config.mjs': `export default async ({ command }) => { await new Promise((r) => setTimeout(r, 10)); return { storage_dest: '/async/' + command }; };\n` },
+    {
+      'neon.config.mjs': `export default async ({ command }) => { await new Promise((r) => setTimeout(r, 10)); return { storage_dest: '/async/' + command }; };\n`,
+    },
     async (dir) => assert.is((await load(dir, 'status')).config.storage_dest, '/async/status'),
   ),
 );
 
 functions('a promise export is awaited', () =>
-  inDir({ 'neon.config.mjs': `export default new Promise((r) => setTimeout(() => r({ storage_dest: '/promised' }), 10));\n` }, async (dir) =>
-    assert.is((await load(dir)).config.storage_dest, '/promised'),
+  inDir(
+    { 'neon.config.mjs': `export default new Promise((r) => setTimeout(() => r({ storage_dest: '/promised' }), 10));\n` },
+    async (dir) => assert.is((await load(dir)).config.storage_dest, '/promised'),
   ),
 );
 
@@ -200,8 +205,16 @@ const failing: { name: string; files: Record<string, string>; patterns: RegExp[]
   },
   { name: 'a number export', files: { 'neon.config.mjs': `export default 42;\n` }, patterns: [/must export an object/, /exported number/] },
   { name: 'a null export', files: { 'neon.config.mjs': `export default null;\n` }, patterns: [/must export an object/, /exported null/] },
-  { name: 'no default export', files: { 'neon.config.mjs': `const forgot = {};\n` }, patterns: [/must export an object/, /exported undefined/] },
-  { name: 'an array export', files: { 'neon.config.cjs': `module.exports = [{ name: 'x' }];\n` }, patterns: [/must export an object/, /exported an array/] },
+  {
+    name: 'no default export',
+    files: { 'neon.config.mjs': `const forgot = {};\n` },
+    patterns: [/must export an object/, /exported undefined/],
+  },
+  {
+    name: 'an array export',
+    files: { 'neon.config.cjs': `module.exports = [{ name: 'x' }];\n` },
+    patterns: [/must export an object/, /exported an array/],
+  },
   {
     name: 'an unknown top-level key',
     files: { 'neon.config.ts': `export default { storage_dst: '/x' };\n` },
@@ -229,7 +242,9 @@ const failing: { name: string; files: Record<string, string>; patterns: RegExp[]
   },
   {
     name: 'an unknown option of a real plugin factory',
-    files: { 'neon.config.ts': `import storageFile from '${STORAGE_FILE}';\nexport default { plugins: [storageFile({ fsnc: true } as any)] };\n` },
+    files: {
+      'neon.config.ts': `import storageFile from '${STORAGE_FILE}';\nexport default { plugins: [storageFile({ fsnc: true } as any)] };\n`,
+    },
     patterns: [/storage-file/, /unknown option "fsnc"/, /known options: fsync/],
   },
 ];
@@ -244,12 +259,15 @@ for (const f of failing) {
 }
 
 errors('a CommonJS config that throws is run once, not retried', () =>
-  inDir({ 'neon.config.cjs': `globalThis.neonConfigRuns = (globalThis.neonConfigRuns ?? 0) + 1;\nthrow new Error('once');\n` }, async (dir) => {
-    const runs = globalThis as { neonConfigRuns?: number };
-    delete runs.neonConfigRuns;
-    await configError(dir, /once/);
-    assert.is(runs.neonConfigRuns, 1);
-  }),
+  inDir(
+    { 'neon.config.cjs': `globalThis.neonConfigRuns = (globalThis.neonConfigRuns ?? 0) + 1;\nthrow new Error('once');\n` },
+    async (dir) => {
+      const runs = globalThis as { neonConfigRuns?: number };
+      delete runs.neonConfigRuns;
+      await configError(dir, /once/);
+      assert.is(runs.neonConfigRuns, 1);
+    },
+  ),
 );
 
 // 7. `apply` filters plugins by command.

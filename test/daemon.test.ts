@@ -84,7 +84,20 @@ rest('GET /status and GET /pgs/main describe the daemon, binaries and compute', 
   const client = new pg.Client({ connectionString: main.connection_string });
   await client.connect();
   assert.is((await client.query('select 1 as one')).rows[0].one, 1);
+  const settings = await client.query(
+    "select name, setting from pg_settings where name in ('wal_level', 'listen_addresses') order by name",
+  );
+  assert.equal(settings.rows, [
+    { name: 'listen_addresses', setting: '127.0.0.1' },
+    { name: 'wal_level', setting: 'replica' },
+  ]);
   await client.end();
+  // Safekeepers and base images need replication connections from localhost, with the same password.
+  const replication = new pg.Client({ connectionString: main.connection_string, replication: 'database' } as pg.ClientConfig);
+  await replication.connect();
+  const identify = await replication.query('IDENTIFY_SYSTEM');
+  assert.match(String(identify.rows[0].systemid), /^\d+$/);
+  await replication.end();
 });
 
 rest('neon start when already started is idempotent and prints the status', async () => {
@@ -99,7 +112,13 @@ rest('pg stop / pg start act on the compute through the API', async () => {
   const stopped = await neonJson(['pg', 'stop', '-n', 'main'], { cwd: repo.dir });
   assert.is(stopped.state, 'stopped');
   const client = new pg.Client({ connectionString: stopped.connection_string });
-  assert.ok(await client.connect().then(() => false, () => true), 'a stopped compute refuses connections');
+  assert.ok(
+    await client.connect().then(
+      () => false,
+      () => true,
+    ),
+    'a stopped compute refuses connections',
+  );
   const started = await neonJson(['pg', 'start', '-n', 'main'], { cwd: repo.dir });
   assert.is(started.state, 'running');
   const again = await neonJson(['pg', 'start', '-n', 'main'], { cwd: repo.dir });
@@ -201,9 +220,17 @@ ports('when port 3000 is taken the daemon picks a free port and says so; a confi
   assert.is(two.code, 0, two.stderr);
   const second = await neonJson(['status'], { cwd: dirs[1] });
   assert.is.not(second.daemon.port, first.daemon.port);
-  const [a, b] = await Promise.all([neonJson(['pg', 'show', '-n', 'main'], { cwd: dirs[0] }), neonJson(['pg', 'show', '-n', 'main'], { cwd: dirs[1] })]);
+  const [a, b] = await Promise.all([
+    neonJson(['pg', 'show', '-n', 'main'], { cwd: dirs[0] }),
+    neonJson(['pg', 'show', '-n', 'main'], { cwd: dirs[1] }),
+  ]);
   assert.is.not(a.port, b.port, 'each main compute has its own port');
-  for (const dir of dirs) assert.is((await neon(['stop'], { cwd: dir })).code, 0);
+  assert.is((await neon(['stop'], { cwd: dirs[0] })).code, 0);
+  process.kill(second.daemon.pid, 'SIGTERM');
+  await waitFor('the daemon to stop on SIGTERM', () => processesOf(dirs[1]).length === 0 || undefined);
+  const log = fs.readFileSync(path.join(dirs[1], '.neon', 'logs', 'daemon.log'), 'utf8');
+  assert.match(log, /stopping \(signal\)[^]*stopped/, 'SIGTERM stops the computes cleanly, then the daemon');
+  assert.match(fs.readFileSync(path.join(dirs[1], '.neon', 'logs', 'compute-main.log'), 'utf8'), /database system is shut down/);
 });
 
 rest.run();

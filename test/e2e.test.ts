@@ -58,7 +58,10 @@ for (const runner of runners()) {
     await query(url, "insert into notes select g, 'note ' || g from generate_series(1, 1000) g");
     assert.is((await query<{ data_checksums: string }>(url, 'show data_checksums'))[0].data_checksums, 'on');
     const wrong = url.replace(/(postgres:)[^@]+@/, '$1wrong-password@');
-    const refused = await query(wrong, 'select 1').then(() => false, (error: Error) => /password authentication failed/.test(error.message));
+    const refused = await query(wrong, 'select 1').then(
+      () => false,
+      (error: Error) => /password authentication failed/.test(error.message),
+    );
     assert.ok(refused, 'a wrong password is refused');
 
     const status = await neon(['status'], run);
@@ -71,7 +74,10 @@ for (const runner of runners()) {
     const second = await neon(['start'], run);
     assert.is(second.code, 0, second.stderr);
     const again = printedConnectionString(second.stdout);
-    const rows = await query<{ n: string; s: string }>(again, "select count(*) as n, sum(id)::text as s from notes where body like 'note %'");
+    const rows = await query<{ n: string; s: string }>(
+      again,
+      "select count(*) as n, sum(id)::text as s from notes where body like 'note %'",
+    );
     assert.equal(rows, [{ n: '1000', s: '500500' }]);
 
     assert.is((await neon(['stop'], run)).code, 0);

@@ -42,7 +42,13 @@ ordering('a handler with order pre/post moves before/after every plain handler, 
 ordering('series hooks wait for each async handler before the next', async () => {
   const calls: string[] = [];
   const hooks = hostWith([
-    { name: 'slow', init: async () => { await new Promise((r) => setTimeout(r, 30)); calls.push('slow'); } },
+    {
+      name: 'slow',
+      init: async () => {
+        await new Promise((r) => setTimeout(r, 30));
+        calls.push('slow');
+      },
+    },
     { name: 'fast', init: () => void calls.push('fast') },
   ]);
   await hooks.init.promise(context);
@@ -66,9 +72,18 @@ ordering('falsy entries are skipped, nested arrays flattened, apply filters by c
 });
 
 ordering('a plugin that is not an object, or has a misspelt hook, is refused with its name', () => {
-  assert.throws(() => resolvePlugins([(() => ({ name: 'x' })) as unknown as NeonPlugin], { command: 'start' }), /forget to call the factory/);
-  assert.throws(() => resolvePlugins([{ name: 'typo', inti: () => undefined } as unknown as NeonPlugin], { command: 'start' }), /plugin "typo" has an unknown property "inti"/);
-  assert.throws(() => resolvePlugins([{ name: 'bad', enforce: 'first' } as unknown as NeonPlugin], { command: 'start' }), /enforce must be/);
+  assert.throws(
+    () => resolvePlugins([(() => ({ name: 'x' })) as unknown as NeonPlugin], { command: 'start' }),
+    /forget to call the factory/,
+  );
+  assert.throws(
+    () => resolvePlugins([{ name: 'typo', inti: () => undefined } as unknown as NeonPlugin], { command: 'start' }),
+    /plugin "typo" has an unknown property "inti"/,
+  );
+  assert.throws(
+    () => resolvePlugins([{ name: 'bad', enforce: 'first' } as unknown as NeonPlugin], { command: 'start' }),
+    /enforce must be/,
+  );
 });
 
 const bail = suite('bail hooks');
@@ -104,7 +119,14 @@ bail('an unclaimed scheme is an UnhandledSchemeError naming the scheme and the p
 const stamping = suite('error stamping');
 
 stamping('an error thrown in a lifecycle hook carries the plugin name and the hook', async () => {
-  const hooks = hostWith([{ name: 'breaks', start: () => { throw new Error('disk on fire'); } }]);
+  const hooks = hostWith([
+    {
+      name: 'breaks',
+      start: () => {
+        throw new Error('disk on fire');
+      },
+    },
+  ]);
   try {
     await hooks.start.promise({ repo: context.repo, log: silentLogger });
     assert.unreachable('should have thrown');
@@ -118,8 +140,21 @@ stamping('an error thrown in a lifecycle hook carries the plugin name and the ho
 
 stamping('a NeonError stays expected (one line) and keeps its code; provider errors are stamped too', async () => {
   const hooks = hostWith([
-    { name: 'picky', init: () => { throw new NeonError('bad_input', 'no such bucket'); } },
-    { name: 'opener', resolveStorage: { schemes: ['x'], handler: () => { throw new NeonError('denied', 'access denied'); } } },
+    {
+      name: 'picky',
+      init: () => {
+        throw new NeonError('bad_input', 'no such bucket');
+      },
+    },
+    {
+      name: 'opener',
+      resolveStorage: {
+        schemes: ['x'],
+        handler: () => {
+          throw new NeonError('denied', 'access denied');
+        },
+      },
+    },
   ]);
   const error = await hooks.init.promise(context).catch((e) => e);
   assert.is(error.expected, true);
@@ -129,7 +164,10 @@ stamping('a NeonError stays expected (one line) and keeps its code; provider err
 });
 
 stamping('plugin factories reject unknown options with the plugin name and the options they know', () => {
-  assert.throws(() => checkPluginOptions('storage-file', { fsnc: false } as object, ['fsync' as never]), /\[plugin storage-file\] unknown option "fsnc" \(known options: fsync\)/);
+  assert.throws(
+    () => checkPluginOptions('storage-file', { fsnc: false } as object, ['fsync' as never]),
+    /\[plugin storage-file\] unknown option "fsnc" \(known options: fsync\)/,
+  );
   assert.equal(checkPluginOptions('storage-file', { fsync: false }, ['fsync']), { fsync: false });
 });
 

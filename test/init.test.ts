@@ -4,8 +4,9 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { versionOf } from '../core/postgres/binaries.js';
-import { isRoot } from '../core/postgres/user.js';
+import { spawnSync } from 'node:child_process';
+import { embeddedBinaries, reachableBinaries, versionOf } from '../core/postgres/binaries.js';
+import { isRoot, pgUserFor, unreachable } from '../core/postgres/user.js';
 import { cleanup, neon, neonJson, ROOT, tmpDir } from './helpers/env.js';
 
 const dirs: string[] = [];
@@ -52,11 +53,20 @@ badInput('an unknown --storage_dest scheme names the scheme and leaves no reposi
 
 badInput('unsupported or missing Postgres versions, and a wrong postgres.bin, are clear errors', async () => {
   const dir = project();
-  assert.match(oneLineError(await neon(['init', '--pg-version', '14'], { cwd: dir })), /PostgreSQL 14 is not supported: neon needs PostgreSQL 15 or newer/);
-  assert.match(oneLineError(await neon(['init', '--pg-version', '99'], { cwd: dir })), /PostgreSQL 99 binaries not found \(looked in .*\): install postgresql-99/);
+  assert.match(
+    oneLineError(await neon(['init', '--pg-version', '14'], { cwd: dir })),
+    /PostgreSQL 14 is not supported: neon needs PostgreSQL 15 or newer/,
+  );
+  assert.match(
+    oneLineError(await neon(['init', '--pg-version', '99'], { cwd: dir })),
+    /PostgreSQL 99 binaries not found \(looked in .*\): install postgresql-99/,
+  );
   assert.match(oneLineError(await neon(['init', '--pg-version', 'new'], { cwd: dir })), /--pg-version must be a major version number/);
   const badBin = project(`export default { postgres: { bin: '/nonexistent/bin' } };`);
-  assert.match(oneLineError(await neon(['init'], { cwd: badBin })), /postgres\.bin is \/nonexistent\/bin, but it holds no runnable postgres/);
+  assert.match(
+    oneLineError(await neon(['init'], { cwd: badBin })),
+    /postgres\.bin is \/nonexistent\/bin, but it holds no runnable postgres/,
+  );
 });
 
 badInput('a config that throws, exports a non-object, or gives a plugin an unknown option', async () => {
@@ -64,7 +74,9 @@ badInput('a config that throws, exports a non-object, or gives a plugin an unkno
   assert.match(oneLineError(await neon(['init'], { cwd: throws })), /config exploded/);
   const number = project(`export default 42;`);
   assert.match(oneLineError(await neon(['start'], { cwd: number })), /must export an object.*exported number/);
-  const option = project(`import storageFile from '${plugin('storage-file')}';\nexport default { plugins: [storageFile({ fsnc: true })] };`);
+  const option = project(
+    `import storageFile from '${plugin('storage-file')}';\nexport default { plugins: [storageFile({ fsnc: true })] };`,
+  );
   assert.match(oneLineError(await neon(['init'], { cwd: option })), /\[plugin storage-file\] unknown option "fsnc"/);
   for (const dir of [throws, number, option]) assert.not.ok(fs.existsSync(path.join(dir, '.neon', 'config.json')));
 });
@@ -110,7 +122,10 @@ binaries('--pg-version picks a system install; postgres.bin picks a folder; stat
   const system = systemInstall();
   const byVersion = project();
   const byPath = project(`export default { postgres: { bin: ${JSON.stringify(system.binDir)} } };`);
-  for (const [dir, args, source] of [[byVersion, ['--pg-version', String(system.version)], 'system'], [byPath, [], 'path']] as const) {
+  for (const [dir, args, source] of [
+    [byVersion, ['--pg-version', String(system.version)], 'system'],
+    [byPath, [], 'path'],
+  ] as const) {
     const init = await neonJson(['init', ...args], { cwd: dir });
     assert.is(init.postgres.source, source);
     assert.is(init.postgres.version, system.version);
@@ -124,6 +139,24 @@ binaries('--pg-version picks a system install; postgres.bin picks a folder; stat
     assert.is(Math.floor(Number(rows[0].server_version_num) / 10000), system.version);
     assert.is((await neon(['stop'], { cwd: dir })).code, 0);
   }
+});
+
+binaries('embedded binaries in a folder the Postgres user cannot enter are run from a copy it can reach', async () => {
+  const embedded = (await embeddedBinaries())!;
+  const user = pgUserFor('postgres');
+  if (!user) {
+    assert.is(await reachableBinaries(embedded, user), embedded, 'not root: Postgres runs as this user, no copy needed');
+    return;
+  }
+  const hidden = project();
+  fs.chmodSync(hidden, 0o700); // like a checkout under /root
+  fs.cpSync(path.dirname(embedded.binDir), path.join(hidden, 'native'), { recursive: true, verbatimSymlinks: true });
+  const privateCopy = { ...embedded, binDir: path.join(hidden, 'native', 'bin') };
+  assert.is(unreachable(user, [path.join(privateCopy.binDir, 'postgres')]), path.join(privateCopy.binDir, 'postgres'));
+  const runnable = await reachableBinaries(privateCopy, user);
+  assert.match(runnable.binDir, /^\/var\/cache\/neon\//);
+  const version = spawnSync(path.join(runnable.binDir, 'postgres'), ['--version'], { uid: user.uid, gid: user.gid, encoding: 'utf8' });
+  assert.match(version.stdout, new RegExp(`PostgreSQL\\) ${embedded.fullVersion.replace('.', '\\.')}`));
 });
 
 badInput.run();

@@ -22,7 +22,10 @@ async function open(root: string, plugin = storageFile()): Promise<Storage> {
 
 /** The code of the NeonError that `promise` rejects with. */
 async function codeOf(promise: Promise<unknown>): Promise<string> {
-  const error = await promise.then(() => 'resolved', (e: unknown) => e);
+  const error = await promise.then(
+    () => 'resolved',
+    (e: unknown) => e,
+  );
   assert.instance(error, NeonError, `expected a NeonError, got ${String(error)}`);
   return (error as NeonError).code;
 }
@@ -108,7 +111,12 @@ contract('put replaces an existing object, also with a shorter one', async ({ ro
 
 contract('a put whose stream fails leaves the old object and no temp file', async ({ root, storage }) => {
   await storage.put('k', 'old');
-  const failing = new Readable({ read() { this.push(Buffer.alloc(1024, 'n')); this.destroy(new Error('source broke')); } });
+  const failing = new Readable({
+    read() {
+      this.push(Buffer.alloc(1024, 'n'));
+      this.destroy(new Error('source broke'));
+    },
+  });
   const error = await storage.put('k', failing).catch((e: Error) => e);
   assert.match(String((error as Error)?.message), /source broke/);
   assert.is(await text(storage, 'k'), 'old');
@@ -119,16 +127,32 @@ const listing = storageSuite('storage-file list');
 
 listing('lists keys in order, into nested folders, filtered by any prefix', async ({ storage }) => {
   const all = [
-    'a-z', 'a/b', 'base/2024/x', 'base/2024/y', 'base/b', 'wal.bak',
-    'wal/000000010000000000000001', 'wal/000000010000000000000002', 'wal/00000002.history', 'wal/000000020000000000000001', 'zeta',
+    'a-z',
+    'a/b',
+    'base/2024/x',
+    'base/2024/y',
+    'base/b',
+    'wal.bak',
+    'wal/000000010000000000000001',
+    'wal/000000010000000000000002',
+    'wal/00000002.history',
+    'wal/000000020000000000000001',
+    'zeta',
   ];
   for (const key of [...all].reverse()) await storage.put(key, key);
   assert.equal(await keys(storage), all);
   assert.equal(await keys(storage, ''), all);
   assert.equal(await keys(storage, 'wal/0000000100'), ['wal/000000010000000000000001', 'wal/000000010000000000000002']);
   assert.equal(await keys(storage, 'wal/00000002'), ['wal/00000002.history', 'wal/000000020000000000000001']);
-  assert.equal(await keys(storage, 'wal'), all.filter((k) => k.startsWith('wal')), 'wal matches wal.bak and wal/…');
-  assert.equal(await keys(storage, 'wal/'), all.filter((k) => k.startsWith('wal/')));
+  assert.equal(
+    await keys(storage, 'wal'),
+    all.filter((k) => k.startsWith('wal')),
+    'wal matches wal.bak and wal/…',
+  );
+  assert.equal(
+    await keys(storage, 'wal/'),
+    all.filter((k) => k.startsWith('wal/')),
+  );
   assert.equal(await keys(storage, 'ba'), ['base/2024/x', 'base/2024/y', 'base/b']);
   assert.equal(await keys(storage, 'base/2024/'), ['base/2024/x', 'base/2024/y']);
   assert.equal(await keys(storage, 'a'), ['a-z', 'a/b']);
@@ -202,7 +226,9 @@ async function stop(child: ChildProcess): Promise<void> {
 crash('a killed writer leaves the old object, no new one, and no visible temp file', async ({ dir, root, storage }) => {
   await storage.put('base/old', 'old content');
   const script = path.join(dir, 'writer.mjs');
-  fs.writeFileSync(script, `
+  fs.writeFileSync(
+    script,
+    `
     import { Readable } from 'node:stream';
     import { pathToFileURL } from 'node:url';
     import storageFile from ${JSON.stringify(pathToFileURL(path.join(ROOT, 'plugins/storage-file/index.ts')).href)};
@@ -213,7 +239,8 @@ crash('a killed writer leaves the old object, no new one, and no visible temp fi
     setInterval(() => {}, 1000);
     await Promise.all([storage.put('base/old', stalled()), storage.put('base/new', stalled())]);
     process.exit(3);
-  `);
+  `,
+  );
   const child = spawn(process.execPath, ['--import', 'tsx', script, root], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (chunk) => (stderr += chunk));
