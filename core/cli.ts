@@ -93,6 +93,14 @@ export function createCli() {
       await pgCommand(action, options.name, (method, path, body) => call(options, method, path, body), options, print);
     });
 
+  cli
+    .command('safekeeper <action>', 'Safekeepers: safekeeper list | safekeeper stop -n NAME | safekeeper start -n NAME')
+    .option('-n, --name <name>', 'Safekeeper name (sk1, sk2, …)')
+    .action(async (action: string, options: GlobalOptions & { name?: string }) => {
+      const { safekeeperCommand } = await import('./commands.js');
+      await safekeeperCommand(action, options.name, (method, path, body) => call(options, method, path, body), options, print);
+    });
+
   cli.help();
   cli.version(pkg.version);
   return cli;
@@ -102,8 +110,11 @@ export function createCli() {
 export async function main(argv = process.argv): Promise<void> {
   if (argv[2] === '__daemon') {
     const { runDaemon } = await import('./daemon.js');
-    const repoIndex = argv.indexOf('--repo');
-    return runDaemon(argv[repoIndex + 1]);
+    return runDaemon(argv[argv.indexOf('--repo') + 1], fileURLToPath(import.meta.url));
+  }
+  if (argv[2] === '__safekeeper') {
+    const { runSafekeeper } = await import('../safekeeper/main.js');
+    return runSafekeeper();
   }
   const cli = createCli();
   try {

@@ -2,7 +2,8 @@ import { callDaemon } from './client.js';
 import type { ComputeInfo } from './compute.js';
 import { runningDaemonPid, spawnDaemon } from './daemon-control.js';
 import { NeonError } from './errors.js';
-import { keyValues, table } from './output.js';
+import { keyValues, table, type Column } from './output.js';
+import type { SafekeeperInfo } from './safekeepers.js';
 import type { Repository } from './repository.js';
 import type { Status } from './routes.js';
 
@@ -10,14 +11,36 @@ import type { Status } from './routes.js';
 type Print = (options: { json?: boolean }, value: unknown, human: () => string) => void;
 type Call = <T>(method: string, path: string, body?: unknown) => Promise<T>;
 
-function statusText(status: Status): string {
-  const { daemon, postgres } = status;
+/** What the safekeeper-offload plugin adds to the status. */
+interface OffloadStatus {
+  last_segment: string | null;
+  pending: number;
+  error: string | null;
+}
+
+function statusText(status: Status & { offload?: OffloadStatus }): string {
+  const { daemon, postgres, offload } = status;
+  // A safekeeper's "last offloaded" is the newest offloaded segment it has itself completed.
+  const offloaded = (last: string | null) => (offload?.last_segment && last && offload.last_segment <= last ? offload.last_segment : null);
+  const safekeepers = status.safekeepers.map((sk) => ({
+    ...sk,
+    last_offloaded: offloaded(sk.last_segment),
+    connected: sk.connected ? 'yes' : 'no',
+  }));
   return [
     keyValues([
       ['repository', status.repository],
       ['daemon', `running, pid ${daemon.pid}, ${daemon.url}`],
       ['postgres', `${postgres.version} (${postgres.source}: ${postgres.bin_dir}), runs as ${postgres.run_as}`],
       ['storage_dest', status.storage_dest],
+      ...(offload
+        ? [
+            [
+              'offload',
+              `last ${offload.last_segment ?? '-'}, ${offload.pending} pending${offload.error ? `, error: ${offload.error}` : ''}`,
+            ] as [string, string],
+          ]
+        : []),
     ]),
     '',
     table(status.components, [
@@ -28,6 +51,20 @@ function statusText(status: Status): string {
       ['port', 'port'],
       ['restarts', 'restarts'],
     ]),
+    ...(safekeepers.length
+      ? [
+          '',
+          table(safekeepers, [
+            ['name', 'safekeeper'],
+            ['connected', 'connected'],
+            ['flush_lsn', 'flush lsn'],
+            ['lag_bytes', 'lag bytes'],
+            ['last_segment', 'last segment'],
+            ['last_offloaded', 'last offloaded'],
+            ['error', 'error'],
+          ]),
+        ]
+      : []),
   ].join('\n');
 }
 
@@ -146,4 +183,36 @@ export async function pgCommand(
       ['restarts', pg.restarts],
     ]),
   );
+}
+
+const SAFEKEEPER_ACTIONS = ['list', 'start', 'stop'];
+
+/** `neon safekeeper list | start | stop`. */
+export async function safekeeperCommand(
+  action: string,
+  name: string | undefined,
+  call: Call,
+  options: { json?: boolean },
+  print: Print,
+): Promise<void> {
+  if (!SAFEKEEPER_ACTIONS.includes(action)) {
+    throw new NeonError('unknown_command', `unknown safekeeper action "${action}": use one of ${SAFEKEEPER_ACTIONS.join(', ')}`);
+  }
+  const columns: Column[] = [
+    ['name', 'name'],
+    ['state', 'state'],
+    ['pid', 'pid'],
+    ['connected', 'connected'],
+    ['flush_lsn', 'flush lsn'],
+    ['lag_bytes', 'lag bytes'],
+    ['error', 'error'],
+  ];
+  if (action === 'list') {
+    const list = await call<SafekeeperInfo[]>('GET', '/safekeepers');
+    print(options, list, () => table(list as unknown as Record<string, unknown>[], columns));
+    return;
+  }
+  if (!name) throw new NeonError('missing_name', `neon safekeeper ${action} needs a safekeeper name: -n NAME`);
+  const node = await call<SafekeeperInfo>('POST', `/safekeepers/${encodeURIComponent(name)}/actions`, { action });
+  print(options, node, () => table([node as unknown as Record<string, unknown>], columns));
 }

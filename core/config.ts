@@ -40,6 +40,11 @@ export interface NeonConfig {
   storage_dest?: string;
   daemon?: DaemonConfig;
   postgres?: PostgresConfig;
+  /**
+   * How many safekeepers receive the primary's WAL (default 1). A commit returns once a majority of them has
+   * fsynced it: 1 of 1, 2 of 3. 0 turns them off (commits then wait for nothing but the local disk).
+   */
+  safekeepers?: number;
 }
 
 /** A config object, a promise of one, or a function of the command that returns one. */
@@ -162,7 +167,13 @@ function firstLine(message: string): string {
   return message.split('\n').filter(Boolean).slice(-1)[0] ?? message;
 }
 
-const TOP_KEYS: Record<string, string> = { plugins: 'array', storage_dest: 'string', daemon: 'object', postgres: 'object' };
+const TOP_KEYS: Record<string, string> = {
+  plugins: 'array',
+  storage_dest: 'string',
+  daemon: 'object',
+  postgres: 'object',
+  safekeepers: 'number',
+};
 const DAEMON_KEYS: Record<string, string> = { port: 'number' };
 const POSTGRES_KEYS: Record<string, string> = {
   version: 'number',
@@ -183,6 +194,9 @@ export function checkConfig(value: unknown, file: string): NeonConfig {
   const config = value as NeonConfig;
   if (config.daemon) checkKeys(config.daemon as Record<string, unknown>, DAEMON_KEYS, file, 'daemon.');
   if (config.postgres) checkKeys(config.postgres as Record<string, unknown>, POSTGRES_KEYS, file, 'postgres.');
+  if (config.safekeepers !== undefined && !(Number.isInteger(config.safekeepers) && config.safekeepers >= 0 && config.safekeepers <= 9)) {
+    throw new NeonError('config_error', `${file}: "safekeepers" must be a whole number from 0 to 9, not ${config.safekeepers}`);
+  }
   return config;
 }
 

@@ -9,10 +9,14 @@ import { createLogger, type Logger } from './log.js';
 import { applyPlugins, type NeonPlugin } from './plugin.js';
 import { checkBinaries, reachableBinaries, type PgBinaries } from './postgres/binaries.js';
 import { pgUserFor, type PgUser } from './postgres/user.js';
-import { resolveLauncher } from './resolve.js';
+import { resolveLauncher, resolveStorage } from './resolve.js';
+import { Safekeepers } from './safekeepers.js';
+import type { Storage } from './storage.js';
+import { WalStore } from './wal-store.js';
+import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { RestServer } from './rest.js';
 import { registerRoutes, statusOf, type Status } from './routes.js';
-import { Repository, type RepoMeta } from './repository.js';
+import { Repository, type ComputeRecord, type RepoMeta } from './repository.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
@@ -35,6 +39,11 @@ export class Daemon {
   config: NeonConfig = {};
   configFile?: string;
   pgUser?: PgUser;
+  safekeepers!: Safekeepers;
+  wal!: WalStore;
+  storage?: Storage;
+  /** Status sections contributed by plugins (see StartContext.status). */
+  readonly pluginStatus = new Map<string, () => unknown>();
   private rest?: RestServer;
   private releaseLock?: () => Promise<void>;
   private shuttingDown?: Promise<void>;
@@ -45,6 +54,8 @@ export class Daemon {
     readonly repo: Repository,
     readonly meta: RepoMeta,
     readonly log: Logger,
+    /** The neon CLI script, which child processes such as safekeepers run. */
+    readonly cli: string,
   ) {}
 
   /** Start everything; resolves with a notice for the user (a port that had to change), if any. */
@@ -64,6 +75,17 @@ export class Daemon {
     this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
     const launcher = await resolveLauncher(this.hooks, 'compute');
     const token = await repo.readToken();
+    this.storage = meta.storageDest ? await resolveStorage(this.hooks, meta.storageDest) : undefined;
+    const safekeeperCount = this.config.safekeepers ?? 1;
+    this.safekeepers = new Safekeepers(safekeeperCount, {
+      repo,
+      launcher: safekeeperCount ? await resolveLauncher(this.hooks, 'safekeeper') : launcher,
+      cli: this.cli,
+      hooks: this.hooks,
+      log: log.child('safekeepers'),
+      branch: 'main',
+    });
+    this.wal = new WalStore(() => this.safekeepers.nodes, this.storage);
 
     this.rest = registerRoutes(new RestServer(token, log.child('rest')), this);
     const notice = await this.listen();
@@ -85,13 +107,30 @@ export class Daemon {
           hooks: this.hooks,
           log: log.child(`compute ${record.name}`),
           sharedBuffers: this.config.postgres?.sharedBuffers,
-          settings: this.config.postgres?.settings,
+          settings: { ...this.config.postgres?.settings, ...this.primarySettings(record) },
           save: (changed) => this.saveCompute(changed),
         }),
       );
     }
+    // The safekeepers follow the main compute wherever it runs (its port may change between starts).
+    this.hooks.computeStarted.tap('neon:safekeepers', ({ name }) => {
+      if (name === 'main') this.safekeepers.setPrimary(this.primaryOf(this.compute('main').record));
+    });
     await Promise.all([...this.computes.values()].filter((c) => c.record.running).map((c) => c.start()));
-    await this.hooks.start.promise({ repo, log, storageDest: meta.storageDest });
+    const main = this.computes.get('main');
+    if (main) {
+      if (main.state === 'running')
+        await this.safekeepers.dropStaleSlots(this.primaryOf(main.record)).catch((e) => log.warn('%s', messageOf(e)));
+      await this.safekeepers.start(this.primaryOf(main.record));
+    }
+    await this.hooks.start.promise({
+      repo,
+      log,
+      storageDest: meta.storageDest,
+      storage: this.storage,
+      wal: this.wal,
+      status: this.pluginStatus,
+    });
     return notice;
   }
 
@@ -116,6 +155,17 @@ export class Daemon {
       this.port = await this.rest!.listen(0);
       return `port ${DEFAULT_DAEMON_PORT} is in use, so the REST API listens on port ${this.port}`;
     }
+  }
+
+  /** Settings that make a branch's primary wait for its safekeepers. */
+  private primarySettings(record: ComputeRecord): Record<string, string> {
+    const names = record.name === 'main' ? this.safekeepers.standbyNames() : undefined;
+    return names ? { synchronous_standby_names: names } : {};
+  }
+
+  /** How a safekeeper reaches a compute. */
+  primaryOf(record: ComputeRecord): PrimaryInfo {
+    return { host: '127.0.0.1', port: record.port, user: record.user, password: record.password };
   }
 
   /** Record a changed compute (its port, whether it should run) in state.json. */
@@ -144,6 +194,8 @@ export class Daemon {
       log.info('stopping (%s)', reason);
       if (this.hooks) await this.hooks.stop.promise({ repo, log, reason }).catch((e) => log.error('%s', messageOf(e)));
       await Promise.all([...this.computes.values()].map((c) => c.stop().catch((e) => log.error('%s', messageOf(e)))));
+      // After the computes: a stopping primary sends its last WAL (the shutdown checkpoint) to the safekeepers.
+      await this.safekeepers?.stop().catch((e) => log.error('%s', messageOf(e)));
       await this.rest?.close();
       await fs.rm(repo.daemonFile, { force: true });
       await this.releaseLock?.();
@@ -155,7 +207,7 @@ export class Daemon {
 }
 
 /** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
-export async function runDaemon(repoDir: string): Promise<void> {
+export async function runDaemon(repoDir: string, cli: string): Promise<void> {
   const repo = new Repository(repoDir);
   const log = createLogger('daemon');
   const tell = (message: DaemonMessage) => process.send?.(message);
@@ -170,7 +222,7 @@ export async function runDaemon(repoDir: string): Promise<void> {
     onSignal();
   });
   try {
-    daemon = new Daemon(repo, await repo.readMeta(), log);
+    daemon = new Daemon(repo, await repo.readMeta(), log, cli);
     daemon.onStopped = () => process.exit();
     log.info('starting daemon pid %d for %s', process.pid, repo.dir);
     const notice = await daemon.start();

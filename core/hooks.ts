@@ -4,6 +4,7 @@ import type { Launcher, LauncherRequest } from './launcher.js';
 import type { Logger } from './log.js';
 import type { Repository } from './repository.js';
 import type { Storage, StorageRequest } from './storage.js';
+import type { WalStore } from './wal-store.js';
 
 /** Passed to every lifecycle hook: where the repository is and how to log. */
 export interface HookContext {
@@ -21,6 +22,12 @@ export interface InitContext extends HookContext {
 /** The daemon has started its components and is about to answer requests. */
 export interface StartContext extends HookContext {
   storageDest?: string;
+  /** The storage at storage_dest, opened through its plugin; undefined when none is configured. */
+  storage?: Storage;
+  /** WAL by name, and the newest unfinished segment of each branch. */
+  wal: WalStore;
+  /** Sections a plugin adds to `GET /status` (e.g. `offload`), keyed by section name. */
+  status: Map<string, () => unknown>;
 }
 
 /** The daemon is stopping (`neon stop`, SIGTERM or SIGINT); hooks run before the computes are stopped. */
@@ -45,8 +52,12 @@ export interface TransferContext extends HookContext {
 export interface WalSegmentEvent {
   branch: string;
   timeline: number;
+  /** The segment's file name. */
   segment: string;
+  /** Its file on the safekeeper's disk. */
   path: string;
+  /** The safekeeper that completed it (each one does, for its own copy). */
+  safekeeper: string;
 }
 
 /** A base image was stored (its manifest is written). */

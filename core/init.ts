@@ -30,7 +30,7 @@ export const DEFAULT_PG_PORT = 55432;
 
 // Entries init creates; --force and the clean-up of a half-made repository remove these and nothing else, so
 // that pointing NEON_REPO_DIR at a folder with other files in it never deletes them.
-const REPO_ENTRIES = ['config.json', 'state.json', 'token', 'daemon.json', 'daemon.pid', 'logs', 'computes'];
+const REPO_ENTRIES = ['config.json', 'state.json', 'token', 'daemon.json', 'daemon.pid', 'logs', 'computes', 'safekeepers', 'offload'];
 
 /**
  * Create a repository: the API token, the main compute's data directory (initdb), the state, and last the

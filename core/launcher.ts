@@ -12,6 +12,8 @@ export interface LaunchSpec {
   gid?: number;
   /** The process's stdout and stderr are appended here. */
   logFile: string;
+  /** Open a Node IPC channel to the process (for node processes: safekeepers). */
+  ipc?: boolean;
 }
 
 /** How a process ended. */
@@ -27,6 +29,10 @@ export interface LaunchedProcess {
   exited: Promise<ProcessExit>;
   /** Send a signal; false when the process is already gone. */
   kill(signal: NodeJS.Signals): boolean;
+  /** With `ipc`: send a message to the process. */
+  send?(message: unknown): void;
+  /** With `ipc`: receive the process's messages. */
+  onMessage?(listener: (message: unknown) => void): void;
 }
 
 /** Starts processes of one component kind (`compute`, later `safekeeper`, `pageserver`). */

@@ -10,7 +10,7 @@ export interface RestRequest {
   query: URLSearchParams;
 }
 
-/** A route handler answers with a JSON value (status 200) or `{ status, body }`. */
+/** A route handler answers with a JSON value or a Buffer (bytes) with status 200, or a {@link RestResponse}. */
 export type RestHandler = (request: RestRequest) => Promise<unknown>;
 
 /** Answer with another status than 200. */
@@ -131,6 +131,11 @@ async function readBody(req: http.IncomingMessage): Promise<Record<string, unkno
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {
+  if (Buffer.isBuffer(body)) {
+    res.writeHead(status, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+    res.end(body);
+    return;
+  }
   const text = JSON.stringify(body, null, 2) + '\n';
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
   res.end(text);

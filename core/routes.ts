@@ -3,8 +3,25 @@ import { NeonError } from './errors.js';
 import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from './rest.js';
 
-/** The seed's `/pgs` actions that exist so far. */
+/** The seed's `/pgs` actions that exist so far, and those of `/safekeepers`. */
 const PG_ACTIONS = ['start', 'stop'] as const;
+const SAFEKEEPER_ACTIONS = ['start', 'stop'] as const;
+
+/** The `action` of an actions request, checked against what the resource knows. */
+function actionOf<T extends string>(body: Record<string, unknown>, known: readonly T[]): T {
+  const action = body.action;
+  if (typeof action !== 'string' || !(known as readonly string[]).includes(action)) {
+    throw new NeonError('bad_action', `"action" must be one of ${known.join(', ')} (got ${JSON.stringify(action ?? null)})`, {
+      status: 400,
+    });
+  }
+  const extra = Object.keys(body).filter((key) => key !== 'action');
+  if (extra.length) throw new NeonError('bad_request', `unknown field(s) ${extra.join(', ')} for action ${action}`, { status: 400 });
+  return action as T;
+}
+
+// WAL file names a client may ask for: segments and timeline history files, nothing that could be a path.
+const WAL_FILE = /^[0-9A-F]{24}$|^[0-9A-F]{8}\.history$/;
 
 /** The REST API: `/status`, the `/pgs` resource, and `/shutdown` for `neon stop`. */
 export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
@@ -14,18 +31,27 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     .route('GET', '/pgs/:name', async ({ params }) => daemon.compute(params.name).info())
     .route('POST', '/pgs/:name/actions', async ({ params, body }) => {
       const compute = daemon.compute(params.name);
-      const action = body.action;
-      if (typeof action !== 'string' || !(PG_ACTIONS as readonly string[]).includes(action)) {
-        throw new NeonError('bad_action', `"action" must be one of ${PG_ACTIONS.join(', ')} (got ${JSON.stringify(action ?? null)})`, {
-          status: 400,
-        });
-      }
-      const extra = Object.keys(body).filter((key) => key !== 'action');
-      if (extra.length) throw new NeonError('bad_request', `unknown field(s) ${extra.join(', ')} for action ${action}`, { status: 400 });
+      const action = actionOf(body, PG_ACTIONS);
       if (action === 'start') await compute.start();
       else await compute.stop();
       await daemon.saveCompute({ name: compute.record.name, running: action === 'start' });
       return compute.info();
+    })
+    .route('GET', '/safekeepers', async () => daemon.safekeepers.info())
+    .route('GET', '/safekeepers/:name', async ({ params }) => daemon.safekeepers.get(params.name).info())
+    .route('POST', '/safekeepers/:name/actions', async ({ params, body }) => {
+      const node = daemon.safekeepers.get(params.name);
+      if (actionOf(body, SAFEKEEPER_ACTIONS) === 'stop') await node.stop();
+      else await node.start(daemon.primaryOf(daemon.compute('main').record));
+      return node.info();
+    })
+    .route('GET', '/wal/:branch/:file', async ({ params }) => {
+      if (!WAL_FILE.test(params.file)) {
+        throw new NeonError('bad_wal_name', `"${params.file}" is not a WAL segment or history file name`, { status: 400 });
+      }
+      const bytes = await daemon.wal.read(params.branch, params.file);
+      if (!bytes) throw new NeonError('wal_not_found', `no WAL file ${params.file} for branch ${params.branch}`, { status: 404 });
+      return bytes;
     })
     .route('POST', '/shutdown', async () => {
       // Answer first: the shutdown closes this server.
@@ -60,9 +86,23 @@ export function statusOf(daemon: Daemon) {
       bin_dir: binaries.binDir,
       run_as: daemon.pgUser?.name ?? userInfo().username,
     },
-    components: [...daemon.computes.values()].map((c) => {
-      const info = c.info();
-      return { kind: 'compute', name: info.name, state: info.state, pid: info.pid, port: info.port, restarts: info.restarts };
-    }),
+    safekeepers: daemon.safekeepers.info().map(({ rss_bytes, cpu_seconds, dir, ...rest }) => rest),
+    ...Object.fromEntries([...daemon.pluginStatus].map(([section, read]) => [section, read()])),
+    components: [
+      ...[...daemon.computes.values()].map((c) => {
+        const info = c.info();
+        return {
+          kind: 'compute',
+          name: info.name,
+          state: info.state,
+          pid: info.pid,
+          port: info.port as number | null,
+          restarts: info.restarts,
+        };
+      }),
+      ...daemon.safekeepers
+        .info()
+        .map((sk) => ({ kind: 'safekeeper', name: sk.name, state: sk.state as string, pid: sk.pid, port: null, restarts: sk.restarts })),
+    ],
   };
 }

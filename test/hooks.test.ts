@@ -1,7 +1,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { NeonError, PluginError, UnhandledSchemeError } from '../core/errors.js';
-import { createHooks } from '../core/hooks.js';
+import { createHooks, type StartContext } from '../core/hooks.js';
 import { applyPlugins, checkPluginOptions, resolvePlugins, type NeonPlugin, type PluginOption } from '../core/plugin.js';
 import { resolveLauncher, resolveStorage } from '../core/resolve.js';
 import type { Storage } from '../core/storage.js';
@@ -128,7 +128,7 @@ stamping('an error thrown in a lifecycle hook carries the plugin name and the ho
     },
   ]);
   try {
-    await hooks.start.promise({ repo: context.repo, log: silentLogger });
+    await hooks.start.promise({ repo: context.repo, log: silentLogger } as StartContext);
     assert.unreachable('should have thrown');
   } catch (error) {
     assert.instance(error, PluginError);

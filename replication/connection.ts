@@ -1,0 +1,307 @@
+import net from 'node:net';
+import { ScramClient } from './scram.js';
+import { createHash } from 'node:crypto';
+
+/** Where and how to connect. `replication: 'true'` opens a physical walsender connection. */
+export interface ConnectOptions {
+  host: string;
+  port: number;
+  user: string;
+  password?: string;
+  database?: string;
+  replication?: 'true' | 'database';
+  applicationName?: string;
+  connectTimeoutMs?: number;
+}
+
+/** An ErrorResponse from the server, with its SQLSTATE. */
+export class PgError extends Error {
+  readonly code: string;
+  readonly severity: string;
+  readonly detail?: string;
+
+  constructor(fields: Record<string, string>) {
+    super(fields.M ?? 'unknown server error');
+    this.name = 'PgError';
+    this.code = fields.C ?? '';
+    this.severity = fields.S ?? fields.V ?? 'ERROR';
+    this.detail = fields.D;
+  }
+}
+
+/** The result of a simple query: column names, raw column values (text format), the command tag. */
+export interface QueryResult {
+  fields: string[];
+  rows: (Buffer | null)[][];
+  command: string;
+}
+
+/** Rows of a result as objects of strings. */
+export function textRows(result: QueryResult): Record<string, string | null>[] {
+  return result.rows.map((row) => Object.fromEntries(result.fields.map((field, i) => [field, row[i]?.toString('utf8') ?? null])));
+}
+
+type Handler = (type: number, body: Buffer) => void;
+
+const PROTOCOL_3_0 = 196608;
+
+/**
+ * A minimal frontend of the Postgres wire protocol (v3): startup and authentication (SCRAM-SHA-256, MD5,
+ * cleartext), the simple query protocol, and the COPY sub-protocols that replication uses (CopyBoth for
+ * START_REPLICATION, CopyOut for BASE_BACKUP). Written by hand because the streaming replication protocol is
+ * exactly what client libraries leave out.
+ */
+export class WireConnection {
+  /** ParameterStatus values the server reported (server_version, …). */
+  readonly parameters: Record<string, string> = {};
+  private pending: Buffer = Buffer.alloc(0);
+  private handler: Handler = () => undefined;
+  private closed = false;
+  private closeError?: Error;
+  private readonly closeListeners: ((error?: Error) => void)[] = [];
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    socket.on('error', (error) => this.fail(error));
+    socket.on('close', () => this.fail(new Error('connection closed by the server')));
+  }
+
+  /** Connect, authenticate, and wait until the server is ready for queries. */
+  static async connect(options: ConnectOptions): Promise<WireConnection> {
+    const socket = net.connect({ host: options.host, port: options.port });
+    const timeout = options.connectTimeoutMs ?? 10_000;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => (socket.destroy(), reject(new Error(`connecting to ${options.host}:${options.port} timed out`))),
+        timeout,
+      );
+      socket.once('connect', () => (clearTimeout(timer), resolve()));
+      socket.once('error', (error) => (clearTimeout(timer), reject(error)));
+    });
+    const connection = new WireConnection(socket);
+    await connection.startup(options);
+    return connection;
+  }
+
+  /** Call `listener` once when the connection ends (with the error, if it broke). */
+  onClose(listener: (error?: Error) => void): void {
+    if (this.closed) listener(this.closeError);
+    else this.closeListeners.push(listener);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  private fail(error: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeError = error;
+    this.socket.destroy();
+    this.handler(0, Buffer.from(error.message));
+    for (const listener of this.closeListeners.splice(0)) listener(error);
+  }
+
+  /** Close politely (Terminate), then drop the socket. */
+  close(): void {
+    if (this.closed) return;
+    const terminate = Buffer.from([0x58, 0, 0, 0, 4]);
+    this.socket.end(terminate);
+    this.closed = true;
+    for (const listener of this.closeListeners.splice(0)) listener();
+  }
+
+  private receive(chunk: Buffer): void {
+    let buffer = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    let offset = 0;
+    while (buffer.length - offset >= 5) {
+      const length = buffer.readUInt32BE(offset + 1);
+      if (buffer.length - offset < length + 1) break;
+      const type = buffer[offset];
+      const body = buffer.subarray(offset + 5, offset + 1 + length);
+      offset += length + 1;
+      if (type === 0x53 /* S */) {
+        const [name, value] = body.toString('utf8').split('\0');
+        this.parameters[name] = value;
+      } else if (type !== 0x4e /* N: notice */ && type !== 0x41 /* A: notification */) {
+        this.handler(type, body);
+      }
+      if (this.closed) return;
+    }
+    buffer = buffer.subarray(offset);
+    // Keep a copy of a partial message only: the socket's chunk buffer may be reused.
+    this.pending = buffer.length ? Buffer.from(buffer) : Buffer.alloc(0);
+  }
+
+  private send(type: string | null, ...parts: Buffer[]): void {
+    const body = Buffer.concat(parts);
+    const header = Buffer.alloc(type ? 5 : 4);
+    if (type) {
+      header.write(type, 0, 'latin1');
+      header.writeUInt32BE(body.length + 4, 1);
+    } else {
+      header.writeUInt32BE(body.length + 4, 0);
+    }
+    this.socket.write(Buffer.concat([header, body]));
+  }
+
+  private async startup(options: ConnectOptions): Promise<void> {
+    const params: Record<string, string> = { user: options.user, database: options.database ?? options.user };
+    if (options.replication) params.replication = options.replication;
+    if (options.applicationName) params.application_name = options.applicationName;
+    const version = Buffer.alloc(4);
+    version.writeUInt32BE(PROTOCOL_3_0);
+    const pairs = Object.entries(params).flatMap(([k, v]) => [cstring(k), cstring(v)]);
+    this.send(null, version, ...pairs, Buffer.from([0]));
+
+    let scram: ScramClient | undefined;
+    await new Promise<void>((resolve, reject) => {
+      this.handler = (type, body) => {
+        try {
+          if (type === 0) return reject(new Error(body.toString()));
+          if (type === 0x45 /* E */) return reject(new PgError(errorFields(body)));
+          if (type === 0x5a /* Z */) return resolve();
+          if (type !== 0x52 /* R */) return;
+          const code = body.readUInt32BE(0);
+          const password = options.password ?? '';
+          if (code === 0) return; // AuthenticationOk
+          if (code === 3) return this.send('p', cstring(password));
+          if (code === 5) {
+            const md5 = (data: string | Buffer) => createHash('md5').update(data).digest('hex');
+            return this.send('p', cstring('md5' + md5(Buffer.concat([Buffer.from(md5(password + options.user)), body.subarray(4, 8)]))));
+          }
+          if (code === 10) {
+            const mechanisms = body.subarray(4).toString().split('\0');
+            if (!mechanisms.includes('SCRAM-SHA-256')) throw new Error(`the server offers only ${mechanisms.join(', ')}`);
+            scram = new ScramClient(password);
+            const first = Buffer.from(scram.first());
+            const length = Buffer.alloc(4);
+            length.writeInt32BE(first.length);
+            return this.send('p', cstring('SCRAM-SHA-256'), length, first);
+          }
+          if (code === 11) return this.send('p', Buffer.from(scram!.final(body.subarray(4).toString())));
+          if (code === 12) return scram!.verify(body.subarray(4).toString());
+          throw new Error(`unsupported authentication method (code ${code})`);
+        } catch (error) {
+          reject(error);
+          this.fail(error as Error);
+        }
+      };
+    });
+  }
+
+  /** Run one simple query and collect its (last) result set. */
+  query(sql: string): Promise<QueryResult> {
+    return this.run(sql, {});
+  }
+
+  /**
+   * Run a command that switches to CopyBoth (START_REPLICATION). `onData` receives each CopyData payload. Resolves
+   * once the server has ended the copy and the command completed, with the result set that followed (the next
+   * timeline after a switch), if any.
+   */
+  copyBoth(sql: string, onData: (payload: Buffer) => void): Promise<QueryResult> {
+    return this.run(sql, { onData });
+  }
+
+  /** Run a command that answers with CopyOut (BASE_BACKUP); payloads go to `onData`, in order. */
+  copyOut(sql: string, onData: (payload: Buffer) => void): Promise<QueryResult> {
+    return this.run(sql, { onData });
+  }
+
+  /** Send a CopyData message (a standby status update during streaming). */
+  sendCopyData(payload: Buffer): void {
+    if (!this.closed) this.send('d', payload);
+  }
+
+  /** End our side of a CopyBoth stream; the server answers with CopyDone and completes the command. */
+  endCopy(): void {
+    if (!this.closed) this.send('c');
+  }
+
+  private run(sql: string, copy: { onData?: (payload: Buffer) => void }): Promise<QueryResult> {
+    if (this.closed) return Promise.reject(this.closeError ?? new Error('connection is closed'));
+    return new Promise((resolve, reject) => {
+      let result: QueryResult = { fields: [], rows: [], command: '' };
+      let error: Error | undefined;
+      let copyEndSent = false;
+      this.handler = (type, body) => {
+        switch (type) {
+          case 0:
+            return reject(new Error(body.toString()));
+          case 0x54 /* T */:
+            result = { fields: rowDescription(body), rows: [], command: '' };
+            return;
+          case 0x44 /* D */:
+            result.rows.push(dataRow(body));
+            return;
+          case 0x43 /* C */:
+            result.command = body.toString('utf8', 0, body.length - 1);
+            return;
+          case 0x64 /* d */:
+            copy.onData?.(body);
+            return;
+          case 0x63 /* c: the server ended the copy; a CopyBoth needs our CopyDone too */:
+            if (!copyEndSent && copy.onData) {
+              copyEndSent = true;
+              this.endCopy();
+            }
+            return;
+          case 0x45 /* E */:
+            error = new PgError(errorFields(body));
+            return;
+          case 0x5a /* Z */:
+            this.handler = () => undefined;
+            return error ? reject(error) : resolve(result);
+          default:
+            return; // I, W, H, G and the like need no answer
+        }
+      };
+      this.send('Q', cstring(sql));
+    });
+  }
+}
+
+function cstring(text: string): Buffer {
+  return Buffer.from(text + '\0', 'utf8');
+}
+
+function errorFields(body: Buffer): Record<string, string> {
+  const fields: Record<string, string> = {};
+  let offset = 0;
+  while (offset < body.length && body[offset] !== 0) {
+    const end = body.indexOf(0, offset + 1);
+    fields[String.fromCharCode(body[offset])] = body.toString('utf8', offset + 1, end);
+    offset = end + 1;
+  }
+  return fields;
+}
+
+function rowDescription(body: Buffer): string[] {
+  const count = body.readUInt16BE(0);
+  const names: string[] = [];
+  let offset = 2;
+  for (let i = 0; i < count; i++) {
+    const end = body.indexOf(0, offset);
+    names.push(body.toString('utf8', offset, end));
+    offset = end + 1 + 18;
+  }
+  return names;
+}
+
+function dataRow(body: Buffer): (Buffer | null)[] {
+  const count = body.readUInt16BE(0);
+  const values: (Buffer | null)[] = [];
+  let offset = 2;
+  for (let i = 0; i < count; i++) {
+    const length = body.readInt32BE(offset);
+    offset += 4;
+    if (length < 0) values.push(null);
+    else {
+      values.push(Buffer.from(body.subarray(offset, offset + length)));
+      offset += length;
+    }
+  }
+  return values;
+}

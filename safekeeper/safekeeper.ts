@@ -1,0 +1,270 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { PgError, textRows, WireConnection } from '../replication/connection.js';
+import { formatLsn, historyFileName, parseLsn, segmentOf, segmentStart, type Lsn } from '../replication/lsn.js';
+import {
+  ensurePhysicalSlot,
+  identifySystem,
+  parseStreamMessage,
+  standbyStatus,
+  timelineHistory,
+  walSegmentSize,
+} from '../replication/stream.js';
+import { WalWriter, type CompletedSegment } from './wal-writer.js';
+
+/** The primary a safekeeper streams from. */
+export interface PrimaryInfo {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+}
+
+/** What a safekeeper is told by the daemon. */
+export interface SafekeeperConfig {
+  /** Its name, also its application_name in synchronous_standby_names (`sk1`). */
+  name: string;
+  /** Branch whose WAL it keeps (`main`). */
+  branch: string;
+  /** This safekeeper's folder; segments go to `wal/<branch>/` in it. */
+  dir: string;
+  /** Physical replication slot on the primary (`neon_sk1`). */
+  slot: string;
+  primary: PrimaryInfo;
+}
+
+/** What a safekeeper reports. */
+export interface SafekeeperStatus {
+  connected: boolean;
+  timeline: number | null;
+  /** Position durable on this safekeeper's disk, as reported to the primary. */
+  flushLsn: string | null;
+  /** The primary's flush position, as last heard. */
+  primaryLsn: string | null;
+  lagBytes: number | null;
+  lastSegment: string | null;
+  error: string | null;
+}
+
+/** How often a status update goes to the primary when nothing else prompts one (well inside wal_sender_timeout). */
+const STATUS_INTERVAL_MS = 1000;
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+
+/**
+ * A safekeeper: receives WAL from the primary over the streaming replication protocol, writes it durably, and
+ * answers with its flush position so that a synchronous commit returns only once the WAL is on its disk. It
+ * survives restarts on both sides: it reconnects with backoff and resumes at the start of its newest unfinished
+ * segment, and follows timeline switches (promotion) by fetching the new timeline's history.
+ */
+export class Safekeeper {
+  private config: SafekeeperConfig;
+  private writer?: WalWriter;
+  private connection?: WireConnection;
+  private stopping = false;
+  private flushScheduled = false;
+  private primaryLsn: Lsn = 0n;
+  private lastSegment: string | null = null;
+  private error: string | null = null;
+  private timeline: number | null = null;
+  private wake?: () => void;
+
+  constructor(
+    config: SafekeeperConfig,
+    private readonly events: {
+      status(status: SafekeeperStatus): void;
+      segment(segment: CompletedSegment & { branch: string }): void;
+      log(level: 'info' | 'warn' | 'error', message: string): void;
+    },
+  ) {
+    this.config = config;
+  }
+
+  /** Folder of the branch's segments. */
+  get walDir(): string {
+    return path.join(this.config.dir, 'wal', this.config.branch);
+  }
+
+  /** The current status. */
+  status(): SafekeeperStatus {
+    const flushed = this.writer?.flushed;
+    return {
+      connected: !!this.connection && !this.connection.isClosed,
+      timeline: this.timeline,
+      flushLsn: flushed ? formatLsn(flushed) : null,
+      primaryLsn: this.primaryLsn ? formatLsn(this.primaryLsn) : null,
+      lagBytes: flushed && this.primaryLsn ? Math.max(0, Number(this.primaryLsn - flushed)) : null,
+      lastSegment: this.lastSegment,
+      error: this.error,
+    };
+  }
+
+  /** Point it at another primary address (the compute moved to another port); the next connection uses it. */
+  setPrimary(primary: PrimaryInfo): void {
+    this.config = { ...this.config, primary };
+    this.connection?.close();
+  }
+
+  /** Stream until {@link stop}: one session after another, with backoff between failures. */
+  async run(): Promise<void> {
+    let backoff = BACKOFF_MIN_MS;
+    const timer = setInterval(() => this.tick(), STATUS_INTERVAL_MS);
+    try {
+      while (!this.stopping) {
+        const started = Date.now();
+        try {
+          await this.session();
+        } catch (error) {
+          if (this.stopping) break;
+          this.error = describe(error);
+          this.events.log('warn', `${this.config.name}: ${this.error}; retrying in ${backoff} ms`);
+        } finally {
+          this.connection?.close();
+          this.connection = undefined;
+          this.events.status(this.status());
+        }
+        if (this.stopping) break;
+        if (Date.now() - started > 10_000) backoff = BACKOFF_MIN_MS; // a session that streamed a while was healthy
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          setTimeout(resolve, backoff);
+        });
+        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+      }
+    } finally {
+      clearInterval(timer);
+      this.writer?.close();
+    }
+  }
+
+  /** Stop streaming: flush what was received, end the stream politely, and let {@link run} return. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.flush();
+    this.connection?.endCopy();
+    await sleep(20);
+    this.connection?.close();
+    this.wake?.();
+  }
+
+  private async session(): Promise<void> {
+    const { primary, name, slot } = this.config;
+    const walDir = this.walDir;
+    const connection = await WireConnection.connect({ ...primary, replication: 'true', applicationName: name });
+    this.connection = connection;
+    const system = await identifySystem(connection);
+    const segmentSize = await walSegmentSize(connection);
+    this.checkSystem(system.systemId, segmentSize);
+    if (await ensurePhysicalSlot(connection, slot)) this.events.log('info', `${name}: created replication slot ${slot}`);
+
+    // Always start at a segment boundary: either where our newest unfinished segment starts (its bytes are
+    // rewritten identically), or at the primary's current segment on first contact.
+    const resume = WalWriter.resumePoint(walDir, segmentSize);
+    let timeline = resume?.timeline ?? system.timeline;
+    let lsn = resume?.lsn ?? segmentStart(segmentOf(system.xlogpos, segmentSize), segmentSize);
+    this.writer ??= new WalWriter(walDir, segmentSize, (segment) => {
+      this.lastSegment = segment.name;
+      this.events.segment({ ...segment, branch: this.config.branch });
+    });
+    this.error = null;
+
+    for (;;) {
+      if (timeline > 1) await this.saveHistory(connection, timeline);
+      this.timeline = timeline;
+      this.writer.open(timeline, lsn);
+      this.events.log('info', `${name}: streaming from ${formatLsn(lsn)} on timeline ${timeline}`);
+      this.events.status(this.status());
+      const end = await connection.copyBoth(`START_REPLICATION SLOT ${slot} PHYSICAL ${formatLsn(lsn)} TIMELINE ${timeline}`, (payload) =>
+        this.receive(payload),
+      );
+      this.flush();
+      if (this.stopping) return;
+      const [next] = textRows(end);
+      if (!next?.next_tli) throw new Error('the primary ended replication');
+      // A timeline switch (the primary was promoted): continue on the next timeline from the segment holding
+      // the switch point; the server sends that segment's earlier bytes from the old timeline.
+      this.writer.close();
+      timeline = Number(next.next_tli);
+      lsn = segmentStart(segmentOf(parseLsn(next.next_tli_startpos!), segmentSize), segmentSize);
+      this.events.log('info', `${name}: timeline switch to ${timeline} at ${next.next_tli_startpos}`);
+    }
+  }
+
+  private receive(payload: Buffer): void {
+    const message = parseStreamMessage(payload);
+    if (!message) return;
+    if (message.walEnd > this.primaryLsn) this.primaryLsn = message.walEnd;
+    if (message.kind === 'wal') {
+      this.writer!.write(message.start, message.data);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        // After every message already read from the socket has been written: one fdatasync covers them all.
+        setImmediate(() => this.flush());
+      }
+    } else if (message.replyRequested) {
+      this.sendStatus();
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (!this.writer) return;
+    const before = this.writer.flushed;
+    this.writer.flush();
+    if (this.writer.flushed !== before) this.sendStatus();
+  }
+
+  // apply = flush: a safekeeper never replays WAL, so remote_apply is treated like remote_flush rather than
+  // left to wait forever.
+  private sendStatus(): void {
+    if (!this.writer || !this.connection) return;
+    const { written, flushed } = this.writer;
+    this.connection.sendCopyData(standbyStatus(written, flushed, flushed));
+  }
+
+  private tick(): void {
+    this.sendStatus();
+    this.events.status(this.status());
+  }
+
+  private async saveHistory(connection: WireConnection, timeline: number): Promise<void> {
+    const file = path.join(this.walDir, historyFileName(timeline));
+    if (fs.existsSync(file)) return;
+    const { content } = await timelineHistory(connection, timeline);
+    fs.mkdirSync(this.walDir, { recursive: true });
+    fs.writeFileSync(`${file}.tmp`, content);
+    const fd = fs.openSync(`${file}.tmp`, 'r');
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(`${file}.tmp`, file);
+  }
+
+  // WAL of another cluster (a repository created again over old safekeeper folders) must never be mixed in.
+  private checkSystem(systemId: string, segmentSize: number): void {
+    const file = path.join(this.config.dir, 'system.json');
+    const known = fs.existsSync(file)
+      ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { systemId: string; segmentSize: number })
+      : undefined;
+    if (!known) {
+      fs.mkdirSync(this.config.dir, { recursive: true });
+      fs.writeFileSync(file, JSON.stringify({ systemId, segmentSize }) + '\n');
+      return;
+    }
+    if (known.systemId !== systemId) {
+      throw new Error(`the primary is system ${systemId}, but this safekeeper holds WAL of system ${known.systemId}; refusing to mix them`);
+    }
+    if (known.segmentSize !== segmentSize) throw new Error(`wal_segment_size changed from ${known.segmentSize} to ${segmentSize}`);
+  }
+}
+
+function describe(error: unknown): string {
+  if (error instanceof PgError) {
+    if (error.code === '28P01') return `authentication failed for the primary (${error.message}): check the password in state.json`;
+    if (error.code === '58P01') return `${error.message}: the primary no longer has WAL this safekeeper needs (was its slot dropped?)`;
+    return `${error.message} (SQLSTATE ${error.code})`;
+  }
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ECONNREFUSED') return 'the primary is not reachable (connection refused)';
+  return (error as Error).message;
+}
