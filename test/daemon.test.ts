@@ -1,12 +1,12 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { isAlive } from '../core/proc.js';
 import { cleanup, neon, neonJson, processesOf, tmpDir } from './helpers/env.js';
+import { waitFor } from './helpers/wait.js';
 
 /** A started repository in a temp folder, with what a REST client needs. */
 interface Started {
@@ -30,15 +30,6 @@ async function api(repo: Started, method: string, route: string, options: { body
   return { status: response.status, body: (await response.json()) as Record<string, any> };
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 const rest = suite('REST API and CLI against one running repository');
 let repo: Started;
