@@ -49,6 +49,8 @@ export interface SafekeeperStatus {
 
 /** How often a status update goes to the primary when nothing else prompts one (well inside wal_sender_timeout). */
 const STATUS_INTERVAL_MS = 1000;
+/** At most this often a status goes to the daemon on account of a flush. */
+const STATUS_EVENT_MIN_MS = 100;
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
 
@@ -69,6 +71,7 @@ export class Safekeeper {
   private error: string | null = null;
   private timeline: number | null = null;
   private wake?: () => void;
+  private reportedAt = 0;
 
   constructor(
     config: SafekeeperConfig,
@@ -212,7 +215,15 @@ export class Safekeeper {
     if (!this.writer) return;
     const before = this.writer.flushed;
     this.writer.flush();
-    if (this.writer.flushed !== before) this.sendStatus();
+    if (this.writer.flushed === before) return;
+    this.sendStatus();
+    // The daemon serves the newest unfinished segment by this position: keep it fresh while WAL flows.
+    if (Date.now() - this.reportedAt >= STATUS_EVENT_MIN_MS) this.report();
+  }
+
+  private report(): void {
+    this.reportedAt = Date.now();
+    this.events.status(this.status());
   }
 
   // apply = flush: a safekeeper never replays WAL, so remote_apply is treated like remote_flush rather than
@@ -225,7 +236,7 @@ export class Safekeeper {
 
   private tick(): void {
     this.sendStatus();
-    this.events.status(this.status());
+    this.report();
   }
 
   private async saveHistory(connection: WireConnection, timeline: number): Promise<void> {

@@ -171,7 +171,7 @@ defaults('no config file gives the built-in defaults', () =>
     const resolved = await load(dir);
     assert.is(resolved.file, undefined);
     assert.equal(resolved.config, {});
-    assert.equal(names(resolved), ['storage-file', 'launcher-compute']);
+    assert.equal(names(resolved), ['storage-file', 'launcher-compute', 'launcher-safekeeper', 'safekeeper-offload']);
   }),
 );
 
@@ -179,7 +179,7 @@ defaults('a package.json without a "neon" key is not a config', () =>
   inDir({ 'package.json': JSON.stringify({ name: 'app' }) }, async (dir) => {
     const resolved = await load(dir);
     assert.is(resolved.file, undefined);
-    assert.equal(names(resolved), ['storage-file', 'launcher-compute']);
+    assert.equal(names(resolved), ['storage-file', 'launcher-compute', 'launcher-safekeeper', 'safekeeper-offload']);
   }),
 );
 
@@ -188,7 +188,7 @@ defaults('a config without `plugins` gets the default plugins', () =>
     const resolved = await load(dir);
     assert.is(resolved.file, path.join(dir, 'neon.config.ts'));
     assert.is(resolved.config.postgres?.port, 6005);
-    assert.equal(names(resolved), ['storage-file', 'launcher-compute']);
+    assert.equal(names(resolved), ['storage-file', 'launcher-compute', 'launcher-safekeeper', 'safekeeper-offload']);
   }),
 );
 
