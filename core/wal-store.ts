@@ -15,16 +15,30 @@ export interface PartialSegment {
   safekeeper: string;
 }
 
+const PARTIAL = '.partial';
+const WAL_NAME = /^(?:[0-9A-F]{24}|[0-9A-F]{8}\.history)$/;
+
+/** Offset just past the last non-zero byte: how much of a pre-zeroed partial segment holds WAL. */
+function filledLength(file: string): number {
+  const data = fs.readFileSync(file);
+  let end = data.length;
+  while (end > 0 && data[end - 1] === 0) end--;
+  return end;
+}
+
 /**
  * WAL by file name, wherever it is: on a safekeeper's disk (finished segments, history files and the newest
- * unfinished segment), else in storage_dest (offloaded, verified on read). This is what recovery's
- * restore_command is served from.
+ * unfinished segment), else in storage_dest (offloaded, verified on read). Recovery is served from here.
  */
 export class WalStore {
   constructor(
     private readonly safekeepers: () => SafekeeperNode[],
     private readonly storage?: Storage,
   ) {}
+
+  private dirOf(node: SafekeeperNode, branch: string): string {
+    return path.join(node.dir, 'wal', branch);
+  }
 
   private segmentSize(node: SafekeeperNode): number | undefined {
     try {
@@ -34,7 +48,7 @@ export class WalStore {
     }
   }
 
-  /** The newest unfinished segment of `branch`, from the safekeeper that flushed the most. */
+  /** The newest unfinished segment of the branch a safekeeper streams now, from the one that flushed the most. */
   partial(branch: string): PartialSegment | undefined {
     let best: (PartialSegment & { lsn: bigint }) | undefined;
     for (const node of this.safekeepers()) {
@@ -43,7 +57,7 @@ export class WalStore {
       if (!flushLsn || !timeline || !size) continue;
       const lsn = parseLsn(flushLsn);
       const segment = segmentName(timeline, segmentOf(lsn, size), size);
-      const file = path.join(node.dir, 'wal', branch, `${segment}.partial`);
+      const file = path.join(this.dirOf(node, branch), segment + PARTIAL);
       if (fs.existsSync(file) && (!best || lsn > best.lsn)) {
         best = { branch, segment, path: file, flushLsn, safekeeper: node.name, lsn };
       }
@@ -53,24 +67,65 @@ export class WalStore {
     return partial;
   }
 
-  /** The bytes of a WAL file (`000000010000000000000003`, `00000002.history`), or undefined when nobody has it. */
-  async read(branch: string, fileName: string): Promise<Buffer | undefined> {
-    const nodes = [...this.safekeepers()].sort((a, b) => flushOf(b) - flushOf(a));
-    for (const node of nodes) {
-      const file = path.join(node.dir, 'wal', branch, fileName);
-      if (fs.existsSync(file)) return fs.readFileSync(file);
+  /** Names of the WAL files of `branch` held anywhere: segments (finished or not) and history files. */
+  async names(branch: string): Promise<Set<string>> {
+    const names = new Set<string>();
+    for (const node of this.safekeepers()) {
+      const dir = this.dirOf(node, branch);
+      for (const file of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+        const name = file.endsWith(PARTIAL) ? file.slice(0, -PARTIAL.length) : file;
+        if (WAL_NAME.test(name)) names.add(name);
+      }
     }
-    const partial = this.partial(branch);
-    if (partial?.segment === fileName) return fs.readFileSync(partial.path);
+    if (this.storage) {
+      for await (const object of this.storage.list(`wal/${branch}/`)) {
+        const name = object.key.slice(`wal/${branch}/`.length).replace(/(\.partial)?\.gz$/, '');
+        if (WAL_NAME.test(name)) names.add(name);
+      }
+    }
+    return names;
+  }
+
+  /** Where the best local copy of a file is: a finished one, else the fullest unfinished one. */
+  private localFile(branch: string, name: string): string | undefined {
+    let partial: { file: string; filled: number } | undefined;
+    for (const node of this.safekeepers()) {
+      const finished = path.join(this.dirOf(node, branch), name);
+      if (fs.existsSync(finished)) return finished;
+      const unfinished = finished + PARTIAL;
+      if (fs.existsSync(unfinished)) {
+        const filled = filledLength(unfinished);
+        if (!partial || filled > partial.filled) partial = { file: unfinished, filled };
+      }
+    }
+    return partial?.file;
+  }
+
+  /** The bytes of a WAL file (`000000010000000000000003`, `00000002.history`), or undefined when nobody has it. */
+  async read(branch: string, name: string): Promise<Buffer | undefined> {
+    const local = this.localFile(branch, name);
+    if (local) return fs.readFileSync(local);
     if (!this.storage) return undefined;
-    for (const key of [walObjectKey(branch, fileName), partialObjectKey(branch, fileName)]) {
+    for (const key of [walObjectKey(branch, name), partialObjectKey(branch, name)]) {
       if (await this.storage.head(key)) return unpackWal(key, await readObject(this.storage, key));
     }
     return undefined;
   }
-}
 
-function flushOf(node: SafekeeperNode): number {
-  const lsn = node.lastStatus.flushLsn;
-  return lsn ? Number(parseLsn(lsn)) : -1;
+  /** Put a copy of a WAL file at `target` (hard-linked when it is a finished local segment); false if absent. */
+  async copyTo(branch: string, name: string, target: string): Promise<boolean> {
+    const local = this.localFile(branch, name);
+    if (local && !local.endsWith(PARTIAL)) {
+      try {
+        fs.linkSync(local, target);
+        return true;
+      } catch {
+        // another filesystem: copy below
+      }
+    }
+    const bytes = await this.read(branch, name);
+    if (!bytes) return false;
+    fs.writeFileSync(target, bytes);
+    return true;
+  }
 }

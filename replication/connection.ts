@@ -57,6 +57,7 @@ export class WireConnection {
   private pending: Buffer = Buffer.alloc(0);
   private handler: Handler = () => undefined;
   private closed = false;
+  private copyEnded = false;
   private closeError?: Error;
   private readonly closeListeners: ((error?: Error) => void)[] = [];
 
@@ -192,8 +193,8 @@ export class WireConnection {
   }
 
   /** Run one simple query and collect its (last) result set. */
-  query(sql: string): Promise<QueryResult> {
-    return this.run(sql, {});
+  async query(sql: string): Promise<QueryResult> {
+    return last(await this.run(sql, {}));
   }
 
   /**
@@ -201,12 +202,16 @@ export class WireConnection {
    * once the server has ended the copy and the command completed, with the result set that followed (the next
    * timeline after a switch), if any.
    */
-  copyBoth(sql: string, onData: (payload: Buffer) => void): Promise<QueryResult> {
-    return this.run(sql, { onData });
+  async copyBoth(sql: string, onData: (payload: Buffer) => void): Promise<QueryResult> {
+    return last(await this.run(sql, { onData, both: true }));
   }
 
-  /** Run a command that answers with CopyOut (BASE_BACKUP); payloads go to `onData`, in order. */
-  copyOut(sql: string, onData: (payload: Buffer) => void): Promise<QueryResult> {
+  /**
+   * Run a command that answers with CopyOut (BASE_BACKUP); payloads go to `onData`, in order. Resolves with every
+   * result set the command sent (BASE_BACKUP sends its start position and tablespaces before the copy, and its end
+   * position after).
+   */
+  copyOut(sql: string, onData: (payload: Buffer) => void): Promise<QueryResult[]> {
     return this.run(sql, { onData });
   }
 
@@ -217,43 +222,44 @@ export class WireConnection {
 
   /** End our side of a CopyBoth stream; the server answers with CopyDone and completes the command. */
   endCopy(): void {
-    if (!this.closed) this.send('c');
+    if (this.closed || this.copyEnded) return;
+    this.copyEnded = true;
+    this.send('c');
   }
 
-  private run(sql: string, copy: { onData?: (payload: Buffer) => void }): Promise<QueryResult> {
+  private run(sql: string, copy: { onData?: (payload: Buffer) => void; both?: boolean }): Promise<QueryResult[]> {
     if (this.closed) return Promise.reject(this.closeError ?? new Error('connection is closed'));
+    this.copyEnded = false;
     return new Promise((resolve, reject) => {
-      let result: QueryResult = { fields: [], rows: [], command: '' };
+      const results: QueryResult[] = [];
+      let current: QueryResult = { fields: [], rows: [], command: '' };
       let error: Error | undefined;
-      let copyEndSent = false;
       this.handler = (type, body) => {
         switch (type) {
           case 0:
             return reject(new Error(body.toString()));
           case 0x54 /* T */:
-            result = { fields: rowDescription(body), rows: [], command: '' };
+            current = { fields: rowDescription(body), rows: [], command: '' };
+            results.push(current);
             return;
           case 0x44 /* D */:
-            result.rows.push(dataRow(body));
+            current.rows.push(dataRow(body));
             return;
           case 0x43 /* C */:
-            result.command = body.toString('utf8', 0, body.length - 1);
+            current.command = body.toString('utf8', 0, body.length - 1);
             return;
           case 0x64 /* d */:
             copy.onData?.(body);
             return;
-          case 0x63 /* c: the server ended the copy; a CopyBoth needs our CopyDone too */:
-            if (!copyEndSent && copy.onData) {
-              copyEndSent = true;
-              this.endCopy();
-            }
+          case 0x63 /* c: the server ended the copy; in CopyBoth our side must end too */:
+            if (copy.both) this.endCopy();
             return;
           case 0x45 /* E */:
             error = new PgError(errorFields(body));
             return;
           case 0x5a /* Z */:
             this.handler = () => undefined;
-            return error ? reject(error) : resolve(result);
+            return error ? reject(error) : resolve(results);
           default:
             return; // I, W, H, G and the like need no answer
         }
@@ -261,6 +267,10 @@ export class WireConnection {
       this.send('Q', cstring(sql));
     });
   }
+}
+
+function last(results: QueryResult[]): QueryResult {
+  return results[results.length - 1] ?? { fields: [], rows: [], command: '' };
 }
 
 function cstring(text: string): Buffer {

@@ -30,7 +30,6 @@ async function api(repo: Started, method: string, route: string, options: { body
   return { status: response.status, body: (await response.json()) as Record<string, any> };
 }
 
-
 const rest = suite('REST API and CLI against one running repository');
 let repo: Started;
 

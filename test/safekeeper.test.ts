@@ -110,7 +110,8 @@ durability('killed in the middle of a segment under load, it resumes and its WAL
   const start = await insertLsn(client);
   let stop = false;
   const load = (async () => {
-    for (let i = 0; !stop; i++) await client.query("insert into t select 200000 + g + $1 * 1000, repeat('y', 300) from generate_series(1, 1000) g", [i]);
+    for (let i = 0; !stop; i++)
+      await client.query("insert into t select 200000 + g + $1 * 1000, repeat('y', 300) from generate_series(1, 1000) g", [i]);
   })();
   await new Promise((r) => setTimeout(r, 1500)); // well into a segment: the load writes several MB a second
   const [sk] = await safekeepers(one!);
@@ -125,10 +126,20 @@ durability('killed in the middle of a segment under load, it resumes and its WAL
     return now.flush_lsn && parseLsn(now.flush_lsn) >= end ? now : undefined;
   });
   // Every segment from the first to the last is there, and the bytes equal the primary's.
-  const names = fs.readdirSync(skWal(one!, 'sk1')).map((f) => parseSegmentName(f.replace('.partial', ''), SEGMENT)).filter(Boolean);
+  const names = fs
+    .readdirSync(skWal(one!, 'sk1'))
+    .map((f) => parseSegmentName(f.replace('.partial', ''), SEGMENT))
+    .filter(Boolean);
   const numbers = names.map((n) => Number(n!.segno)).sort((a, b) => a - b);
-  assert.equal(numbers, Array.from({ length: numbers.length }, (_, i) => numbers[0] + i), 'no gap between segments');
-  assert.ok(walBytes(skWal(one!, 'sk1'), 1, start, end).equals(walBytes(pgWal(one!), 1, start, end)), 'the resumed WAL equals the primary WAL');
+  assert.equal(
+    numbers,
+    Array.from({ length: numbers.length }, (_, i) => numbers[0] + i),
+    'no gap between segments',
+  );
+  assert.ok(
+    walBytes(skWal(one!, 'sk1'), 1, start, end).equals(walBytes(pgWal(one!), 1, start, end)),
+    'the resumed WAL equals the primary WAL',
+  );
   assert.ok(end - start > BigInt(SEGMENT), 'the load crossed at least one segment boundary');
 });
 
@@ -142,7 +153,10 @@ quorum.after(() => stopRepo(three));
 quorum('losing one keeps writes going, losing two blocks them, one back resumes them, nothing acknowledged is lost', async () => {
   const repo = three!;
   const status = await neonJson(['status'], { cwd: repo.dir });
-  assert.equal(status.safekeepers.map((sk: { name: string }) => sk.name), ['sk1', 'sk2', 'sk3']);
+  assert.equal(
+    status.safekeepers.map((sk: { name: string }) => sk.name),
+    ['sk1', 'sk2', 'sk3'],
+  );
   assert.is((await repo.client.query('show synchronous_standby_names')).rows[0].synchronous_standby_names, 'ANY 2 (sk1, sk2, sk3)');
   await repo.client.query('create table acks (id int primary key)');
   const writer = new pg.Client({ connectionString: repo.url });
@@ -254,7 +268,7 @@ faults('a timeline switch (the primary is promoted) is followed: history fetched
   });
   assert.ok(fs.existsSync(path.join(skWal(repo!, 'sk1'), '00000002.history')), 'the history file is kept');
   const lsn = await insertLsn(repo!.client);
-  await waitFor('the safekeeper flush on timeline 2', async () => (parseLsn((await safekeepers(repo!))[0].flush_lsn) >= lsn) || undefined);
+  await waitFor('the safekeeper flush on timeline 2', async () => parseLsn((await safekeepers(repo!))[0].flush_lsn) >= lsn || undefined);
   const name = segmentName(2, segmentOf(lsn, SEGMENT), SEGMENT);
   assert.ok(fs.existsSync(path.join(skWal(repo!, 'sk1'), `${name}.partial`)), `segment ${name} of timeline 2 is being written`);
   assert.is(sk.error, null);
