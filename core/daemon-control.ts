@@ -48,7 +48,11 @@ export async function spawnDaemon(repo: Repository, projectDir: string, cli: str
       });
       child.once('error', (error) => (clearTimeout(timer), reject(error)));
     });
-    if (message.type === 'error') throw new NeonError(message.code, message.message);
+    if (message.type === 'error') {
+      // It is cleaning up what it started; report once it is gone, so that a failed start leaves nothing running.
+      if (child.exitCode === null && child.signalCode === null) await waitGone([child.pid!], 30_000);
+      throw new NeonError(message.code, message.message);
+    }
     return message;
   } finally {
     child.removeAllListeners();
