@@ -1,0 +1,356 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { NeonError } from '../core/errors.js';
+import { PackBuilder, packChunk } from './builder.js';
+import { FLAG_DEFLATE, RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk } from './format.js';
+import { HandleCache, indexPath, isMissing, loadPacks, packPath, writePackFiles } from './files.js';
+import { collectGarbage, type GcResult } from './gc.js';
+import { PackTable, type PackSlot } from './table.js';
+import { verifyChunks, type VerifyResult } from './verify.js';
+
+export { pullPacks, pushPacks, type PullResult, type PushResult } from './sync.js';
+export type { GcResult } from './gc.js';
+export type { VerifyResult } from './verify.js';
+
+/** A stored chunk: hex sha256 of its raw bytes and their length. */
+export interface ChunkRef {
+  hash: string;
+  size: number;
+}
+
+/** Options of {@link ChunkStore.open}. */
+export interface ChunkStoreOptions {
+  /**
+   * Stored (compressed) bytes at which the pack being filled is sealed and written: 16 MiB by default, between
+   * 1 KiB and 1 GiB. Big enough that object storage holds a few objects per gigabyte rather than one per page,
+   * small enough that a restore of a few pages downloads little.
+   */
+  packSize?: number;
+}
+
+/** Totals of a store, over distinct chunks (including those not written yet). */
+export interface ChunkStoreStats {
+  chunks: number;
+  /** Packs on disk. */
+  packs: number;
+  /** Sum of the stored (compressed) lengths of the chunks. */
+  storedBytes: number;
+  /** Sum of the raw lengths of the chunks. */
+  rawBytes: number;
+}
+
+/** Where a chunk is stored, for tools and tests. */
+export interface ChunkLocation {
+  /** Id of its pack; undefined while the pack is only in memory. */
+  pack?: string;
+  /** Offset of its stored bytes in the pack file. */
+  offset: number;
+  storedLength: number;
+  rawLength: number;
+  compressed: boolean;
+}
+
+const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
+const MAX_PACK_SIZE = 1024 * 1024 * 1024;
+// Offsets in an index are u32: a pack holds at most a pack size plus one oversized chunk, below 4 GiB.
+const MAX_CHUNK = 1024 * 1024 * 1024;
+
+/**
+ * Content-addressed, compressed, deduplicated storage of chunks (pages of Postgres base images), packed into
+ * files of about `packSize` bytes in `<dir>/packs/`: `<id>.pack` holds the records, `<id>.idx` says where each
+ * chunk is (see format.ts). Every index is loaded at open into one map, so has() is a map lookup.
+ *
+ * add() is synchronous: it compresses the chunk into the pack being filled, and when that pack is full it is
+ * sealed and queued to be written in the background. Its chunks stay readable from memory until then. flush()
+ * seals the current pack and waits for every queued write; drain() waits until at most one pack waits, so a
+ * loop that adds gigabytes keeps memory bounded with `store.add(page); await store.drain();`.
+ *
+ * One process owns a store folder: gc assumes nobody else adds to it meanwhile.
+ */
+export class ChunkStore {
+  private readonly table = new PackTable();
+  private readonly handles = new HandleCache(32);
+  private filling?: { slot: PackSlot; builder: PackBuilder };
+  /** Sealed packs waiting to be written, oldest first; the first is being written. */
+  private readonly queue: PackSlot[] = [];
+  private writing?: Promise<void>;
+  private failure?: { error: unknown };
+  private sealedIds: string[] = [];
+  /** Hashes add() or has() found stored while a gc was pending: gc keeps them (see gc.ts). */
+  private touched?: Set<string>;
+  /** Number of gc calls not finished. */
+  private gcs = 0;
+  private gcDone: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  private constructor(
+    /** The store folder (absolute). */
+    readonly dir: string,
+    /** Stored bytes at which a pack is sealed. */
+    readonly packSize: number,
+  ) {}
+
+  /**
+   * Open (creating it if needed) the store in `dir`: load every pack index, rebuilding missing or damaged ones
+   * from their packs. Temp files of interrupted writes are ignored. Throws `corrupt` when a pack that needs a
+   * rebuild is itself damaged, and `bad_format` for files of an unknown format version.
+   */
+  static async open(dir: string, options: ChunkStoreOptions = {}): Promise<ChunkStore> {
+    const packSize = options.packSize ?? DEFAULT_PACK_SIZE;
+    if (!Number.isInteger(packSize) || packSize < 1024 || packSize > MAX_PACK_SIZE) {
+      throw new NeonError('bad_option', `packSize must be an integer between 1024 and ${MAX_PACK_SIZE} bytes, not ${packSize}`);
+    }
+    const store = new ChunkStore(path.resolve(dir), packSize);
+    await fs.mkdir(path.join(store.dir, 'packs'), { recursive: true });
+    for (const pack of await loadPacks(store.dir)) {
+      const slot = store.table.createSlot(pack.entries);
+      store.table.markWritten(slot, pack.id, pack.length);
+      store.table.claimAll(slot);
+    }
+    return store;
+  }
+
+  /**
+   * True when the store holds the chunk `hash` (written or still in memory). While a gc is pending, a chunk
+   * found here is kept by it (as for add()), so that `if (!store.has(h)) store.add(page)` is safe during gc.
+   */
+  has(hash: string): boolean {
+    const found = this.table.has(hash);
+    if (found) this.touched?.add(hash);
+    return found;
+  }
+
+  /**
+   * Store a chunk (its bytes are copied) and return its reference. A chunk already stored is not stored again.
+   * May seal the pack being filled; its write runs in the background (see {@link drain}).
+   */
+  add(data: Buffer): ChunkRef {
+    this.assertOpen();
+    if (data.length > MAX_CHUNK) throw new NeonError('chunk_too_large', `a chunk of ${data.length} bytes is larger than ${MAX_CHUNK}`);
+    const hash = sha256(data);
+    if (this.table.has(hash)) {
+      this.touched?.add(hash);
+      return { hash, size: data.length };
+    }
+    const chunk = packChunk(data);
+    if (this.filling && !this.filling.builder.fits(chunk.stored.length)) this.seal();
+    if (!this.filling) {
+      const builder = new PackBuilder(this.packSize);
+      this.filling = { builder, slot: this.table.createSlot(builder, builder.bytes) };
+    }
+    const { builder, slot } = this.filling;
+    const entry = builder.append(hash, data.length, chunk);
+    slot.bytes = builder.bytes; // the builder may have moved to a bigger buffer
+    this.table.claim(slot, entry);
+    if (builder.full) this.seal();
+    return { hash, size: data.length };
+  }
+
+  /**
+   * Seal the pack being filled and wait until every sealed pack is durable (pack, then index). Returns the ids
+   * of the packs written since the previous flush. After a failed write (disk full…) the packs stay queued and
+   * readable, and the next flush retries.
+   */
+  async flush(): Promise<string[]> {
+    this.seal();
+    this.failure = undefined;
+    this.kick();
+    while (this.writing) await this.writing;
+    const ids = this.sealedIds;
+    this.sealedIds = [];
+    return ids;
+  }
+
+  /**
+   * Wait until at most one sealed pack is queued (the one being written), so that memory holds at most that
+   * pack and the one being filled; rejects when a write failed (flush() retries it).
+   */
+  async drain(): Promise<void> {
+    while (this.queue.length > 1 && this.writing) await this.writing;
+    if (this.failure) throw this.failure.error;
+  }
+
+  /**
+   * The raw bytes of chunk `hash`, inflated and checked against the hash. Rejects with `chunk_missing` when the
+   * store does not hold it, `corrupt` (naming the pack file and the hash) when its stored bytes are damaged.
+   * Safe to call many times in parallel.
+   */
+  async read(hash: string): Promise<Buffer> {
+    this.assertOpen();
+    for (let attempt = 0; ; attempt++) {
+      const location = this.table.find(hash);
+      if (!location) throw new NeonError('chunk_missing', `chunk ${hash} is not in the chunk store ${this.dir}`, { status: 404 });
+      const { slot, entry } = location;
+      const { offsets, stored, flags } = slot.entries;
+      if (slot.bytes) {
+        const data = this.unpack(slot.bytes, offsets[entry], slot, entry, 'the pack in memory');
+        // A raw chunk is a view of the pack buffer: copy it so the caller cannot change the pack.
+        return flags[entry] === FLAG_DEFLATE ? data : Buffer.from(data);
+      }
+      const file = packPath(this.dir, slot.id!);
+      let record: Buffer;
+      try {
+        record = await this.handles.use(file, async (handle) => {
+          const buf = Buffer.allocUnsafe(RECORD_HEADER + stored[entry]);
+          const { bytesRead } = await handle.read(buf, 0, buf.length, offsets[entry]);
+          return buf.subarray(0, bytesRead);
+        });
+      } catch (error) {
+        if (!isMissing(error)) throw error;
+        // gc may have moved the chunk to a new pack and removed this one between the lookup and the open.
+        if (attempt < 3 && this.table.find(hash)?.slot !== slot) continue;
+        throw new NeonError('chunk_missing', `chunk ${hash} is indexed in ${file}, but that pack file is gone`, { status: 404 });
+      }
+      return this.unpack(record, 0, slot, entry, file);
+    }
+  }
+
+  /** Where chunk `hash` is stored, or undefined. */
+  locate(hash: string): ChunkLocation | undefined {
+    const location = this.table.find(hash);
+    if (!location) return undefined;
+    const { slot, entry } = location;
+    return {
+      pack: slot.written ? slot.id : undefined,
+      offset: slot.entries.offsets[entry] + RECORD_HEADER,
+      storedLength: slot.entries.stored[entry],
+      rawLength: slot.entries.raw[entry],
+      compressed: slot.entries.flags[entry] === FLAG_DEFLATE,
+    };
+  }
+
+  /** Ids of the packs on disk (sealed and durable), oldest first. */
+  packs(): string[] {
+    return this.table.writtenSlots().map((slot) => slot.id!);
+  }
+
+  /** Path of the file of pack `id`. */
+  packFile(id: string): string {
+    return packPath(this.dir, id);
+  }
+
+  /** Path of the index file of pack `id`. */
+  indexFile(id: string): string {
+    return indexPath(this.dir, id);
+  }
+
+  /** Totals over distinct chunks; `packs` counts the packs on disk. */
+  stats(): ChunkStoreStats {
+    const { chunks, storedBytes, rawBytes } = this.table;
+    return { chunks, packs: this.table.writtenSlots().length, storedBytes, rawBytes };
+  }
+
+  /** Re-read and re-hash chunks (`hashes`, or all): which are missing, which are damaged and in which pack. */
+  verify(hashes?: Iterable<string>): Promise<VerifyResult> {
+    this.assertOpen();
+    return verifyChunks({ dir: this.dir, table: this.table, handles: this.handles }, hashes);
+  }
+
+  /**
+   * Remove the chunks that are not in `live`: packs without a live chunk go, packs less than half live are
+   * rewritten (see gc.ts). Seals and writes the pending pack first. Runs one at a time.
+   */
+  gc(live: Set<string>): Promise<GcResult> {
+    this.assertOpen();
+    // Record dedupe hits from this moment on (not from when the run starts): an add() right after gc() was
+    // called already counts on the chunk it found.
+    const touched = (this.touched ??= new Set());
+    this.gcs++;
+    const run = this.gcDone
+      .then(async () => {
+        await this.flush();
+        const context = { dir: this.dir, table: this.table, handles: this.handles, packSize: this.packSize, touched };
+        return collectGarbage(context, live);
+      })
+      .finally(() => {
+        if (--this.gcs === 0) this.touched = undefined;
+      });
+    this.gcDone = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Install a whole pack from elsewhere (a pull from storage): its content must hash to `id` (when given) and
+   * every chunk must match its hash, or nothing is installed. Then the pack and its index are written durably
+   * and its chunks become readable. `source` names it in errors. Returns the pack id.
+   */
+  async importPack(bytes: Buffer, options: { id?: string; source?: string } = {}): Promise<string> {
+    this.assertOpen();
+    const source = options.source ?? 'the imported pack';
+    const id = sha256(bytes);
+    if (options.id !== undefined && id !== options.id) {
+      throw corrupt(`${source} is damaged: its content hashes to ${id}, not to ${options.id}; nothing of it was installed`);
+    }
+    if (this.table.written(id)) return id;
+    const entries = scanPack(bytes, source);
+    for (let i = 0; i < entries.count; i++) {
+      try {
+        unpackChunk(bytes, entries.offsets[i], entries, i);
+      } catch (error) {
+        throw corrupt(`${source} is damaged: chunk ${entries.hashes[i]} ${(error as Error).message}; nothing of it was installed`);
+      }
+    }
+    await writePackFiles(this.dir, id, bytes, entries);
+    if (this.table.written(id)) return id; // installed meanwhile by a concurrent import of the same pack
+    const slot = this.table.createSlot(entries);
+    this.table.markWritten(slot, id, bytes.length);
+    this.table.claimAll(slot);
+    return id;
+  }
+
+  /** Flush, then close the pack files. The store cannot be used afterwards. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.gcDone;
+    await this.flush();
+    this.closed = true;
+    this.handles.closeAll();
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new NeonError('closed', `the chunk store ${this.dir} is closed`);
+  }
+
+  /** Verify and inflate the record at `at` of `buf`; `corrupt` names `file` and the hash. */
+  private unpack(buf: Buffer, at: number, slot: PackSlot, entry: number, file: string): Buffer {
+    try {
+      return unpackChunk(buf, at, slot.entries, entry);
+    } catch (error) {
+      throw corrupt(`chunk ${slot.entries.hashes[entry]} in pack ${file} is damaged: ${(error as Error).message}`);
+    }
+  }
+
+  /** Move the pack being filled to the write queue. */
+  private seal(): void {
+    const filling = this.filling;
+    if (!filling) return;
+    this.filling = undefined;
+    const { bytes, id } = filling.builder.seal();
+    Object.assign(filling.slot, { bytes, id, length: bytes.length });
+    this.queue.push(filling.slot);
+    this.kick();
+  }
+
+  /** Start writing the oldest queued pack, unless a write runs or the last one failed. */
+  private kick(): void {
+    if (this.writing || this.failure || !this.queue.length) return;
+    const slot = this.queue[0];
+    const write = writePackFiles(this.dir, slot.id!, slot.bytes!, slot.entries).then(
+      () => {
+        this.queue.shift();
+        this.table.markWritten(slot, slot.id!, slot.length);
+        this.sealedIds.push(slot.id!);
+        this.writing = undefined;
+        this.kick();
+      },
+      (error: unknown) => {
+        this.writing = undefined;
+        this.failure = { error };
+        throw error;
+      },
+    );
+    // The error is reported by flush() and drain(); this only keeps it from being an unhandled rejection.
+    write.catch(() => {});
+    this.writing = write;
+  }
+}

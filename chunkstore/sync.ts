@@ -1,0 +1,165 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { NeonError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
+import { readObject, type Storage } from '../core/storage.js';
+import { corrupt, decodeIndex, isHash, sha256, type PackEntries } from './format.js';
+import { isMissing } from './files.js';
+import type { ChunkStore } from './index.js';
+import { eachLimit } from './pool.js';
+
+/*
+ * Packs in storage: `<prefix><id>.pack` and `<prefix><id>.idx`, the same bytes as on disk. The pack is uploaded
+ * before its index, so an index in storage means its pack is complete; readers only consider packs that have
+ * both. Both are content-addressed, so a conditional put that finds the object there already is a success.
+ */
+
+/** What {@link pushPacks} sent. */
+export interface PushResult {
+  /** Ids of the packs of which something was uploaded. */
+  uploaded: string[];
+  /** Bytes uploaded (packs and indexes). */
+  bytes: number;
+}
+
+/** What {@link pullPacks} fetched. */
+export interface PullResult {
+  /** Ids of the packs downloaded and installed. */
+  downloaded: string[];
+  /** Bytes downloaded (packs and the indexes that were not cached). */
+  bytes: number;
+}
+
+const PACK_KEY = /^([0-9a-f]{64})\.(pack|idx)$/;
+// Object stores answer many requests at once; a few in flight hide their latency without hogging memory.
+const UPLOADS = 4;
+const DOWNLOADS = 4;
+const INDEX_FETCHES = 8;
+
+interface RemotePack {
+  pack?: number;
+  idx?: number;
+}
+
+/** The packs under `prefix`, by id, with the sizes of their objects. One listing. */
+async function listRemote(storage: Storage, prefix: string): Promise<Map<string, RemotePack>> {
+  const found = new Map<string, RemotePack>();
+  for await (const object of storage.list(prefix)) {
+    if (!object.key.startsWith(prefix)) continue;
+    const match = PACK_KEY.exec(object.key.slice(prefix.length));
+    if (!match) continue;
+    const entry = found.get(match[1]) ?? {};
+    entry[match[2] as 'pack' | 'idx'] = object.size;
+    found.set(match[1], entry);
+  }
+  return found;
+}
+
+/** Put `body` under `key` unless it is there; false when it was (a conflict is another writer's identical copy). */
+async function putOnce(storage: Storage, key: string, body: Buffer, replace: boolean): Promise<boolean> {
+  try {
+    await storage.put(key, body, replace ? {} : { ifAbsent: true });
+    return true;
+  } catch (error) {
+    if (error instanceof NeonError && error.code === 'conflict') return false;
+    throw error;
+  }
+}
+
+/**
+ * Upload the packs of `store` that `storage` lacks (under `prefix`, default `chunks/`): seals the pending pack,
+ * lists the storage once, then for each missing pack uploads the pack, checked against its id so that a
+ * damaged local file is never published, and then its index. A pack object of the wrong size (a damaged
+ * upload) is replaced: its content is fixed by its id.
+ */
+export async function pushPacks(store: ChunkStore, storage: Storage, prefix = 'chunks/'): Promise<PushResult> {
+  await store.flush();
+  const remote = await listRemote(storage, prefix);
+  const uploaded = new Set<string>();
+  let bytes = 0;
+  const ids = store.packs();
+  await eachLimit(ids, UPLOADS, async (id) => {
+    const there = remote.get(id);
+    const packFile = store.packFile(id);
+    const size = (await fs.stat(packFile)).size;
+    if (there?.pack !== size) {
+      const body = await fs.readFile(packFile);
+      if (sha256(body) !== id) throw corrupt(`${packFile} is damaged (its content does not hash to its name); it was not uploaded`);
+      if (await putOnce(storage, `${prefix}${id}.pack`, body, there?.pack !== undefined)) bytes += body.length;
+      uploaded.add(id);
+    }
+    if (there?.idx === undefined) {
+      const indexFile = store.indexFile(id);
+      const index = await fs.readFile(indexFile);
+      decodeIndex(index, indexFile, id); // never publish a damaged index
+      if (await putOnce(storage, `${prefix}${id}.idx`, index, false)) bytes += index.length;
+      uploaded.add(id);
+    }
+  });
+  return { uploaded: ids.filter((id) => uploaded.has(id)), bytes };
+}
+
+/**
+ * Fetch from `storage` the packs holding the chunks of `hashes` that `store` lacks. The indexes of the remote
+ * packs are read (and cached in `<dir>/remote-idx/`, they never change) until every wanted chunk is found;
+ * rejects with `chunk_missing` before downloading anything when some are in no pack. Each pack is checked
+ * against its id and every chunk against its hash before it is installed; a damaged one is refused with
+ * `corrupt` and nothing of it is installed (packs verified before it stay: they are valid).
+ */
+export async function pullPacks(store: ChunkStore, storage: Storage, hashes: Iterable<string>, prefix = 'chunks/'): Promise<PullResult> {
+  const wanted = new Set<string>();
+  for (const hash of hashes) {
+    if (!isHash(hash)) throw new NeonError('bad_hash', `"${hash}" is not a chunk hash (64 lowercase hex digits)`);
+    if (!store.has(hash)) wanted.add(hash);
+  }
+  if (!wanted.size) return { downloaded: [], bytes: 0 };
+  const remote = await listRemote(storage, prefix);
+  const local = new Set(store.packs());
+  const candidates = [...remote].filter(([id, r]) => r.pack !== undefined && r.idx !== undefined && !local.has(id)).map(([id]) => id);
+  const cache = path.join(store.dir, 'remote-idx');
+  await fs.mkdir(cache, { recursive: true });
+  let bytes = 0;
+  const chosen: string[] = [];
+  await eachLimit(candidates, INDEX_FETCHES, async (id) => {
+    if (!wanted.size) return;
+    const { entries, fetched } = await remoteIndex(storage, `${prefix}${id}.idx`, id, path.join(cache, `${id}.idx`));
+    bytes += fetched;
+    let useful = false;
+    for (let i = 0; i < entries.count; i++) if (wanted.delete(entries.hashes[i])) useful = true;
+    if (useful) chosen.push(id);
+  });
+  if (wanted.size) {
+    const example = wanted.values().next().value;
+    throw new NeonError(
+      'chunk_missing',
+      `${wanted.size} wanted chunk(s) are in no pack under ${storage.url} ${prefix} (e.g. ${example}); nothing was downloaded`,
+      {
+        status: 404,
+      },
+    );
+  }
+  const downloaded: string[] = [];
+  await eachLimit(chosen, DOWNLOADS, async (id) => {
+    const key = `${prefix}${id}.pack`;
+    const body = await readObject(storage, key);
+    bytes += body.length;
+    await store.importPack(body, { id, source: `${key} in ${storage.url}` });
+    downloaded.push(id);
+    // The pack's own index is now local: the cached copy is no longer needed.
+    await fs.rm(path.join(cache, `${id}.idx`), { force: true });
+  });
+  return { downloaded, bytes };
+}
+
+/** The index of remote pack `id`: from the local cache when it is there and intact, else from storage. */
+async function remoteIndex(storage: Storage, key: string, id: string, cached: string): Promise<{ entries: PackEntries; fetched: number }> {
+  try {
+    return { entries: decodeIndex(await fs.readFile(cached), cached, id).entries, fetched: 0 };
+  } catch (error) {
+    if (!isMissing(error) && !(error instanceof NeonError && error.code === 'corrupt')) throw error;
+  }
+  const body = await readObject(storage, key);
+  const { entries } = decodeIndex(body, `${key} in ${storage.url}`, id);
+  await writeFileAtomic(cached, body);
+  return { entries, fetched: body.length };
+}
