@@ -68,10 +68,19 @@ export function createCli() {
       );
     });
 
-  cli.command('start', 'Start the daemon and the computes (creates the repository on first use)').action(async (options: GlobalOptions) => {
-    const { startCommand } = await import('./commands.js');
-    await startCommand(repoOf(options), fileURLToPath(import.meta.url), options, print);
-  });
+  cli
+    .command('start', 'Start the daemon and the computes (creates the repository on first use)')
+    .option('--storage_dest <url>', 'On first use: durable storage; one that holds a repository brings it back')
+    .option('--storage-dest <url>', 'Same as --storage_dest')
+    .action(async (options: GlobalOptions & { storage_dest?: string; storageDest?: string }) => {
+      const { startCommand } = await import('./commands.js');
+      await startCommand(
+        repoOf(options),
+        fileURLToPath(import.meta.url),
+        { ...options, storageDest: options.storage_dest ?? options.storageDest },
+        print,
+      );
+    });
 
   cli.command('stop', 'Stop the daemon and every compute').action(async (options: GlobalOptions) => {
     const { stopDaemon } = await import('./daemon-control.js');
@@ -86,12 +95,52 @@ export function createCli() {
   });
 
   cli
-    .command('pg <action>', 'Computes: pg list | pg show -n NAME | pg start -n NAME | pg stop -n NAME')
+    .command('pg <action>', 'Computes: pg list | show | start | stop | create | destroy -n NAME')
     .option('-n, --name <name>', 'Compute name')
-    .action(async (action: string, options: GlobalOptions & { name?: string }) => {
+    .option('--at <point>', 'pg create: the point of history (snapshot, LSN or time)')
+    .option('--read-only', 'pg create: a static, read-only compute frozen at --at')
+    .action(async (action: string, options: GlobalOptions & { name?: string; at?: string; readOnly?: boolean }) => {
       const { pgCommand } = await import('./commands.js');
-      await pgCommand(action, options.name, (method, path, body) => call(options, method, path, body), options, print);
+      await pgCommand(action, options, (method, path, body) => call(options, method, path, body), print);
     });
+
+  cli
+    .command('snapshot <action> [name]', 'Snapshots: snapshot create [NAME] | list | show NAME | delete NAME')
+    .action(async (action: string, name: string | undefined, options: GlobalOptions) => {
+      const { snapshotCommand } = await import('./commands.js');
+      await snapshotCommand(action, name, (method, path, body) => call(options, method, path, body), options, print);
+    });
+
+  cli
+    .command('checkout <target>', 'Switch the main compute to a snapshot, an LSN or a time; the state left gets a snapshot')
+    .action(async (target: string, options: GlobalOptions) => {
+      const result = await call<Record<string, unknown>>(options, 'POST', '/checkout', { target: String(target) });
+      print(options, result, () =>
+        [
+          `main compute now on branch ${result.branch} (${result.continued ? 'continued' : 'new branch'}) at ${result.reached_lsn ?? '-'}`,
+          result.left ? `the state you left is snapshot ${result.left}: neon checkout ${result.left} to go back` : '',
+        ]
+          .filter(Boolean)
+          .join('\n'),
+      );
+    });
+
+  cli.command('log', 'History: branches, snapshots and base images with their LSNs and times').action(async (options: GlobalOptions) => {
+    const { logCommand } = await import('./commands.js');
+    await logCommand((method, path, body) => call(options, method, path, body), options, print);
+  });
+
+  cli
+    .command('image <action>', 'Base images: image create (take one now) | image list')
+    .action(async (action: string, options: GlobalOptions) => {
+      const { imageCommand } = await import('./commands.js');
+      await imageCommand(action, (method, path, body) => call(options, method, path, body), options, print);
+    });
+
+  cli.command('branch <action>', 'Branches: branch list').action(async (action: string, options: GlobalOptions) => {
+    const { branchCommand } = await import('./commands.js');
+    await branchCommand(action, (method, path, body) => call(options, method, path, body), options, print);
+  });
 
   cli
     .command('safekeeper <action>', 'Safekeepers: safekeeper list | safekeeper stop -n NAME | safekeeper start -n NAME')

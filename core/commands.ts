@@ -69,12 +69,22 @@ function statusText(status: Status & { offload?: OffloadStatus }): string {
 }
 
 /** `neon start`: create the repository on first use, start the daemon unless it runs, print how to connect. */
-export async function startCommand(repo: Repository, cli: string, options: { json?: boolean }, print: Print): Promise<void> {
+export async function startCommand(
+  repo: Repository,
+  cli: string,
+  options: { json?: boolean; storageDest?: string },
+  print: Print,
+): Promise<void> {
   let initialised = false;
   if (!(await repo.exists())) {
     const [{ initRepository }, { silentLogger }] = await Promise.all([import('./init.js'), import('./log.js')]);
-    await initRepository({ repoDir: repo.dir, projectDir: process.cwd(), log: silentLogger });
+    await initRepository({ repoDir: repo.dir, projectDir: process.cwd(), storageDest: options.storageDest, log: silentLogger });
     initialised = true;
+  } else if (options.storageDest) {
+    throw new NeonError(
+      'already_initialized',
+      `${repo.dir} already exists; --storage_dest only applies when neon start creates the repository`,
+    );
   }
   const already = runningDaemonPid(repo) !== undefined;
   let answer: { status: Status; pgs: ComputeInfo[]; notice?: string };
@@ -141,14 +151,29 @@ export async function statusCommand(repo: Repository, options: { json?: boolean 
   print(options, { running: true, ...status }, () => statusText(status));
 }
 
-const PG_ACTIONS = ['list', 'show', 'start', 'stop'];
+const PG_ACTIONS = ['list', 'show', 'start', 'stop', 'create', 'destroy'];
 
-/** `neon pg list | show | start | stop`. */
+function pgText(pg: ComputeInfo): string {
+  return keyValues([
+    ['name', pg.name],
+    ['state', pg.state],
+    ['branch', pg.branch],
+    ['read_only', pg.read_only ? `yes, at ${pg.at}` : 'no'],
+    ['pid', pg.pid],
+    ['port', pg.port],
+    ['connection', pg.connection_string],
+    ['reached_lsn', pg.reached_lsn],
+    ['data_dir', pg.data_dir],
+    ['log_file', pg.log_file],
+    ['restarts', pg.restarts],
+  ]);
+}
+
+/** `neon pg list | show | start | stop | create | destroy`. */
 export async function pgCommand(
   action: string,
-  name: string | undefined,
+  options: { name?: string; at?: string; readOnly?: boolean; json?: boolean },
   call: Call,
-  options: { json?: boolean },
   print: Print,
 ): Promise<void> {
   if (!PG_ACTIONS.includes(action)) {
@@ -161,26 +186,111 @@ export async function pgCommand(
         ['name', 'name'],
         ['state', 'state'],
         ['branch', 'branch'],
+        ['at', 'at'],
         ['port', 'port'],
         ['pid', 'pid'],
       ]),
     );
     return;
   }
+  const { name } = options;
   if (!name || typeof name !== 'string') throw new NeonError('missing_name', `neon pg ${action} needs a compute name: -n NAME`);
   const path = `/pgs/${encodeURIComponent(name)}`;
-  const pg = action === 'show' ? await call<ComputeInfo>('GET', path) : await call<ComputeInfo>('POST', `${path}/actions`, { action });
-  print(options, pg, () =>
-    keyValues([
-      ['name', pg.name],
-      ['state', pg.state],
-      ['branch', pg.branch],
-      ['pid', pg.pid],
-      ['port', pg.port],
-      ['connection', pg.connection_string],
-      ['data_dir', pg.data_dir],
-      ['log_file', pg.log_file],
-      ['restarts', pg.restarts],
+  if (action === 'destroy') {
+    const done = await call<Record<string, unknown>>('DELETE', path);
+    print(options, done, () => `compute ${name} destroyed`);
+    return;
+  }
+  const pg =
+    action === 'show'
+      ? await call<ComputeInfo>('GET', path)
+      : action === 'create'
+        ? await call<ComputeInfo>('PUT', '/pgs', { name, at: options.at, read_only: options.readOnly ?? false })
+        : await call<ComputeInfo>('POST', `${path}/actions`, { action });
+  print(options, pg, () => pgText(pg));
+}
+
+const SNAPSHOT_ACTIONS = ['create', 'list', 'show', 'delete'];
+const SNAPSHOT_COLUMNS: Column[] = [
+  ['name', 'name'],
+  ['branch', 'branch'],
+  ['lsn', 'lsn'],
+  ['createdAt', 'created'],
+  ['auto', 'auto'],
+];
+
+/** `neon snapshot create [NAME] | list | show NAME | delete NAME`. */
+export async function snapshotCommand(
+  action: string,
+  name: string | undefined,
+  call: Call,
+  options: { json?: boolean },
+  print: Print,
+): Promise<void> {
+  if (!SNAPSHOT_ACTIONS.includes(action)) {
+    throw new NeonError('unknown_command', `unknown snapshot action "${action}": use one of ${SNAPSHOT_ACTIONS.join(', ')}`);
+  }
+  if (action === 'list') {
+    const list = await call<Record<string, unknown>[]>('GET', '/snapshots');
+    print(options, list, () => table(list, SNAPSHOT_COLUMNS));
+    return;
+  }
+  if (action === 'create') {
+    const made = await call<Record<string, unknown>>('POST', '/snapshots', name === undefined ? {} : { name });
+    print(options, made, () => `snapshot ${made.name} of ${made.branch} at ${made.lsn}`);
+    return;
+  }
+  if (!name) throw new NeonError('missing_name', `neon snapshot ${action} needs a snapshot name`);
+  const path = `/snapshots/${encodeURIComponent(name)}`;
+  const result = action === 'show' ? await call<Record<string, unknown>>('GET', path) : await call<Record<string, unknown>>('DELETE', path);
+  print(options, result, () => (action === 'show' ? table([result], SNAPSHOT_COLUMNS) : `snapshot ${name} deleted`));
+}
+
+/** `neon log`. */
+export async function logCommand(call: Call, options: { json?: boolean }, print: Print): Promise<void> {
+  const entries = await call<Record<string, unknown>[]>('GET', '/log');
+  print(options, entries, () =>
+    table(entries, [
+      ['time', 'time'],
+      ['kind', 'kind'],
+      ['name', 'name'],
+      ['branch', 'branch'],
+      ['lsn', 'lsn'],
+      ['detail', 'detail'],
+    ]),
+  );
+}
+
+/** `neon image create | list`. */
+export async function imageCommand(action: string, call: Call, options: { json?: boolean }, print: Print): Promise<void> {
+  if (action === 'create') {
+    const image = await call<Record<string, unknown>>('POST', '/images');
+    print(options, image, () => `base image of ${image.branch} at ${image.endLsn}: ${Math.round(Number(image.newBytes) / 1024)} kB new`);
+  } else if (action === 'list') {
+    const images = await call<Record<string, unknown>[]>('GET', '/images');
+    print(options, images, () =>
+      table(images, [
+        ['branch', 'branch'],
+        ['endLsn', 'lsn'],
+        ['createdAt', 'created'],
+        ['key', 'key'],
+      ]),
+    );
+  } else {
+    throw new NeonError('unknown_command', `unknown image action "${action}": use create or list`);
+  }
+}
+
+/** `neon branch list`. */
+export async function branchCommand(action: string, call: Call, options: { json?: boolean }, print: Print): Promise<void> {
+  if (action !== 'list') throw new NeonError('unknown_command', `unknown branch action "${action}": use list`);
+  const branches = await call<Record<string, unknown>[]>('GET', '/branches');
+  print(options, branches, () =>
+    table(branches, [
+      ['name', 'name'],
+      ['parent', 'parent'],
+      ['forkLsn', 'fork lsn'],
+      ['createdAt', 'created'],
     ]),
   );
 }

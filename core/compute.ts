@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NeonError } from './errors.js';
@@ -8,6 +9,7 @@ import { portOrFree } from './net.js';
 import type { PgBinaries } from './postgres/binaries.js';
 import { writeComputeConf } from './postgres/conf.js';
 import { readPostmasterPid, stopLeftovers } from './postgres/postmaster.js';
+import { sql } from './postgres/sql.js';
 import { asUser, type PgUser } from './postgres/user.js';
 import type { ComputeRecord, Repository } from './repository.js';
 
@@ -27,6 +29,11 @@ export interface ComputeInfo {
   /** Automatic restarts after unexpected exits since the compute was last started by request. */
   restarts: number;
   last_exit?: { code: number | null; signal: string | null; at: string };
+  read_only: boolean;
+  /** The point of history it was made at, for a static compute. */
+  at: string | null;
+  /** Where its last recovery stopped (after a start at a point of history). */
+  reached_lsn: string | null;
 }
 
 /** What a compute needs from the daemon. */
@@ -45,6 +52,8 @@ export interface ComputeDeps {
 
 /** How long a compute may take to accept connections (crash recovery of a big WAL backlog can be slow). */
 const READY_TIMEOUT_MS = 120_000;
+/** How long an archive recovery may take to reach its target. */
+const RECOVERY_TIMEOUT_MS = 30 * 60_000;
 /** Automatic restarts after unexpected exits before the compute is marked failed. */
 const MAX_RESTARTS = 1;
 
@@ -92,6 +101,9 @@ export class Compute {
       connection_string: this.connectionString,
       restarts: this.restarts,
       ...(this.lastExit ? { last_exit: this.lastExit } : {}),
+      read_only: !!this.record.readOnly,
+      at: this.record.at ?? null,
+      reached_lsn: this.reachedLsn ?? null,
     };
   }
 
@@ -149,9 +161,10 @@ export class Compute {
         this.record = { ...record, port };
         await deps.save(this.record);
       }
+      const recovery = this.record.recovery;
       await writeComputeConf(
         this.dataDir,
-        { port, clusterName: `neon-${record.name}`, sharedBuffers: deps.sharedBuffers, extra: deps.settings },
+        { port, clusterName: `neon-${record.name}`, sharedBuffers: deps.sharedBuffers, extra: { ...deps.settings, ...recovery?.settings } },
         deps.pgUser,
       );
       const child = await deps.launcher.launch({
@@ -165,6 +178,7 @@ export class Compute {
       this.process = child;
       child.exited.then((exit) => this.onExit(child, exit));
       await this.waitReady(child);
+      if (recovery) await this.waitRecovery(child, recovery.until);
       this.state = 'running';
       log.info('compute %s running (pid %d, port %d)', record.name, child.pid, port);
       await deps.hooks.computeStarted.promise({ name: record.name, pid: child.pid, port }).catch((error) => log.error('%s', error.message));
@@ -172,6 +186,48 @@ export class Compute {
       this.state = 'failed';
       this.process?.kill('SIGKILL');
       throw error;
+    }
+  }
+
+  /** The LSN recovery stopped at, after a start at a point of history. */
+  reachedLsn?: string;
+
+  // Archive recovery towards a target: wait until Postgres has promoted there (a primary), or paused there (a
+  // static compute). Recovery that ends early (no WAL to reach the target) makes Postgres exit: say why.
+  private async waitRecovery(child: LaunchedProcess, until: 'promoted' | 'paused'): Promise<void> {
+    let exited: ProcessExit | undefined;
+    child.exited.then((exit) => (exited = exit));
+    const query =
+      until === 'promoted'
+        ? 'select (not pg_is_in_recovery())::text as done, pg_last_wal_replay_lsn()::text as lsn'
+        : "select (pg_get_wal_replay_pause_state() = 'paused')::text as done, pg_last_wal_replay_lsn()::text as lsn";
+    const deadline = Date.now() + RECOVERY_TIMEOUT_MS;
+    for (;;) {
+      if (exited) {
+        const reason = lastFatal(this.logFile);
+        throw new NeonError(
+          'recovery_failed',
+          `compute ${this.record.name} stopped during recovery${reason ? `: ${reason}` : ''}; see ${this.logFile}`,
+          {
+            status: 400,
+          },
+        );
+      }
+      const [row] = await sql(this.record, query).catch(() => []);
+      if (row?.done === 'true') {
+        this.reachedLsn = row.lsn ?? undefined;
+        if (until === 'promoted') {
+          // A primary now: the WAL gathered for its recovery is not needed any more.
+          const walDir = this.record.recovery?.walDir;
+          if (walDir) fs.rmSync(walDir, { recursive: true, force: true });
+          this.record = { ...this.record, recovery: undefined };
+          await this.deps.save(this.record);
+        }
+        return;
+      }
+      if (Date.now() > deadline)
+        throw new NeonError('recovery_failed', `compute ${this.record.name} did not finish recovery in time; see ${this.logFile}`);
+      await sleep(50);
     }
   }
 
@@ -226,6 +282,17 @@ export class Compute {
     this.restarts += 1;
     log.warn('restarting compute %s (restart %d of %d)', this.record.name, this.restarts, MAX_RESTARTS);
     await this.queue(() => this.launch()).catch((error) => log.error('restart of compute %s failed: %s', this.record.name, error.message));
+  }
+}
+
+/** The last FATAL or PANIC message of a compute's log, which says why it stopped. */
+function lastFatal(logFile: string): string | undefined {
+  try {
+    const lines = fs.readFileSync(logFile, 'utf8').split('\n').slice(-50);
+    const fatal = lines.reverse().find((line) => /\b(FATAL|PANIC):/.test(line));
+    return fatal?.replace(/^.*?\b(FATAL|PANIC):\s*/, '');
+  } catch {
+    return undefined;
   }
 }
 

@@ -45,6 +45,16 @@ export interface NeonConfig {
    * fsynced it: 1 of 1, 2 of 3. 0 turns them off (commits then wait for nothing but the local disk).
    */
   safekeepers?: number;
+  /** When the pageserver takes base images in the background (and on demand: `neon image create`). */
+  pageserver?: PageserverConfig;
+}
+
+/** Background base images: after this much WAL, or this much time, whichever comes first. */
+export interface PageserverConfig {
+  /** Take an image once this many MB of WAL were written since the last one (default 64). */
+  imageAfterMb?: number;
+  /** Take an image at least this often while WAL is written (default 10 minutes). */
+  imageIntervalMinutes?: number;
 }
 
 /** A config object, a promise of one, or a function of the command that returns one. */
@@ -173,7 +183,9 @@ const TOP_KEYS: Record<string, string> = {
   daemon: 'object',
   postgres: 'object',
   safekeepers: 'number',
+  pageserver: 'object',
 };
+const PAGESERVER_KEYS: Record<string, string> = { imageAfterMb: 'number', imageIntervalMinutes: 'number' };
 const DAEMON_KEYS: Record<string, string> = { port: 'number' };
 const POSTGRES_KEYS: Record<string, string> = {
   version: 'number',
@@ -194,6 +206,7 @@ export function checkConfig(value: unknown, file: string): NeonConfig {
   const config = value as NeonConfig;
   if (config.daemon) checkKeys(config.daemon as Record<string, unknown>, DAEMON_KEYS, file, 'daemon.');
   if (config.postgres) checkKeys(config.postgres as Record<string, unknown>, POSTGRES_KEYS, file, 'postgres.');
+  if (config.pageserver) checkKeys(config.pageserver as Record<string, unknown>, PAGESERVER_KEYS, file, 'pageserver.');
   if (config.safekeepers !== undefined && !(Number.isInteger(config.safekeepers) && config.safekeepers >= 0 && config.safekeepers <= 9)) {
     throw new NeonError('config_error', `${file}: "safekeepers" must be a whole number from 0 to 9, not ${config.safekeepers}`);
   }

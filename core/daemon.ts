@@ -13,6 +13,10 @@ import { resolveLauncher, resolveStorage } from './resolve.js';
 import { Safekeepers } from './safekeepers.js';
 import type { Storage } from './storage.js';
 import { WalStore } from './wal-store.js';
+import { ImageService } from './images.js';
+import { StorageSync } from './storage-sync.js';
+import type { Launcher } from './launcher.js';
+import { Pageserver } from '../pageserver/pageserver.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { RestServer } from './rest.js';
 import { registerRoutes, statusOf, type Status } from './routes.js';
@@ -40,6 +44,11 @@ export class Daemon {
   configFile?: string;
   pgUser?: PgUser;
   safekeepers!: Safekeepers;
+  pageserver!: Pageserver;
+  images?: ImageService;
+  /** Pushes images, packs and history to storage_dest, when there is one. */
+  sync?: StorageSync;
+  private computeLauncher!: Launcher;
   wal!: WalStore;
   storage?: Storage;
   /** Status sections contributed by plugins (see StartContext.status). */
@@ -73,19 +82,48 @@ export class Daemon {
 
     this.pgUser = pgUserFor(this.config.postgres?.user);
     this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
-    const launcher = await resolveLauncher(this.hooks, 'compute');
+    this.computeLauncher = await resolveLauncher(this.hooks, 'compute');
     const token = await repo.readToken();
     this.storage = meta.storageDest ? await resolveStorage(this.hooks, meta.storageDest) : undefined;
+    const state = await repo.readState();
     const safekeeperCount = this.config.safekeepers ?? 1;
     this.safekeepers = new Safekeepers(safekeeperCount, {
       repo,
-      launcher: safekeeperCount ? await resolveLauncher(this.hooks, 'safekeeper') : launcher,
+      launcher: safekeeperCount ? await resolveLauncher(this.hooks, 'safekeeper') : this.computeLauncher,
       cli: this.cli,
       hooks: this.hooks,
       log: log.child('safekeepers'),
-      branch: 'main',
+      branch: state.computes.main?.branch ?? 'main',
     });
-    this.wal = new WalStore(() => this.safekeepers.nodes, this.storage);
+    this.wal = new WalStore(
+      () => this.safekeepers.nodes,
+      this.storage,
+      () => this.safekeepers.branch,
+    );
+    this.pageserver = await Pageserver.open({
+      repoDir: repo.dir,
+      log: log.child('pageserver'),
+      owner: this.pgUser,
+      wal: this.wal,
+      hooks: this.hooks,
+    });
+    if (this.storage) {
+      const first = this.pageserver.images('main')[0];
+      const systemId = first ? (await this.pageserver.readImage(first.key)).systemId : 'unknown';
+      const login = state.computes.main;
+      this.sync = new StorageSync(
+        this.pageserver,
+        this.storage,
+        () => ({
+          systemId,
+          pgVersion: this.binaries.version,
+          login: { user: login.user, password: login.password, database: login.database },
+          branch: this.safekeepers.branch,
+        }),
+        log.child('sync'),
+      );
+      this.sync.schedule();
+    }
 
     this.rest = registerRoutes(new RestServer(token, log.child('rest')), this);
     const notice = await this.listen();
@@ -95,23 +133,7 @@ export class Daemon {
     );
     log.info('REST API on http://127.0.0.1:%d', this.port);
 
-    const state = await repo.readState();
-    for (const record of Object.values(state.computes)) {
-      this.computes.set(
-        record.name,
-        new Compute(record, {
-          repo,
-          binaries: this.binaries,
-          pgUser: this.pgUser,
-          launcher,
-          hooks: this.hooks,
-          log: log.child(`compute ${record.name}`),
-          sharedBuffers: this.config.postgres?.sharedBuffers,
-          settings: { ...this.config.postgres?.settings, ...this.primarySettings(record) },
-          save: (changed) => this.saveCompute(changed),
-        }),
-      );
-    }
+    for (const record of Object.values(state.computes)) this.addCompute(record);
     // The safekeepers follow the main compute wherever it runs (its port may change between starts).
     this.hooks.computeStarted.tap('neon:safekeepers', ({ name }) => {
       if (name === 'main') this.safekeepers.setPrimary(this.primaryOf(this.compute('main').record));
@@ -131,7 +153,26 @@ export class Daemon {
       wal: this.wal,
       status: this.pluginStatus,
     });
+    this.images = new ImageService(this, this.config.pageserver);
+    this.images.start();
     return notice;
+  }
+
+  /** Supervise a compute of the repository (read from state.json, or just created). */
+  addCompute(record: ComputeRecord): Compute {
+    const compute = new Compute(record, {
+      repo: this.repo,
+      binaries: this.binaries,
+      pgUser: this.pgUser,
+      launcher: this.computeLauncher,
+      hooks: this.hooks,
+      log: this.log.child(`compute ${record.name}`),
+      sharedBuffers: this.config.postgres?.sharedBuffers,
+      settings: { ...this.config.postgres?.settings, ...this.primarySettings(record) },
+      save: (changed) => this.saveCompute(changed),
+    });
+    this.computes.set(record.name, compute);
+    return compute;
   }
 
   // The configured port (neon.config.ts daemon.port, or NEON_PORT) must be free; the default may move.
@@ -175,6 +216,15 @@ export class Daemon {
     await this.repo.writeState(state);
   }
 
+  private serial: Promise<unknown> = Promise.resolve();
+
+  /** Run changes of history and computes one at a time (a checkout and a snapshot must not interleave). */
+  serially<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.serial.then(work);
+    this.serial = run.catch(() => undefined);
+    return run;
+  }
+
   /** What `GET /pgs` answers. */
   pgs(): ComputeInfo[] {
     return [...this.computes.values()].map((c) => c.info());
@@ -192,11 +242,14 @@ export class Daemon {
     this.shuttingDown ??= (async () => {
       const { log, repo } = this;
       log.info('stopping (%s)', reason);
+      await this.images?.stop();
+      await this.sync?.flush().catch((e) => log.warn('%s', messageOf(e)));
       if (this.hooks) await this.hooks.stop.promise({ repo, log, reason }).catch((e) => log.error('%s', messageOf(e)));
       await Promise.all([...this.computes.values()].map((c) => c.stop().catch((e) => log.error('%s', messageOf(e)))));
       // After the computes: a stopping primary sends its last WAL (the shutdown checkpoint) to the safekeepers.
       await this.safekeepers?.stop().catch((e) => log.error('%s', messageOf(e)));
       await this.rest?.close();
+      await this.pageserver?.close().catch((e) => log.error('%s', messageOf(e)));
       await fs.rm(repo.daemonFile, { force: true });
       await this.releaseLock?.();
       log.info('stopped');

@@ -12,6 +12,13 @@ import { initdb } from './postgres/initdb.js';
 import { checkReachable, pgUserFor } from './postgres/user.js';
 import { resolveStorage } from './resolve.js';
 import { Repository, type ComputeRecord, type RepoMeta } from './repository.js';
+import { Pageserver } from '../pageserver/pageserver.js';
+import type { PgBinaries } from './postgres/binaries.js';
+import type { PgUser } from './postgres/user.js';
+import type { Storage } from './storage.js';
+import { pullRepository, pushRepository, readStoredRepository } from './storage-sync.js';
+import { WalStore } from './wal-store.js';
+import { takeOfflineImage } from '../pageserver/take-image.js';
 
 /** Options of `neon init` (also used by the first `neon start`). */
 export interface InitOptions {
@@ -30,7 +37,44 @@ export const DEFAULT_PG_PORT = 55432;
 
 // Entries init creates; --force and the clean-up of a half-made repository remove these and nothing else, so
 // that pointing NEON_REPO_DIR at a folder with other files in it never deletes them.
-const REPO_ENTRIES = ['config.json', 'state.json', 'token', 'daemon.json', 'daemon.pid', 'logs', 'computes', 'safekeepers', 'offload'];
+const REPO_ENTRIES = [
+  'config.json',
+  'state.json',
+  'token',
+  'daemon.json',
+  'daemon.pid',
+  'logs',
+  'computes',
+  'safekeepers',
+  'offload',
+  'pageserver',
+];
+
+/**
+ * A new cluster: initdb, then the first base image, of the fresh cluster while it is stopped: every later point of
+ * main's history is reached from it (or from a newer one) by replaying WAL.
+ */
+async function createFresh(
+  pageserver: Pageserver,
+  binaries: PgBinaries,
+  dataDir: string,
+  main: ComputeRecord,
+  pgUser?: PgUser,
+): Promise<void> {
+  await initdb({ binaries, dataDir, superuser: main.user, password: main.password, pgUser });
+  await pageserver.storeImage(await takeOfflineImage({ store: pageserver.store, branch: 'main', pgVersion: binaries.version, dataDir }));
+  await pageserver.createMain();
+}
+
+/**
+ * The cluster comes back from storage alone: the history, the newest image of the branch the main compute was on,
+ * and all the WAL offloaded after it. The main compute's first start replays that WAL to its end and promotes.
+ */
+async function restoreFromStorage(pageserver: Pageserver, storage: Storage, dataDir: string): Promise<Partial<ComputeRecord>> {
+  const branch = await pullRepository(pageserver, storage);
+  const prepared = await pageserver.prepare(branch, { action: 'promote' }, dataDir, path.join(path.dirname(dataDir), 'restore-wal'));
+  return { branch, recovery: { settings: prepared.settings, until: 'promoted', walDir: prepared.walDir } };
+}
 
 /**
  * Create a repository: the API token, the main compute's data directory (initdb), the state, and last the
@@ -61,7 +105,18 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
   applyPlugins(hooks, plugins);
   const storageDestRaw = options.storageDest ?? config.storage_dest;
   const storage = storageDestRaw ? await resolveStorage(hooks, storageDestRaw, options.projectDir) : undefined;
-  const binaries = await findBinaries({ version: options.pgVersion ?? config.postgres?.version, bin: config.postgres?.bin });
+  // A storage that already holds a repository is where this one comes back from (seed 003, scenario 2).
+  const stored = storage ? await readStoredRepository(storage) : undefined;
+  if (stored && options.pgVersion !== undefined && options.pgVersion !== stored.pgVersion) {
+    throw new NeonError(
+      'bad_pg_version',
+      `storage ${storage!.url} holds a PostgreSQL ${stored.pgVersion} database, not ${options.pgVersion}`,
+    );
+  }
+  const binaries = await findBinaries({
+    version: stored?.pgVersion ?? options.pgVersion ?? config.postgres?.version,
+    bin: config.postgres?.bin,
+  });
   const pgUser = pgUserFor(config.postgres?.user);
 
   await Promise.all(REPO_ENTRIES.map((entry) => fs.rm(path.join(repo.dir, entry), { recursive: true, force: true })));
@@ -76,17 +131,33 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
     branch: 'main',
     dataDir: path.join('computes', 'main', 'pgdata'),
     port: config.postgres?.port ?? DEFAULT_PG_PORT,
-    user: 'postgres',
-    password: randomBytes(18).toString('base64url'),
-    database: 'postgres',
+    user: stored?.login.user ?? 'postgres',
+    password: stored?.login.password ?? randomBytes(18).toString('base64url'),
+    database: stored?.login.database ?? 'postgres',
     running: true,
     createdAt: new Date().toISOString(),
   };
+  const pageserver = await Pageserver.open({
+    repoDir: repo.dir,
+    log: options.log,
+    owner: pgUser,
+    wal: storage && new WalStore(() => [], storage),
+  });
   try {
-    await initdb({ binaries: runnable, dataDir: repo.dataDirOf(main), superuser: main.user, password: main.password, pgUser });
+    if (stored) {
+      Object.assign(main, await restoreFromStorage(pageserver, storage!, repo.dataDirOf(main)));
+    } else {
+      await createFresh(pageserver, runnable, repo.dataDirOf(main), main, pgUser);
+      if (storage) {
+        const { systemId } = await pageserver.readImage(pageserver.images('main')[0].key);
+        await pushRepository(pageserver, storage, { systemId, pgVersion: binaries.version, login: main, branch: 'main' });
+      }
+    }
   } catch (error) {
     await fs.rm(path.join(repo.computesDir, 'main'), { recursive: true, force: true });
     throw error;
+  } finally {
+    await pageserver.close();
   }
   await repo.writeState({ computes: { main } });
   const meta: RepoMeta = {

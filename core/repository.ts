@@ -35,6 +35,15 @@ export interface ComputeRecord {
   /** Whether it should be running while the daemon runs (kept across `neon stop` / `neon start`). */
   running: boolean;
   createdAt: string;
+  /** A read-only compute frozen at a point of history (recovery paused there). */
+  readOnly?: boolean;
+  /** The point it was made at, as asked (snapshot name, LSN or time). */
+  at?: string;
+  /**
+   * Set while its data directory still has to reach a point by archive recovery: the settings of that recovery,
+   * and the state that ends it (promoted: a primary; paused: a static compute, which keeps them).
+   */
+  recovery?: { settings: Record<string, string>; until: 'promoted' | 'paused'; walDir?: string };
 }
 
 /** `state.json`: what the daemon keeps between runs. Holds passwords, so it is mode 0600. */

@@ -1,5 +1,9 @@
 import { userInfo } from 'node:os';
+import { checkout } from './checkout.js';
+import { createStaticCompute, destroyCompute } from './computes.js';
 import { NeonError } from './errors.js';
+import { createSnapshot, historyLog } from './snapshots.js';
+import { formatLsn } from '../replication/lsn.js';
 import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from './rest.js';
 
@@ -53,6 +57,36 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
       if (!bytes) throw new NeonError('wal_not_found', `no WAL file ${params.file} for branch ${params.branch}`, { status: 404 });
       return bytes;
     })
+    .route('GET', '/snapshots', async () => daemon.pageserver.history.snapshots())
+    .route(
+      'POST',
+      '/snapshots',
+      async ({ body }) => new RestResponse(201, await daemon.serially(() => createSnapshot(daemon, { name: body.name }))),
+    )
+    .route('GET', '/snapshots/:name', async ({ params }) => daemon.pageserver.history.snapshot(params.name))
+    .route('DELETE', '/snapshots/:name', async ({ params }) => {
+      await daemon.serially(() => daemon.pageserver.history.deleteSnapshot(params.name));
+      daemon.sync?.schedule();
+      return { deleted: params.name };
+    })
+    .route('GET', '/branches', async () => daemon.pageserver.history.branches())
+    .route('GET', '/images', async () =>
+      daemon.pageserver.history
+        .branches()
+        .flatMap((b) => daemon.pageserver.images(b.name).map((i) => ({ ...i, endLsn: formatLsn(i.endLsn) }))),
+    )
+    .route('POST', '/images', async () => {
+      const image = await daemon.images!.take();
+      const { files, ...summary } = image;
+      return new RestResponse(201, { ...summary, files: files.length });
+    })
+    .route('POST', '/checkout', async ({ body }) => daemon.serially(() => checkout(daemon, body.target)))
+    .route('GET', '/log', async () => historyLog(daemon))
+    .route('PUT', '/pgs', async ({ body }) => new RestResponse(201, await daemon.serially(() => createStaticCompute(daemon, body))))
+    .route('DELETE', '/pgs/:name', async ({ params }) => {
+      await daemon.serially(() => destroyCompute(daemon, params.name));
+      return { deleted: params.name };
+    })
     .route('POST', '/shutdown', async () => {
       // Answer first: the shutdown closes this server.
       setImmediate(() => void daemon.shutdown('request'));
@@ -86,7 +120,10 @@ export function statusOf(daemon: Daemon) {
       bin_dir: binaries.binDir,
       run_as: daemon.pgUser?.name ?? userInfo().username,
     },
+    branch: daemon.computes.get('main')?.record.branch ?? null,
     safekeepers: daemon.safekeepers.info().map(({ rss_bytes, cpu_seconds, dir, ...rest }) => rest),
+    images: daemon.images?.status() ?? null,
+    sync: daemon.sync?.status() ?? null,
     ...Object.fromEntries([...daemon.pluginStatus].map(([section, read]) => [section, read()])),
     components: [
       ...[...daemon.computes.values()].map((c) => {

@@ -35,6 +35,7 @@ export interface SafekeeperDeps {
   cli: string;
   hooks: NeonHooks;
   log: Logger;
+  /** The branch whose WAL they keep: the main compute's. */
   branch: string;
 }
 
@@ -202,7 +203,10 @@ function usage(pid: number): { rss_bytes: number | null; cpu_seconds: number | n
 export class Safekeepers {
   readonly nodes: SafekeeperNode[];
 
-  constructor(count: number, deps: SafekeeperDeps) {
+  constructor(
+    count: number,
+    private readonly deps: SafekeeperDeps,
+  ) {
     this.nodes = Array.from({ length: count }, (_, i) => new SafekeeperNode(`sk${i + 1}`, deps));
   }
 
@@ -229,6 +233,16 @@ export class Safekeepers {
 
   setPrimary(primary: PrimaryInfo): void {
     for (const node of this.nodes) node.setPrimary(primary);
+  }
+
+  /** The branch whose WAL they keep. */
+  get branch(): string {
+    return this.deps.branch;
+  }
+
+  /** The branch whose WAL they keep (after a checkout moved the main compute); takes effect at their next start. */
+  setBranch(branch: string): void {
+    this.deps.branch = branch;
   }
 
   /**

@@ -34,6 +34,8 @@ export class WalStore {
   constructor(
     private readonly safekeepers: () => SafekeeperNode[],
     private readonly storage?: Storage,
+    /** The branch the safekeepers stream now. */
+    readonly activeBranch: () => string = () => 'main',
   ) {}
 
   private dirOf(node: SafekeeperNode, branch: string): string {

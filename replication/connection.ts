@@ -215,6 +215,16 @@ export class WireConnection {
     return this.run(sql, { onData });
   }
 
+  /** Stop reading from the server (backpressure: the kernel buffers fill and the server waits). */
+  pause(): void {
+    this.socket.pause();
+  }
+
+  /** Read from the server again after {@link pause}. */
+  resume(): void {
+    this.socket.resume();
+  }
+
   /** Send a CopyData message (a standby status update during streaming). */
   sendCopyData(payload: Buffer): void {
     if (!this.closed) this.send('d', payload);

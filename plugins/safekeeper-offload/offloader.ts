@@ -10,12 +10,9 @@ import { historyFileName, parseLsn } from '../../replication/lsn.js';
 import { UploadQueue } from './queue.js';
 import { newestPartialFile, removeOffloaded, walFilesIn, walFolders, type LocalWalFile, type OffloadState } from './state.js';
 
-/** The branch whose WAL the safekeepers keep, and whose newest unfinished segment is shipped as a partial. */
-const BRANCH = 'main';
 const RETRY_MIN_MS = 200;
 /** How long `stop` waits for an upload in flight; an abandoned one is simply redone at the next start. */
 const STOP_GRACE_MS = 5000;
-const PARTIAL_KEY = `partial:${BRANCH}`;
 const isPartialJob = (key: string) => key.startsWith('partial:');
 
 /** What an {@link Offloader} works with, taken from the daemon's start context. */
@@ -54,6 +51,11 @@ export interface OffloadStatus {
  * flush position moves, so that losing the whole machine loses at most a partial interval of commits.
  */
 export class Offloader {
+  /** The branch the safekeepers keep now (the main compute's): its newest unfinished segment is shipped. */
+  private get branch(): string {
+    return this.ctx.wal.activeBranch();
+  }
+
   private readonly queue: UploadQueue;
   private timer?: NodeJS.Timeout;
   private error: string | null = null;
@@ -94,7 +96,7 @@ export class Offloader {
     this.queue.start();
     this.timer = setInterval(() => this.checkPartial(), this.settings.partialIntervalMs);
     this.timer.unref();
-    await this.prune(BRANCH);
+    await this.prune(this.branch);
   }
 
   /** A safekeeper finished a segment: queue it (every safekeeper reports the same name; the queue dedupes). */
@@ -135,8 +137,8 @@ export class Offloader {
   status(): OffloadStatus {
     return {
       storage: this.ctx.storage.url,
-      last_segment: this.state.last(BRANCH),
-      last_partial: this.state.branch(BRANCH).partial,
+      last_segment: this.state.last(this.branch),
+      last_partial: this.state.branch(this.branch).partial,
       pending: this.pending(),
       uploaded: this.uploaded,
       error: this.error,
@@ -211,11 +213,11 @@ export class Offloader {
   // A timer callback: anything thrown here would be an uncaught exception, which stops the daemon.
   private checkPartial(): void {
     try {
-      const partial = this.ctx.wal.partial(BRANCH);
-      const last = this.state.branch(BRANCH).partial;
-      if (partial && this.state.has(BRANCH, 'segment', partial.segment)) return;
+      const partial = this.ctx.wal.partial(this.branch);
+      const last = this.state.branch(this.branch).partial;
+      if (partial && this.state.has(this.branch, 'segment', partial.segment)) return;
       if (partial && last?.segment === partial.segment && last.flush_lsn && parseLsn(partial.flushLsn) <= parseLsn(last.flush_lsn)) return;
-      this.queue.add({ key: PARTIAL_KEY, rank: 2, run: () => this.uploadPartial() });
+      this.queue.add({ key: `partial:${this.branch}`, rank: 2, run: () => this.uploadPartial() });
     } catch (error) {
       this.ctx.log.warn('partial check failed: %s', messageOf(error));
     }
@@ -226,9 +228,9 @@ export class Offloader {
     // Safekeepers report their flush position about once a second, so while WAL flows fast that position is
     // often in a segment finished since and the WAL store knows no partial: then take the newest .partial file
     // on disk, vouching for none of its bytes (flush LSN null), and upload it only when it changed.
-    const reported = this.ctx.wal.partial(BRANCH);
-    const partial = reported ?? (await newestPartialFile(this.ctx.repoDir, BRANCH));
-    if (!partial || this.state.has(BRANCH, 'segment', partial.segment)) return;
+    const reported = this.ctx.wal.partial(this.branch);
+    const partial = reported ?? (await newestPartialFile(this.ctx.repoDir, this.branch));
+    if (!partial || this.state.has(this.branch, 'segment', partial.segment)) return;
     let data: Buffer;
     let mtimeMs: number;
     try {
@@ -240,9 +242,9 @@ export class Offloader {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return; // it was just finished: uploaded as such
       throw error;
     }
-    await this.ctx.storage.put(partialObjectKey(BRANCH, partial.segment), await packWal(data));
+    await this.ctx.storage.put(partialObjectKey(this.branch, partial.segment), await packWal(data));
     this.lastPartialFile = { path: partial.path, mtimeMs };
-    this.state.branch(BRANCH).partial = { segment: partial.segment, flush_lsn: reported?.flushLsn ?? null };
+    this.state.branch(this.branch).partial = { segment: partial.segment, flush_lsn: reported?.flushLsn ?? null };
     await this.state.save();
   }
 

@@ -1,0 +1,69 @@
+import type { ChunkStore } from '../chunkstore/index.js';
+import type { ImageFile } from './manifest.js';
+
+/** Postgres' page size: files are cut into chunks on page boundaries, so a changed page changes one chunk. */
+export const PAGE_SIZE = 8192;
+
+/**
+ * Turns a stream of files (from a tar archive or a folder walk) into image entries: every file is cut into
+ * 8 KiB chunks on page boundaries and each chunk goes to the chunk store, which keeps only the ones it lacks.
+ */
+export class ImageBuilder {
+  readonly files: ImageFile[] = [];
+  rawBytes = 0;
+  private current?: ImageFile & { chunks: string[] };
+  private carry: Buffer[] = [];
+  private carried = 0;
+
+  constructor(private readonly store: ChunkStore) {}
+
+  addDir(path: string, mode: number): void {
+    this.files.push({ path, type: 'dir', mode, size: 0 });
+  }
+
+  addSymlink(path: string, link: string, mode: number): void {
+    this.files.push({ path, type: 'symlink', mode, size: 0, link });
+  }
+
+  beginFile(path: string, mode: number): void {
+    if (this.current) this.endFile();
+    this.current = { path, type: 'file', mode, size: 0, chunks: [] };
+  }
+
+  /** Bytes of the current file, in order, in pieces of any size. */
+  write(data: Buffer): void {
+    const file = this.current!;
+    file.size += data.length;
+    this.rawBytes += data.length;
+    let offset = 0;
+    // Complete a page begun by earlier pieces, then take whole pages straight from `data`.
+    if (this.carried) {
+      const take = Math.min(PAGE_SIZE - this.carried, data.length);
+      this.carry.push(data.subarray(0, take));
+      this.carried += take;
+      offset = take;
+      if (this.carried === PAGE_SIZE) this.emit(Buffer.concat(this.carry));
+    }
+    while (data.length - offset >= PAGE_SIZE) {
+      this.emit(data.subarray(offset, offset + PAGE_SIZE));
+      offset += PAGE_SIZE;
+    }
+    if (offset < data.length) {
+      this.carry = [Buffer.from(data.subarray(offset))];
+      this.carried = data.length - offset;
+    }
+  }
+
+  endFile(): void {
+    if (!this.current) return;
+    if (this.carried) this.emit(Buffer.concat(this.carry));
+    this.files.push(this.current);
+    this.current = undefined;
+  }
+
+  private emit(page: Buffer): void {
+    this.current!.chunks.push(this.store.add(page).hash);
+    this.carry = [];
+    this.carried = 0;
+  }
+}

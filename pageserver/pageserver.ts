@@ -1,0 +1,169 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { ChunkStore } from '../chunkstore/index.js';
+import { NeonError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
+import type { NeonHooks } from '../core/hooks.js';
+import type { Logger } from '../core/log.js';
+import type { PgUser } from '../core/postgres/user.js';
+import type { WalStore } from '../core/wal-store.js';
+import { formatLsn, parseLsn, type Lsn } from '../replication/lsn.js';
+import { History, type Branch } from './history.js';
+import { decodeManifest, encodeManifest, imageKey, lsnOfImageKey, type ImageManifest } from './manifest.js';
+import { recoverySettings, stageWal, type RecoveryTarget } from './recovery.js';
+import { restoreImage } from './restore.js';
+import type { NewImage } from './take-image.js';
+
+/** What the pageserver needs from its host (the daemon, or `neon init`). */
+export interface PageserverDeps {
+  repoDir: string;
+  log: Logger;
+  owner?: PgUser;
+  /** WAL of every branch; absent in `neon init`, which only stores the first image. */
+  wal?: WalStore;
+  hooks?: NeonHooks;
+}
+
+/** An image as listed: where it is, and the LSN from which it is consistent. */
+export interface ImageEntry {
+  key: string;
+  branch: string;
+  endLsn: Lsn;
+  createdAt: string;
+}
+
+/** A data directory made ready to start at a point of history: settings for its first start. */
+export interface Prepared {
+  image: ImageManifest;
+  /** postgresql.conf settings of the recovery (restore_command, target, action). */
+  settings: Record<string, string>;
+  walDir: string;
+  walFiles: number;
+}
+
+/**
+ * The pageserver: owns base images (in the chunk store), the history of branches and snapshots, and makes a data
+ * directory for any point of a branch's history: the newest image at or before the point, plus the WAL to replay
+ * up to it, which Postgres itself replays.
+ */
+export class Pageserver {
+  readonly history: History;
+  private constructor(
+    readonly dir: string,
+    readonly store: ChunkStore,
+    private readonly deps: PageserverDeps,
+  ) {
+    this.history = new History(path.join(dir, 'history.json'));
+  }
+
+  static async open(deps: PageserverDeps): Promise<Pageserver> {
+    const dir = path.join(deps.repoDir, 'pageserver');
+    fs.mkdirSync(path.join(dir, 'images'), { recursive: true });
+    return new Pageserver(dir, await ChunkStore.open(path.join(dir, 'chunks')), deps);
+  }
+
+  async close(): Promise<void> {
+    await this.store.close();
+  }
+
+  private fileOf(key: string): string {
+    return path.join(this.dir, ...key.split('/'));
+  }
+
+  /** Record a new image: its manifest is written after every chunk it names is durable (flushed by the taker). */
+  async storeImage(image: NewImage): Promise<ImageManifest> {
+    const key = imageKey(image.branch, parseLsn(image.endLsn));
+    const file = this.fileOf(key);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const encoded = await encodeManifest(image);
+    await writeFileAtomic(file, encoded);
+    const manifest = await decodeManifest(key, encoded);
+    this.deps.log.info(
+      'base image of %s at %s stored: %d MB of files, %d kB new',
+      image.branch,
+      image.endLsn,
+      mb(image.rawBytes),
+      Math.round(image.newBytes / 1024),
+    );
+    await this.deps.hooks?.baseImageStored
+      .promise({ branch: image.branch, lsn: image.endLsn, manifestKey: key })
+      .catch((e) => this.deps.log.error('%s', e.message));
+    return manifest;
+  }
+
+  /** Images of a branch, oldest first. */
+  images(branch: string): ImageEntry[] {
+    const dir = path.join(this.dir, 'images', branch);
+    const entries: ImageEntry[] = [];
+    for (const file of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+      const key = `images/${branch}/${file}`;
+      const endLsn = lsnOfImageKey(key);
+      if (endLsn !== undefined) entries.push({ key, branch, endLsn, createdAt: fs.statSync(path.join(dir, file)).mtime.toISOString() });
+    }
+    return entries.sort((a, b) => (a.endLsn < b.endLsn ? -1 : 1));
+  }
+
+  async readImage(key: string): Promise<ImageManifest> {
+    let data: Buffer;
+    try {
+      data = fs.readFileSync(this.fileOf(key));
+    } catch {
+      throw new NeonError('image_missing', `base image ${key} is missing`, { status: 500 });
+    }
+    return decodeManifest(key, data);
+  }
+
+  /**
+   * The newest image on `branch`'s line of history from which `target` can be reached: on the branch itself at
+   * or before the target, or on an ancestor at or before the fork point.
+   */
+  async chooseImage(branch: string, target: { lsn?: Lsn; time?: Date }): Promise<ImageManifest> {
+    const spans = this.history.chain(branch).reverse();
+    for (const span of spans) {
+      const limit = span.to === undefined ? target.lsn : target.lsn === undefined || target.lsn > span.to ? span.to : target.lsn;
+      const candidates = this.images(span.branch).filter((image) => limit === undefined || image.endLsn <= limit);
+      for (const entry of candidates.reverse()) {
+        const manifest = await this.readImage(entry.key);
+        if (target.time && new Date(manifest.createdAt) > target.time) continue;
+        return manifest;
+      }
+    }
+    const what = target.lsn !== undefined ? `LSN ${formatLsn(target.lsn)}` : target.time ? `time ${target.time.toISOString()}` : 'its tip';
+    throw new NeonError(
+      'no_image',
+      `no base image of branch ${branch} at or before ${what}: that point is older than the branch's history`,
+      {
+        status: 400,
+      },
+    );
+  }
+
+  /**
+   * Make `dataDir` (which must not exist) ready to start at `target` on `branch`: restore the chosen image, gather
+   * the WAL from it on into `walDir`, and return the recovery settings for the first start.
+   */
+  async prepare(branch: string, target: RecoveryTarget, dataDir: string, walDir: string): Promise<Prepared> {
+    const wal = this.deps.wal;
+    if (!wal) throw new Error('the pageserver has no WAL store here');
+    const image = await this.chooseImage(branch, target);
+    const { files } = await stageWal(wal, this.history.chain(branch), parseLsn(image.startLsn), walDir, this.deps.owner);
+    try {
+      await restoreImage(this.store, image, dataDir, { owner: this.deps.owner });
+    } catch (error) {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+      throw error;
+    }
+    fs.writeFileSync(path.join(dataDir, 'recovery.signal'), '');
+    if (this.deps.owner) fs.chownSync(path.join(dataDir, 'recovery.signal'), this.deps.owner.uid, this.deps.owner.gid);
+    return { image, settings: recoverySettings(walDir, target), walDir, walFiles: files };
+  }
+
+  /** Create the root branch `main` (at `neon init`). */
+  async createMain(): Promise<Branch> {
+    return this.history.addBranch({ name: 'main', parent: null, forkLsn: null, createdAt: new Date().toISOString() });
+  }
+}
+
+function mb(bytes: number): number {
+  return Math.round(bytes / 1024 / 1024);
+}

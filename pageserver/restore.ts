@@ -1,0 +1,96 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ChunkStore } from '../chunkstore/index.js';
+import { NeonError } from '../core/errors.js';
+import type { PgUser } from '../core/postgres/user.js';
+import type { ImageFile, ImageManifest } from './manifest.js';
+
+/** Options of {@link restoreImage}. */
+export interface RestoreOptions {
+  /** Owner of everything written (the Postgres user when neon runs as root). */
+  owner?: PgUser;
+  /** Files written at once (default 8): reads of compressed chunks and writes overlap. */
+  concurrency?: number;
+  /** Called with the bytes written so far, for progress. */
+  progress?: (bytes: number, total: number) => void;
+}
+
+function checkPath(file: ImageFile): string {
+  // Manifests come from storage that others may write to: never let one place a file outside the folder.
+  const normal = path.posix.normalize(file.path);
+  if (!file.path || path.posix.isAbsolute(normal) || normal.startsWith('..') || normal.includes('\0')) {
+    throw new NeonError('corrupt', `image entry "${file.path}" is not a relative path inside the data directory`);
+  }
+  return normal;
+}
+
+/**
+ * Write a base image into `dataDir` (created, must not exist): folders first, then files in parallel, each
+ * streamed chunk by chunk so that memory stays bounded whatever the database size. A chunk that is missing or
+ * fails its checksum aborts the restore with an error naming it.
+ */
+export async function restoreImage(
+  store: ChunkStore,
+  manifest: ImageManifest,
+  dataDir: string,
+  options: RestoreOptions = {},
+): Promise<number> {
+  const { owner } = options;
+  const own = (target: string) => owner && fs.lchownSync(target, owner.uid, owner.gid);
+  fs.mkdirSync(dataDir, { mode: 0o700 });
+  own(dataDir);
+  const files: ImageFile[] = [];
+  for (const entry of manifest.files) {
+    const target = path.join(dataDir, checkPath(entry));
+    if (entry.type === 'dir') {
+      fs.mkdirSync(target, { recursive: true, mode: entry.mode & 0o7777 });
+      own(target);
+    } else if (entry.type === 'symlink') {
+      fs.symlinkSync(entry.link!, target);
+      own(target);
+    } else {
+      files.push(entry);
+    }
+  }
+  let written = 0;
+  let failed = false;
+  const next = files[Symbol.iterator]();
+  const read = (hash: string) => {
+    const promise = store.read(hash);
+    promise.catch(() => undefined); // read-ahead of a failing file: the awaited read reports it
+    return promise;
+  };
+  const worker = async () => {
+    for (let item = next.next(); !item.done && !failed; item = next.next()) {
+      const entry = item.value;
+      const target = path.join(dataDir, checkPath(entry));
+      fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 });
+      const handle = await fs.promises.open(target, 'w', entry.mode & 0o7777);
+      try {
+        // Read ahead a few chunks so that inflating the next one overlaps writing this one.
+        const chunks = entry.chunks ?? [];
+        const ahead: Promise<Buffer>[] = [];
+        for (let i = 0; i < chunks.length; i++) {
+          while (ahead.length < 4 && i + ahead.length < chunks.length) ahead.push(read(chunks[i + ahead.length]));
+          const data = await ahead.shift()!;
+          await handle.write(data);
+          written += data.length;
+        }
+        if (chunks.length === 0 && entry.size > 0) throw new NeonError('corrupt', `image entry ${entry.path} has a size but no chunks`);
+      } finally {
+        await handle.close();
+      }
+      own(target);
+      options.progress?.(written, manifest.rawBytes);
+    }
+  };
+  await Promise.all(
+    Array.from({ length: options.concurrency ?? 8 }, () =>
+      worker().catch((error) => {
+        failed = true;
+        throw error;
+      }),
+    ),
+  );
+  return written;
+}
