@@ -137,6 +137,45 @@ export function createCli() {
       await imageCommand(action, (method, path, body) => call(options, method, path, body), options, print);
     });
 
+  cli
+    .command('verify [...snapshots]', 'Re-check every image, chunk and WAL file the snapshots (default: all) need')
+    .action(async (snapshots: string[], options: GlobalOptions) => {
+      const report = await call<{
+        ok: boolean;
+        checked: Record<string, number>;
+        problems: { what: string; name: string; detail: string }[];
+      }>(options, 'POST', '/verify', snapshots.length ? { snapshots } : {});
+      print(options, report, () => {
+        const checked = Object.entries(report.checked)
+          .map(([k, v]) => `${v} ${k.replace('_', ' ')}`)
+          .join(', ');
+        if (report.ok) return `OK: checked ${checked}`;
+        return [
+          `${report.problems.length} problem(s) (checked ${checked}):`,
+          ...report.problems.map((p) => `  ${p.what} ${p.name}: ${p.detail}`),
+        ].join('\n');
+      });
+      if (!report.ok) process.exitCode = 1;
+    });
+
+  cli
+    .command('gc', 'Remove images, chunks and WAL that no snapshot or branch needs')
+    .option('--keep-wal-days <days>', 'Keep WAL younger than this, needed or not (default 7)')
+    .action(async (options: GlobalOptions & { keepWalDays?: number }) => {
+      const report = await call<Record<string, unknown>>(
+        options,
+        'POST',
+        '/gc',
+        options.keepWalDays === undefined ? {} : { keep_wal_days: Number(options.keepWalDays) },
+      );
+      print(
+        options,
+        report,
+        () =>
+          `removed ${(report.images_removed as string[]).length} image(s), ${report.packs_removed} pack(s) (${report.packs_rewritten} rewritten, ${Math.round(Number(report.freed_bytes) / 1024)} kB freed) and ${report.wal_removed} WAL file(s)`,
+      );
+    });
+
   cli.command('branch <action>', 'Branches: branch list').action(async (action: string, options: GlobalOptions) => {
     const { branchCommand } = await import('./commands.js');
     await branchCommand(action, (method, path, body) => call(options, method, path, body), options, print);

@@ -52,6 +52,8 @@ export interface ComputeDeps {
 
 /** How long a compute may take to accept connections (crash recovery of a big WAL backlog can be slow). */
 const READY_TIMEOUT_MS = 120_000;
+const ENDED_BEFORE_TARGET = /recovery ended before configured recovery target was reached/;
+
 /** How long an archive recovery may take to reach its target. */
 const RECOVERY_TIMEOUT_MS = 30 * 60_000;
 /** Automatic restarts after unexpected exits before the compute is marked failed. */
@@ -112,7 +114,19 @@ export class Compute {
     return this.queue(async () => {
       if (this.state === 'running') return;
       this.restarts = 0;
-      await this.launch();
+      try {
+        await this.launch();
+      } catch (error) {
+        // A time after the last commit of the WAL means "the end": Postgres only stops at a time on a commit after
+        // it, and gives up at the end of the WAL. Recover to the end instead.
+        const settings = this.record.recovery?.settings;
+        if (!settings?.recovery_target_time || !ENDED_BEFORE_TARGET.test((error as Error).message)) throw error;
+        const { recovery_target_time: time, ...rest } = settings;
+        this.deps.log.info('no commit after %s in the WAL of compute %s: recovering to the end instead', time, this.record.name);
+        this.record = { ...this.record, recovery: { ...this.record.recovery!, settings: rest } };
+        await this.deps.save(this.record);
+        await this.launch();
+      }
     });
   }
 
@@ -162,6 +176,13 @@ export class Compute {
         await deps.save(this.record);
       }
       const recovery = this.record.recovery;
+      // A static compute with no target left (a time after the last commit) follows the WAL to its end as a
+      // standby, which stays read-only there; archive recovery would promote it.
+      if (recovery?.until === 'paused' && !hasTarget(recovery.settings)) {
+        fs.rmSync(path.join(this.dataDir, 'recovery.signal'), { force: true });
+        fs.writeFileSync(path.join(this.dataDir, 'standby.signal'), '');
+        if (deps.pgUser) fs.chownSync(path.join(this.dataDir, 'standby.signal'), deps.pgUser.uid, deps.pgUser.gid);
+      }
       await writeComputeConf(
         this.dataDir,
         { port, clusterName: `neon-${record.name}`, sharedBuffers: deps.sharedBuffers, extra: { ...deps.settings, ...recovery?.settings } },
@@ -201,6 +222,10 @@ export class Compute {
       until === 'promoted'
         ? 'select (not pg_is_in_recovery())::text as done, pg_last_wal_replay_lsn()::text as lsn'
         : "select (pg_get_wal_replay_pause_state() = 'paused')::text as done, pg_last_wal_replay_lsn()::text as lsn";
+    // As a standby at the end of the WAL nothing pauses: done once replay has stood still for a while.
+    const standby = until === 'paused' && !hasTarget(this.record.recovery?.settings ?? {});
+    let still = 0;
+    let previous: string | null | undefined;
     const deadline = Date.now() + RECOVERY_TIMEOUT_MS;
     for (;;) {
       if (exited) {
@@ -214,6 +239,11 @@ export class Compute {
         );
       }
       const [row] = await sql(this.record, query).catch(() => []);
+      if (standby && row) {
+        still = row.lsn === previous ? still + 1 : 0;
+        previous = row.lsn;
+        if (still >= 10) row.done = 'true';
+      }
       if (row?.done === 'true') {
         this.reachedLsn = row.lsn ?? undefined;
         if (until === 'promoted') {
@@ -238,10 +268,11 @@ export class Compute {
     const deadline = Date.now() + READY_TIMEOUT_MS;
     for (;;) {
       if (exited) {
+        const reason = lastFatal(this.logFile);
         throw new NeonError(
           'compute_start_failed',
-          `compute ${this.record.name} exited while starting (${describe(exited)}); see ${this.logFile}`,
-          { status: 500 },
+          `compute ${this.record.name} exited while starting (${reason ?? describe(exited)}); see ${this.logFile}`,
+          { status: reason ? 400 : 500 },
         );
       }
       const info = readPostmasterPid(this.dataDir);
@@ -283,6 +314,11 @@ export class Compute {
     log.warn('restarting compute %s (restart %d of %d)', this.record.name, this.restarts, MAX_RESTARTS);
     await this.queue(() => this.launch()).catch((error) => log.error('restart of compute %s failed: %s', this.record.name, error.message));
   }
+}
+
+/** True when recovery settings name a point to stop at. */
+function hasTarget(settings: Record<string, string>): boolean {
+  return Object.keys(settings).some((key) => /^recovery_target_(lsn|time|xid|name)$/.test(key) || key === 'recovery_target');
 }
 
 /** The last FATAL or PANIC message of a compute's log, which says why it stopped. */

@@ -3,6 +3,7 @@ import { checkout } from './checkout.js';
 import { createStaticCompute, destroyCompute } from './computes.js';
 import { NeonError } from './errors.js';
 import { createSnapshot, historyLog } from './snapshots.js';
+import { collectGarbage, verifyRepository } from './upkeep.js';
 import { formatLsn } from '../replication/lsn.js';
 import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from './rest.js';
@@ -86,6 +87,19 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     .route('DELETE', '/pgs/:name', async ({ params }) => {
       await daemon.serially(() => destroyCompute(daemon, params.name));
       return { deleted: params.name };
+    })
+    .route('POST', '/verify', async ({ body }) => {
+      const names = body.snapshots;
+      if (names !== undefined && !(Array.isArray(names) && names.every((n) => typeof n === 'string'))) {
+        throw new NeonError('bad_request', '"snapshots" must be a list of snapshot names', { status: 400 });
+      }
+      return daemon.serially(() => verifyRepository(daemon, names as string[] | undefined));
+    })
+    .route('POST', '/gc', async ({ body }) => {
+      const days = body.keep_wal_days ?? 7;
+      if (typeof days !== 'number' || !(days >= 0))
+        throw new NeonError('bad_request', '"keep_wal_days" must be a number of days (0 or more)', { status: 400 });
+      return daemon.serially(() => collectGarbage(daemon, days));
     })
     .route('POST', '/shutdown', async () => {
       // Answer first: the shutdown closes this server.

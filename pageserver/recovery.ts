@@ -76,6 +76,7 @@ export function recoverySettings(walDir: string, target: RecoveryTarget): Record
     recovery_init_sync_method: 'syncfs',
   };
   if (target.lsn !== undefined) settings.recovery_target_lsn = formatLsn(target.lsn);
-  if (target.time) settings.recovery_target_time = target.time.toISOString();
+  // Postgres' recovery_target_time takes "2026-11-21 10:00:00.123+00", not the ISO "T…Z" form.
+  if (target.time) settings.recovery_target_time = target.time.toISOString().replace('T', ' ').replace('Z', '+00');
   return settings;
 }
