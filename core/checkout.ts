@@ -3,7 +3,8 @@ import path from 'node:path';
 import type { Daemon } from './daemon.js';
 import { NeonError } from './errors.js';
 import { resolveTarget, createSnapshot } from './snapshots.js';
-import { formatLsn, parseLsn } from '../replication/lsn.js';
+import { formatLsn } from '../replication/lsn.js';
+import { readControlFile } from '../pageserver/pg-control.js';
 import type { Snapshot } from '../pageserver/history.js';
 
 /** What `neon checkout` answers. */
@@ -48,15 +49,12 @@ export async function checkout(daemon: Daemon, text: unknown): Promise<CheckoutR
   const walDir = path.join(home, 'restore-wal');
   for (const dir of [next, old, walDir]) fs.rmSync(dir, { recursive: true, force: true });
 
-  // Stop the primary first: on its way out it sends its last WAL to the safekeepers, which then hold the tip.
+  // Stop the primary first: on its way out it sends its last WAL (the shutdown checkpoint, which pg_control
+  // names) to the safekeepers, which then hold the branch's tip.
   await main.stop();
-  await daemon.safekeepers.stop();
-  const tips = daemon.safekeepers.nodes
-    .map((n) => n.lastStatus.flushLsn)
-    .filter((l): l is string => !!l)
-    .map(parseLsn);
-  const tip = tips.length ? tips.reduce((a, b) => (a > b ? a : b)) : undefined;
-  await history.updateBranch(from, { tipLsn: tip === undefined ? left?.lsn : formatLsn(tip), leftAt: left?.name });
+  daemon.safekeepers.detach(from);
+  const tip = readControlFile(main.dataDir).checkpoint;
+  await history.updateBranch(from, { tipLsn: formatLsn(tip), leftAt: left?.name });
 
   let swapped = false;
   const restoreOld = async () => {
@@ -67,9 +65,7 @@ export async function checkout(daemon: Daemon, text: unknown): Promise<CheckoutR
     main.record = { ...main.record, branch: from, recovery: undefined };
     await daemon.saveCompute(main.record);
     await history.updateBranch(from, { tipLsn: undefined, leftAt: undefined });
-    daemon.safekeepers.setBranch(from);
     await main.start();
-    await daemon.safekeepers.start(daemon.primaryOf(main.record));
   };
 
   try {
@@ -85,7 +81,7 @@ export async function checkout(daemon: Daemon, text: unknown): Promise<CheckoutR
     const branch = continued ? target.branch : newBranchName(daemon, target.branch);
     main.record = { ...main.record, branch, recovery: { settings: prepared.settings, until: 'promoted', walDir } };
     await daemon.saveCompute(main.record);
-    daemon.safekeepers.setBranch(branch);
+    // Starting it attaches the safekeepers to its branch (the computeStarted hook).
     await main.start();
     if (continued) await history.updateBranch(branch, { tipLsn: undefined, leftAt: undefined });
     else
@@ -105,7 +101,6 @@ export async function checkout(daemon: Daemon, text: unknown): Promise<CheckoutR
     fs.rmSync(walDir, { recursive: true, force: true });
   }
   fs.rmSync(old, { recursive: true, force: true });
-  await daemon.safekeepers.start(daemon.primaryOf(main.record));
   daemon.sync?.schedule();
   return { branch: main.record.branch, continued, target: target.label, reached_lsn: main.reachedLsn ?? null, left: left?.name ?? null };
 }

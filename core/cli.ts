@@ -13,6 +13,9 @@ interface GlobalOptions {
   repo?: string;
 }
 
+/** Options of `neon pg`. */
+type PgOptions = GlobalOptions & { name?: string; storage?: string; branch?: string; at?: string; readOnly?: boolean; replica?: boolean };
+
 const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 /** Print `value` as JSON with --json, else the human text. */
@@ -95,13 +98,24 @@ export function createCli() {
   });
 
   cli
-    .command('pg <action>', 'Computes: pg list | show | start | stop | create | destroy -n NAME')
+    .command('pg <action>', 'Computes: pg list | show | create | start | stop | promote | destroy -n NAME')
     .option('-n, --name <name>', 'Compute name')
-    .option('--at <point>', 'pg create: the point of history (snapshot, LSN or time)')
+    .option('-s, --storage <name>', "pg create: the storage it runs over (default: the repository's)")
+    .option('--branch <branch>', 'pg create: the branch (default: a new branch named like the compute)')
+    .option('--at <point>', 'pg create: a snapshot, LSN or time (fork there; with --read-only, freeze there)')
     .option('--read-only', 'pg create: a static, read-only compute frozen at --at')
-    .action(async (action: string, options: GlobalOptions & { name?: string; at?: string; readOnly?: boolean }) => {
+    .option('--replica', "pg create / pg start: a hot standby following the branch's primary")
+    .action(async (action: string, options: PgOptions) => {
       const { pgCommand } = await import('./commands.js');
       await pgCommand(action, options, (method, path, body) => call(options, method, path, body), print);
+    });
+
+  cli
+    .command('safekeeper <action>', 'Safekeepers: safekeeper list | safekeeper stop -n NAME | safekeeper start -n NAME')
+    .option('-n, --name <name>', 'Safekeeper name (sk1, sk2, …)')
+    .action(async (action: string, options: GlobalOptions & { name?: string }) => {
+      const { safekeeperCommand } = await import('./commands.js');
+      await safekeeperCommand(action, options.name, (method, path, body) => call(options, method, path, body), options, print);
     });
 
   cli
@@ -176,17 +190,13 @@ export function createCli() {
       );
     });
 
-  cli.command('branch <action>', 'Branches: branch list').action(async (action: string, options: GlobalOptions) => {
-    const { branchCommand } = await import('./commands.js');
-    await branchCommand(action, (method, path, body) => call(options, method, path, body), options, print);
-  });
-
   cli
-    .command('safekeeper <action>', 'Safekeepers: safekeeper list | safekeeper stop -n NAME | safekeeper start -n NAME')
-    .option('-n, --name <name>', 'Safekeeper name (sk1, sk2, …)')
-    .action(async (action: string, options: GlobalOptions & { name?: string }) => {
-      const { safekeeperCommand } = await import('./commands.js');
-      await safekeeperCommand(action, options.name, (method, path, body) => call(options, method, path, body), options, print);
+    .command('branch <action> [name]', 'Branches: branch create NAME [--parent P] [--at X] | list | delete NAME')
+    .option('--parent <branch>', "branch create: the branch to fork from (default: the main compute's)")
+    .option('--at <point>', "branch create: a snapshot, LSN or time (default: the parent's present)")
+    .action(async (action: string, name: string | undefined, options: GlobalOptions & { parent?: string; at?: string }) => {
+      const { branchCommand } = await import('./commands.js');
+      await branchCommand(action, name, options, (method, path, body) => call(options, method, path, body), print);
     });
 
   cli.help();

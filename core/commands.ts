@@ -2,10 +2,11 @@ import { callDaemon } from './client.js';
 import type { ComputeInfo } from './compute.js';
 import { runningDaemonPid, spawnDaemon } from './daemon-control.js';
 import { NeonError } from './errors.js';
-import { keyValues, table, type Column } from './output.js';
+import { branchTree, keyValues, table, type Column } from './output.js';
 import type { SafekeeperInfo } from './safekeepers.js';
 import type { Repository } from './repository.js';
 import type { Status } from './routes.js';
+import type { Branch } from '../pageserver/history.js';
 
 /** The CLI's printer: JSON with --json, else the human text. */
 type Print = (options: { json?: boolean }, value: unknown, human: () => string) => void;
@@ -151,14 +152,14 @@ export async function statusCommand(repo: Repository, options: { json?: boolean 
   print(options, { running: true, ...status }, () => statusText(status));
 }
 
-const PG_ACTIONS = ['list', 'show', 'start', 'stop', 'create', 'destroy'];
+const PG_ACTIONS = ['list', 'show', 'start', 'stop', 'create', 'promote', 'destroy'];
 
 function pgText(pg: ComputeInfo): string {
   return keyValues([
     ['name', pg.name],
     ['state', pg.state],
     ['branch', pg.branch],
-    ['read_only', pg.read_only ? `yes, at ${pg.at}` : 'no'],
+    ['kind', pg.read_only ? `static, read-only at ${pg.at}` : pg.replica ? 'replica (read-only, follows the primary)' : 'primary'],
     ['pid', pg.pid],
     ['port', pg.port],
     ['connection', pg.connection_string],
@@ -172,7 +173,7 @@ function pgText(pg: ComputeInfo): string {
 /** `neon pg list | show | start | stop | create | destroy`. */
 export async function pgCommand(
   action: string,
-  options: { name?: string; at?: string; readOnly?: boolean; json?: boolean },
+  options: { name?: string; storage?: string; branch?: string; at?: string; readOnly?: boolean; replica?: boolean; json?: boolean },
   call: Call,
   print: Print,
 ): Promise<void> {
@@ -201,12 +202,24 @@ export async function pgCommand(
     print(options, done, () => `compute ${name} destroyed`);
     return;
   }
-  const pg =
-    action === 'show'
-      ? await call<ComputeInfo>('GET', path)
-      : action === 'create'
-        ? await call<ComputeInfo>('PUT', '/pgs', { name, at: options.at, read_only: options.readOnly ?? false })
-        : await call<ComputeInfo>('POST', `${path}/actions`, { action });
+  let pg: ComputeInfo;
+  if (action === 'show') pg = await call<ComputeInfo>('GET', path);
+  else if (action === 'create') {
+    pg = await call<ComputeInfo>('PUT', '/pgs', {
+      name,
+      storage_name: options.storage,
+      branch: options.branch,
+      at: options.at,
+      read_only: options.readOnly ?? false,
+      is_replica: options.replica ?? false,
+    });
+  } else {
+    pg = await call<ComputeInfo>(
+      'POST',
+      `${path}/actions`,
+      action === 'start' && options.replica ? { action, is_replica: true } : { action },
+    );
+  }
   print(options, pg, () => pgText(pg));
 }
 
@@ -281,20 +294,33 @@ export async function imageCommand(action: string, call: Call, options: { json?:
   }
 }
 
-/** `neon branch list`. */
-export async function branchCommand(action: string, call: Call, options: { json?: boolean }, print: Print): Promise<void> {
-  if (action !== 'list') throw new NeonError('unknown_command', `unknown branch action "${action}": use list`);
-  const branches = await call<Record<string, unknown>[]>('GET', '/branches');
-  print(options, branches, () =>
-    table(branches, [
-      ['name', 'name'],
-      ['parent', 'parent'],
-      ['forkLsn', 'fork lsn'],
-      ['createdAt', 'created'],
-    ]),
-  );
-}
+const BRANCH_ACTIONS = ['create', 'list', 'delete'];
 
+/** `neon branch create NAME [--parent P] [--at X] | list | delete NAME`. */
+export async function branchCommand(
+  action: string,
+  name: string | undefined,
+  options: { json?: boolean; parent?: string; at?: string },
+  call: Call,
+  print: Print,
+): Promise<void> {
+  if (!BRANCH_ACTIONS.includes(action)) {
+    throw new NeonError('unknown_command', `unknown branch action "${action}": use one of ${BRANCH_ACTIONS.join(', ')}`);
+  }
+  if (action === 'list') {
+    const branches = await call<Branch[]>('GET', '/branches');
+    print(options, branches, () => branchTree(branches));
+    return;
+  }
+  if (!name) throw new NeonError('missing_name', `neon branch ${action} needs a branch name`);
+  if (action === 'create') {
+    const branch = await call<Branch>('POST', '/branches', { name, parent: options.parent, at: options.at });
+    print(options, branch, () => `branch ${branch.name} forked from ${branch.parent} at ${branch.forkLsn ?? branch.forkTime}`);
+  } else {
+    const done = await call<Record<string, unknown>>('DELETE', `/branches/${encodeURIComponent(name)}`);
+    print(options, done, () => `branch ${name} deleted`);
+  }
+}
 const SAFEKEEPER_ACTIONS = ['list', 'start', 'stop'];
 
 /** `neon safekeeper list | start | stop`. */

@@ -30,6 +30,8 @@ export interface ComputeInfo {
   restarts: number;
   last_exit?: { code: number | null; signal: string | null; at: string };
   read_only: boolean;
+  /** A hot standby following its branch's primary. */
+  replica: boolean;
   /** The point of history it was made at, for a static compute. */
   at: string | null;
   /** Where its last recovery stopped (after a start at a point of history). */
@@ -104,6 +106,7 @@ export class Compute {
       restarts: this.restarts,
       ...(this.lastExit ? { last_exit: this.lastExit } : {}),
       read_only: !!this.record.readOnly,
+      replica: !!this.record.replica,
       at: this.record.at ?? null,
       reached_lsn: this.reachedLsn ?? null,
     };
@@ -128,6 +131,22 @@ export class Compute {
         await this.launch();
       }
     });
+  }
+
+  /** Change its extra settings (a replica became a primary: it now waits for safekeepers) and reload them. */
+  async applySettings(settings: Record<string, string | number | boolean>): Promise<void> {
+    this.deps.settings = { ...this.deps.settings, ...settings };
+    await writeComputeConf(
+      this.dataDir,
+      {
+        port: this.record.port,
+        clusterName: `neon-${this.record.name}`,
+        sharedBuffers: this.deps.sharedBuffers,
+        extra: { ...this.deps.settings, ...this.record.recovery?.settings },
+      },
+      this.deps.pgUser,
+    );
+    if (this.state === 'running') await sql(this.record, 'select pg_reload_conf()');
   }
 
   /** Stop it: fast shutdown (clients disconnected, a checkpoint written), escalating if it does not go. */
@@ -215,13 +234,15 @@ export class Compute {
 
   // Archive recovery towards a target: wait until Postgres has promoted there (a primary), or paused there (a
   // static compute). Recovery that ends early (no WAL to reach the target) makes Postgres exit: say why.
-  private async waitRecovery(child: LaunchedProcess, until: 'promoted' | 'paused'): Promise<void> {
+  private async waitRecovery(child: LaunchedProcess, until: 'promoted' | 'paused' | 'standby'): Promise<void> {
     let exited: ProcessExit | undefined;
     child.exited.then((exit) => (exited = exit));
-    const query =
-      until === 'promoted'
-        ? 'select (not pg_is_in_recovery())::text as done, pg_last_wal_replay_lsn()::text as lsn'
-        : "select (pg_get_wal_replay_pause_state() = 'paused')::text as done, pg_last_wal_replay_lsn()::text as lsn";
+    const query = {
+      promoted: 'select (not pg_is_in_recovery())::text as done, pg_last_wal_replay_lsn()::text as lsn',
+      paused: "select (pg_get_wal_replay_pause_state() = 'paused')::text as done, pg_last_wal_replay_lsn()::text as lsn",
+      // A replica is ready once it accepts read-only connections: it follows its primary from then on.
+      standby: 'select pg_is_in_recovery()::text as done, pg_last_wal_replay_lsn()::text as lsn',
+    }[until];
     // As a standby at the end of the WAL nothing pauses: done once replay has stood still for a while.
     const standby = until === 'paused' && !hasTarget(this.record.recovery?.settings ?? {});
     let still = 0;

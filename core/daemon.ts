@@ -20,7 +20,7 @@ import { Pageserver } from '../pageserver/pageserver.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { RestServer } from './rest.js';
 import { registerRoutes, statusOf, type Status } from './routes.js';
-import { Repository, type ComputeRecord, type RepoMeta } from './repository.js';
+import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
@@ -93,12 +93,13 @@ export class Daemon {
       cli: this.cli,
       hooks: this.hooks,
       log: log.child('safekeepers'),
-      branch: state.computes.main?.branch ?? 'main',
+      mainBranch: () => this.mainBranch(),
     });
     this.wal = new WalStore(
       () => this.safekeepers.nodes,
       this.storage,
-      () => this.safekeepers.branch,
+      // The main compute's branch first: offload reports its progress.
+      () => [this.mainBranch(), ...this.safekeepers.branches().filter((b) => b !== this.mainBranch())],
     );
     this.pageserver = await Pageserver.open({
       repoDir: repo.dir,
@@ -118,7 +119,7 @@ export class Daemon {
           systemId,
           pgVersion: this.binaries.version,
           login: { user: login.user, password: login.password, database: login.database },
-          branch: this.safekeepers.branch,
+          branch: this.mainBranch(),
         }),
         log.child('sync'),
       );
@@ -134,16 +135,19 @@ export class Daemon {
     log.info('REST API on http://127.0.0.1:%d', this.port);
 
     for (const record of Object.values(state.computes)) this.addCompute(record);
-    // The safekeepers follow the main compute wherever it runs (its port may change between starts).
+    // The safekeepers follow every primary wherever it runs (its port may change between starts).
     this.hooks.computeStarted.tap('neon:safekeepers', ({ name }) => {
-      if (name === 'main') this.safekeepers.setPrimary(this.primaryOf(this.compute('main').record));
+      const record = this.compute(name).record;
+      if (isPrimary(record)) this.safekeepers.attach(record.branch, this.primaryOf(record));
     });
     await Promise.all([...this.computes.values()].filter((c) => c.record.running).map((c) => c.start()));
-    const main = this.computes.get('main');
-    if (main) {
-      if (main.state === 'running')
-        await this.safekeepers.dropStaleSlots(this.primaryOf(main.record)).catch((e) => log.warn('%s', messageOf(e)));
-      await this.safekeepers.start(this.primaryOf(main.record));
+    await this.safekeepers.start();
+    for (const compute of this.computes.values()) {
+      if (!isPrimary(compute.record)) continue;
+      if (compute.state === 'running') {
+        await this.safekeepers.dropStaleSlots(this.primaryOf(compute.record)).catch((e) => log.warn('%s', messageOf(e)));
+      }
+      this.safekeepers.attach(compute.record.branch, this.primaryOf(compute.record));
     }
     await this.hooks.start.promise({
       repo,
@@ -160,6 +164,8 @@ export class Daemon {
 
   /** Supervise a compute of the repository (read from state.json, or just created). */
   addCompute(record: ComputeRecord): Compute {
+    // Modest memory for every compute but main unless configured, so that ten of them fit on a laptop.
+    const sharedBuffers = this.config.postgres?.sharedBuffers ?? (record.name === 'main' ? undefined : '32MB');
     const compute = new Compute(record, {
       repo: this.repo,
       binaries: this.binaries,
@@ -167,7 +173,7 @@ export class Daemon {
       launcher: this.computeLauncher,
       hooks: this.hooks,
       log: this.log.child(`compute ${record.name}`),
-      sharedBuffers: this.config.postgres?.sharedBuffers,
+      sharedBuffers,
       settings: { ...this.config.postgres?.settings, ...this.primarySettings(record) },
       save: (changed) => this.saveCompute(changed),
     });
@@ -198,9 +204,14 @@ export class Daemon {
     }
   }
 
+  /** The branch of the main compute: the default branch for snapshots and new branches. */
+  mainBranch(): string {
+    return this.computes.get('main')?.record.branch ?? 'main';
+  }
+
   /** Settings that make a branch's primary wait for its safekeepers. */
-  private primarySettings(record: ComputeRecord): Record<string, string> {
-    const names = record.name === 'main' ? this.safekeepers.standbyNames() : undefined;
+  primarySettings(record: ComputeRecord): Record<string, string> {
+    const names = isPrimary(record) ? this.safekeepers.standbyNames() : undefined;
     return names ? { synchronous_standby_names: names } : {};
   }
 

@@ -93,12 +93,8 @@ export class ImageService {
   private async check(): Promise<void> {
     const main = this.daemon.computes.get('main');
     if (!main || main.state !== 'running' || this.taking) return;
-    const flushed = this.daemon.safekeepers.nodes
-      .map((n) => n.lastStatus.flushLsn)
-      .filter((l): l is string => !!l)
-      .map(parseLsn);
-    if (!flushed.length) return;
-    const tip = flushed.reduce((a, b) => (a > b ? a : b));
+    const tip = this.daemon.safekeepers.flushedOf(main.record.branch);
+    if (tip === undefined) return;
     const last = this.daemon.pageserver.images(main.record.branch).at(-1);
     const since = last ? tip - last.endLsn : tip;
     const age = last ? Date.now() - new Date(last.createdAt).getTime() : Infinity;

@@ -1,3 +1,5 @@
+import type { Branch } from '../pageserver/history.js';
+
 /** A column of a table: the row key and its heading. */
 export type Column = [key: string, heading: string];
 
@@ -17,4 +19,20 @@ export function table(rows: Record<string, unknown>[], columns: Column[]): strin
 export function keyValues(pairs: [string, unknown][]): string {
   const width = Math.max(...pairs.map(([key]) => key.length));
   return pairs.map(([key, value]) => `${key.padEnd(width)}  ${cell(value)}`).join('\n');
+}
+
+/** Branches as a tree, for `neon branch list`: each under its parent, with its fork point. */
+export function branchTree(branches: Branch[]): string {
+  const lines: string[] = [];
+  const walk = (parent: string | null, indent: string) => {
+    const children = branches.filter((b) => b.parent === parent).sort((a, b) => (a.createdAt < b.createdAt ? -1 : 1));
+    children.forEach((branch, i) => {
+      const last = i === children.length - 1;
+      const at = branch.forkLsn ? ` (at ${branch.forkLsn})` : branch.forkTime ? ` (at ${branch.forkTime})` : '';
+      lines.push(parent === null ? branch.name + at : `${indent}${last ? '└─' : '├─'} ${branch.name}${at}`);
+      walk(branch.name, parent === null ? '' : indent + (last ? '   ' : '│  '));
+    });
+  };
+  walk(null, '');
+  return lines.join('\n');
 }

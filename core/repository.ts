@@ -37,13 +37,22 @@ export interface ComputeRecord {
   createdAt: string;
   /** A read-only compute frozen at a point of history (recovery paused there). */
   readOnly?: boolean;
+  /** A hot standby following its branch's primary. */
+  replica?: boolean;
+  /** A primary that a promoted replica replaced on its branch: it must not start again. */
+  retired?: string;
   /** The point it was made at, as asked (snapshot name, LSN or time). */
   at?: string;
   /**
    * Set while its data directory still has to reach a point by archive recovery: the settings of that recovery,
    * and the state that ends it (promoted: a primary; paused: a static compute, which keeps them).
    */
-  recovery?: { settings: Record<string, string>; until: 'promoted' | 'paused'; walDir?: string };
+  recovery?: { settings: Record<string, string>; until: 'promoted' | 'paused' | 'standby'; walDir?: string };
+}
+
+/** A compute that writes its branch's WAL (not a static compute, not a replica). */
+export function isPrimary(record: ComputeRecord): boolean {
+  return !record.readOnly && !record.replica;
 }
 
 /** `state.json`: what the daemon keeps between runs. Holds passwords, so it is mode 0600. */

@@ -1,6 +1,7 @@
 import { userInfo } from 'node:os';
 import { checkout } from './checkout.js';
-import { createStaticCompute, destroyCompute } from './computes.js';
+import { createBranch, deleteBranch } from './branches.js';
+import { createCompute, destroyCompute, promoteCompute } from './computes.js';
 import { NeonError } from './errors.js';
 import { createSnapshot, historyLog } from './snapshots.js';
 import { collectGarbage, verifyRepository } from './upkeep.js';
@@ -8,19 +9,19 @@ import { formatLsn } from '../replication/lsn.js';
 import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from './rest.js';
 
-/** The seed's `/pgs` actions that exist so far, and those of `/safekeepers`. */
-const PG_ACTIONS = ['start', 'stop'] as const;
+/** The seed's `/pgs` actions, and those of `/safekeepers`. */
+const PG_ACTIONS = ['start', 'stop', 'promote'] as const;
 const SAFEKEEPER_ACTIONS = ['start', 'stop'] as const;
 
 /** The `action` of an actions request, checked against what the resource knows. */
-function actionOf<T extends string>(body: Record<string, unknown>, known: readonly T[]): T {
+function actionOf<T extends string>(body: Record<string, unknown>, known: readonly T[], options: readonly string[] = []): T {
   const action = body.action;
   if (typeof action !== 'string' || !(known as readonly string[]).includes(action)) {
     throw new NeonError('bad_action', `"action" must be one of ${known.join(', ')} (got ${JSON.stringify(action ?? null)})`, {
       status: 400,
     });
   }
-  const extra = Object.keys(body).filter((key) => key !== 'action');
+  const extra = Object.keys(body).filter((key) => key !== 'action' && !options.includes(key));
   if (extra.length) throw new NeonError('bad_request', `unknown field(s) ${extra.join(', ')} for action ${action}`, { status: 400 });
   return action as T;
 }
@@ -36,9 +37,25 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     .route('GET', '/pgs/:name', async ({ params }) => daemon.compute(params.name).info())
     .route('POST', '/pgs/:name/actions', async ({ params, body }) => {
       const compute = daemon.compute(params.name);
-      const action = actionOf(body, PG_ACTIONS);
-      if (action === 'start') await compute.start();
-      else await compute.stop();
+      const action = actionOf(body, PG_ACTIONS, ['is_replica']);
+      if (action === 'promote') return daemon.serially(() => promoteCompute(daemon, params.name));
+      if (action === 'start') {
+        const { record } = compute;
+        if (record.retired) {
+          throw new NeonError(
+            'retired',
+            `compute ${record.name} was replaced on branch ${record.branch} by ${record.retired}: destroy it`,
+            { status: 409 },
+          );
+        }
+        if (body.is_replica === true && !record.replica) {
+          throw new NeonError(
+            'not_a_replica',
+            `compute ${record.name} is not a replica: create one with neon pg create -n NAME --branch ${record.branch} --replica`,
+          );
+        }
+        await compute.start();
+      } else await compute.stop();
       await daemon.saveCompute({ name: compute.record.name, running: action === 'start' });
       return compute.info();
     })
@@ -47,7 +64,7 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     .route('POST', '/safekeepers/:name/actions', async ({ params, body }) => {
       const node = daemon.safekeepers.get(params.name);
       if (actionOf(body, SAFEKEEPER_ACTIONS) === 'stop') await node.stop();
-      else await node.start(daemon.primaryOf(daemon.compute('main').record));
+      else await node.start();
       return node.info();
     })
     .route('GET', '/wal/:branch/:file', async ({ params }) => {
@@ -71,6 +88,11 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
       return { deleted: params.name };
     })
     .route('GET', '/branches', async () => daemon.pageserver.history.branches())
+    .route('POST', '/branches', async ({ body }) => new RestResponse(201, await daemon.serially(() => createBranch(daemon, body))))
+    .route('DELETE', '/branches/:name', async ({ params }) => {
+      await daemon.serially(() => deleteBranch(daemon, params.name));
+      return { deleted: params.name };
+    })
     .route('GET', '/images', async () =>
       daemon.pageserver.history
         .branches()
@@ -83,7 +105,7 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     })
     .route('POST', '/checkout', async ({ body }) => daemon.serially(() => checkout(daemon, body.target)))
     .route('GET', '/log', async () => historyLog(daemon))
-    .route('PUT', '/pgs', async ({ body }) => new RestResponse(201, await daemon.serially(() => createStaticCompute(daemon, body))))
+    .route('PUT', '/pgs', async ({ body }) => new RestResponse(201, await daemon.serially(() => createCompute(daemon, body))))
     .route('DELETE', '/pgs/:name', async ({ params }) => {
       await daemon.serially(() => destroyCompute(daemon, params.name));
       return { deleted: params.name };

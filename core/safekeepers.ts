@@ -9,11 +9,9 @@ import type { Repository } from './repository.js';
 import type { FromSafekeeper, ToSafekeeper } from '../safekeeper/main.js';
 import type { PrimaryInfo, SafekeeperStatus } from '../safekeeper/safekeeper.js';
 
-/** What the REST API says about a safekeeper. */
-export interface SafekeeperInfo {
-  name: string;
-  state: 'stopped' | 'running' | 'restarting';
-  pid: number | null;
+/** One WAL stream of a safekeeper: a branch and how far its WAL is durable here. */
+export interface StreamInfo {
+  branch: string;
   connected: boolean;
   timeline: number | null;
   flush_lsn: string | null;
@@ -21,6 +19,18 @@ export interface SafekeeperInfo {
   lag_bytes: number | null;
   last_segment: string | null;
   error: string | null;
+}
+
+/**
+ * What the REST API says about a safekeeper: its process, every stream it keeps, and (at the top level, for the
+ * common case) the stream of the main compute's branch.
+ */
+export interface SafekeeperInfo extends Omit<StreamInfo, 'branch'> {
+  name: string;
+  state: 'stopped' | 'running' | 'restarting';
+  pid: number | null;
+  branch: string;
+  streams: StreamInfo[];
   restarts: number;
   rss_bytes: number | null;
   cpu_seconds: number | null;
@@ -35,28 +45,32 @@ export interface SafekeeperDeps {
   cli: string;
   hooks: NeonHooks;
   log: Logger;
-  /** The branch whose WAL they keep: the main compute's. */
-  branch: string;
+  /** The main compute's branch, whose stream `neon status` shows first. */
+  mainBranch: () => string;
 }
 
 const RESTART_MIN_MS = 1000;
 const RESTART_MAX_MS = 30_000;
 
-/** One safekeeper process, restarted with backoff whenever it dies unasked. */
+const NO_STATUS: SafekeeperStatus = {
+  connected: false,
+  timeline: null,
+  flushLsn: null,
+  primaryLsn: null,
+  lagBytes: null,
+  lastSegment: null,
+  error: null,
+};
+
+/**
+ * One safekeeper process, keeping a WAL stream for every branch that has a primary; restarted with backoff
+ * whenever it dies unasked (it holds no state a restart can lose).
+ */
 export class SafekeeperNode {
   state: SafekeeperInfo['state'] = 'stopped';
   restarts = 0;
   private process?: LaunchedProcess;
-  private status: SafekeeperStatus = {
-    connected: false,
-    timeline: null,
-    flushLsn: null,
-    primaryLsn: null,
-    lagBytes: null,
-    lastSegment: null,
-    error: null,
-  };
-  private primary?: PrimaryInfo;
+  private readonly streams = new Map<string, { primary: PrimaryInfo; status: SafekeeperStatus }>();
   private wanted = false;
   private restartTimer?: NodeJS.Timeout;
 
@@ -69,28 +83,39 @@ export class SafekeeperNode {
     return path.join(this.deps.repo.dir, 'safekeepers', this.name);
   }
 
-  /** Its physical replication slot on the primary. */
+  /** Its physical replication slot on each primary. */
   get slot(): string {
     return `neon_${this.name}`;
   }
 
-  /** The last status it reported. */
-  get lastStatus(): SafekeeperStatus {
-    return this.status;
+  /** The last status of a branch's stream (empty when it keeps none). */
+  statusOf(branch: string): SafekeeperStatus {
+    return this.streams.get(branch)?.status ?? NO_STATUS;
   }
 
-  async start(primary: PrimaryInfo): Promise<void> {
-    this.primary = primary;
+  /** Branches it keeps a stream of. */
+  branches(): string[] {
+    return [...this.streams.keys()];
+  }
+
+  async start(): Promise<void> {
     this.wanted = true;
     if (this.process) return;
     clearTimeout(this.restartTimer);
     await this.launch();
   }
 
-  /** Tell it where the primary is now (its port can change between runs). */
-  setPrimary(primary: PrimaryInfo): void {
-    this.primary = primary;
-    this.send({ type: 'primary', primary });
+  /** Keep the WAL of `branch`, streamed from `primary` (or follow that primary to a new address). */
+  attach(branch: string, primary: PrimaryInfo): void {
+    const known = this.streams.get(branch);
+    this.streams.set(branch, { primary, status: known?.status ?? NO_STATUS });
+    this.send({ type: 'attach', stream: { branch, slot: this.slot, primary } });
+  }
+
+  /** Stop keeping a branch's WAL (its primary is gone, or moved to another branch). What it kept stays. */
+  detach(branch: string): void {
+    if (!this.streams.delete(branch)) return;
+    this.send({ type: 'detach', branch });
   }
 
   async stop(): Promise<void> {
@@ -101,7 +126,7 @@ export class SafekeeperNode {
       this.state = 'stopped';
       return;
     }
-    // It flushes what it received and ends its stream; SIGKILL only if it does not go.
+    // It flushes what it received and ends its streams; SIGKILL only if it does not go.
     this.send({ type: 'stop' });
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
@@ -111,19 +136,25 @@ export class SafekeeperNode {
   }
 
   info(): SafekeeperInfo {
-    const { status } = this;
-    const running = this.state === 'running' && this.process;
-    return {
-      name: this.name,
-      state: this.state,
-      pid: running ? this.process!.pid : null,
-      connected: running ? status.connected : false,
+    const running = this.state === 'running' && !!this.process;
+    const streams: StreamInfo[] = [...this.streams].map(([branch, { status }]) => ({
+      branch,
+      connected: running && status.connected,
       timeline: status.timeline,
       flush_lsn: status.flushLsn,
       primary_lsn: status.primaryLsn,
       lag_bytes: status.lagBytes,
       last_segment: status.lastSegment,
       error: running ? status.error : this.state === 'restarting' ? 'exited; restarting' : null,
+    }));
+    const mainBranch = this.deps.mainBranch();
+    const main = streams.find((s) => s.branch === mainBranch) ?? { ...streamOf(NO_STATUS, mainBranch) };
+    return {
+      name: this.name,
+      state: this.state,
+      pid: running ? this.process!.pid : null,
+      ...main,
+      streams,
       restarts: this.restarts,
       ...(running ? usage(this.process!.pid) : { rss_bytes: null, cpu_seconds: null }),
       dir: this.dir,
@@ -150,12 +181,12 @@ export class SafekeeperNode {
     this.state = 'running';
     const started = Date.now();
     child.onMessage?.((message) => this.onMessage(message as FromSafekeeper));
-    this.send({ type: 'config', config: { name: this.name, branch: deps.branch, dir: this.dir, slot: this.slot, primary: this.primary! } });
+    this.send({ type: 'config', name: this.name, dir: this.dir });
+    for (const [branch, { primary }] of this.streams) this.send({ type: 'attach', stream: { branch, slot: this.slot, primary } });
     void child.exited.then((exit) => {
       this.process = undefined;
-      this.status = { ...this.status, connected: false };
+      for (const stream of this.streams.values()) stream.status = { ...stream.status, connected: false };
       if (!this.wanted) return;
-      // A safekeeper holds no state a restart can lose: bring it back, more slowly if it keeps dying.
       if (Date.now() - started > 60_000) this.restarts = 0;
       const delay = Math.min(RESTART_MIN_MS * 2 ** this.restarts, RESTART_MAX_MS);
       this.restarts += 1;
@@ -170,8 +201,10 @@ export class SafekeeperNode {
 
   private onMessage(message: FromSafekeeper): void {
     const { deps } = this;
-    if (message.type === 'status') this.status = message.status;
-    else if (message.type === 'log') deps.log[message.level]('%s', message.message);
+    if (message.type === 'status') {
+      const stream = this.streams.get(message.branch);
+      if (stream) stream.status = message.status;
+    } else if (message.type === 'log') deps.log[message.level]('%s: %s', this.name, message.message);
     else if (message.type === 'segment') {
       const { segment } = message;
       void deps.hooks.walSegmentCompleted
@@ -179,6 +212,19 @@ export class SafekeeperNode {
         .catch((error) => deps.log.error('%s', error.message));
     }
   }
+}
+
+function streamOf(status: SafekeeperStatus, branch: string): StreamInfo {
+  return {
+    branch,
+    connected: false,
+    timeline: status.timeline,
+    flush_lsn: status.flushLsn,
+    primary_lsn: status.primaryLsn,
+    lag_bytes: status.lagBytes,
+    last_segment: status.lastSegment,
+    error: status.error,
+  };
 }
 
 // RSS and CPU time from /proc, for `neon status` (and the WAL benchmark).
@@ -197,8 +243,8 @@ function usage(pid: number): { rss_bytes: number | null; cpu_seconds: number | n
 }
 
 /**
- * The safekeepers of the primary: N processes, and the `synchronous_standby_names` that makes a commit wait for
- * a majority of them (`ANY 2 (sk1, sk2, sk3)`).
+ * The safekeepers: N processes, each keeping the WAL of every branch that has a primary, and the
+ * `synchronous_standby_names` that makes each primary's commits wait for a majority of them (`ANY 2 (sk1, sk2, sk3)`).
  */
 export class Safekeepers {
   readonly nodes: SafekeeperNode[];
@@ -215,7 +261,7 @@ export class Safekeepers {
     return Math.floor(this.nodes.length / 2) + 1;
   }
 
-  /** The primary's synchronous_standby_names, or undefined when there are no safekeepers. */
+  /** A primary's synchronous_standby_names, or undefined when there are no safekeepers. */
   standbyNames(): string | undefined {
     if (this.nodes.length === 0) return undefined;
     return `ANY ${this.quorum} (${this.nodes.map((n) => n.name).join(', ')})`;
@@ -227,28 +273,31 @@ export class Safekeepers {
     return node;
   }
 
-  async start(primary: PrimaryInfo): Promise<void> {
-    await Promise.all(this.nodes.map((node) => node.start(primary)));
+  /** Start the processes (streams are attached as primaries come and go). */
+  async start(): Promise<void> {
+    await Promise.all(this.nodes.map((node) => node.start()));
   }
 
-  setPrimary(primary: PrimaryInfo): void {
-    for (const node of this.nodes) node.setPrimary(primary);
+  /** Keep the WAL of `branch` from its primary (call again when the primary moves to another port). */
+  attach(branch: string, primary: PrimaryInfo): void {
+    for (const node of this.nodes) node.attach(branch, primary);
   }
 
-  /** The branch whose WAL they keep. */
-  get branch(): string {
-    return this.deps.branch;
+  detach(branch: string): void {
+    for (const node of this.nodes) node.detach(branch);
   }
 
-  /** The branch whose WAL they keep (after a checkout moved the main compute); takes effect at their next start. */
-  setBranch(branch: string): void {
-    this.deps.branch = branch;
+  /** Branches whose WAL they keep now. */
+  branches(): string[] {
+    return this.nodes[0]?.branches() ?? [];
   }
 
-  /**
-   * Drop the slots of safekeepers that are no longer configured (3 → 1): a slot nobody reads keeps WAL on the
-   * primary forever.
-   */
+  /** The furthest position any safekeeper holds of a branch, or undefined. */
+  flushedOf(branch: string): bigint | undefined {
+    const flushed = this.nodes.map((n) => n.statusOf(branch).flushLsn).filter((l): l is string => !!l);
+    return flushed.length ? flushed.map(lsnValue).reduce((a, b) => (a > b ? a : b)) : undefined;
+  }
+
   async dropStaleSlots(primary: PrimaryInfo): Promise<string[]> {
     const connection = await WireConnection.connect({ ...primary, database: 'postgres' });
     try {
@@ -270,4 +319,9 @@ export class Safekeepers {
   info(): SafekeeperInfo[] {
     return this.nodes.map((node) => node.info());
   }
+}
+
+function lsnValue(text: string): bigint {
+  const [hi, lo] = text.split('/');
+  return (BigInt('0x' + hi) << 32n) | BigInt('0x' + lo);
 }

@@ -2,6 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Daemon } from './daemon.js';
 import { NeonError } from './errors.js';
 import { sql } from './postgres/sql.js';
+import { isPrimary } from './repository.js';
+import type { Compute } from './compute.js';
 import { formatLsn, parseLsn, type Lsn } from '../replication/lsn.js';
 import { checkName, type Snapshot } from '../pageserver/history.js';
 
@@ -18,45 +20,56 @@ export interface Target {
 
 const LSN = /^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/;
 
-/** The primary's durable WAL position and timeline. */
-async function primaryPosition(daemon: Daemon): Promise<{ lsn: Lsn; timeline: number }> {
-  const main = daemon.compute('main');
-  if (main.state !== 'running')
-    throw new NeonError('not_running', 'the main compute is not running (neon pg start -n main)', { status: 409 });
-  const [row] = await sql(
-    main.record,
-    "select pg_current_wal_flush_lsn()::text as lsn, ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int::text as tli",
-  );
-  return { lsn: parseLsn(row.lsn!), timeline: Number(row.tli) };
+/** The compute that writes a branch's WAL now, if it has one (stopped or running). */
+export function primaryOfBranch(daemon: Daemon, branch: string): Compute | undefined {
+  return [...daemon.computes.values()].find((c) => c.record.branch === branch && isPrimary(c.record) && !c.record.retired);
+}
+
+/** A branch's primary, running: what a point of its present is taken from. */
+function runningPrimary(daemon: Daemon, branch: string): Compute {
+  const primary = primaryOfBranch(daemon, branch);
+  if (!primary || primary.state !== 'running') {
+    throw new NeonError(
+      'not_running',
+      `branch ${branch} has no running primary compute${primary ? ` (neon pg start -n ${primary.record.name})` : ''}`,
+      {
+        status: 409,
+      },
+    );
+  }
+  return primary;
 }
 
 /**
- * Mark the current point of the primary's history: its insert position, followed by a small committed WAL record.
- * Recovery to an LSN stops before the first record starting there, so a record must exist after the point; the
- * commit (which waits for the safekeepers) also makes everything before it durable.
+ * Mark the present of a branch: its primary's insert position, followed by a small committed WAL record. Recovery
+ * to an LSN stops before the first record starting there, so a record must exist after the point; the commit
+ * (which waits for the safekeepers) makes everything before it durable too.
  */
-async function markPoint(daemon: Daemon, name: string): Promise<{ lsn: Lsn; timeline: number }> {
-  const main = daemon.compute('main');
-  if (main.state !== 'running')
-    throw new NeonError('not_running', 'the main compute is not running (neon pg start -n main)', { status: 409 });
+export async function markPoint(daemon: Daemon, branch: string, label: string): Promise<{ lsn: Lsn; timeline: number }> {
+  const primary = runningPrimary(daemon, branch);
   const [row] = await sql(
-    main.record,
+    primary.record,
     `select lsn::text, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text as tli, ` +
-      `pg_logical_emit_message(true, 'neon-snapshot', ${quoteLiteral(name)}) from pg_current_wal_insert_lsn() as lsn`,
+      `pg_logical_emit_message(true, 'neon', ${quoteLiteral(label)}) from pg_current_wal_insert_lsn() as lsn`,
   );
-  return { lsn: parseLsn(row.lsn!), timeline: Number(row.tli) };
+  const point = { lsn: parseLsn(row.lsn!), timeline: Number(row.tli) };
+  await waitForSafekeepers(daemon, branch, point.lsn);
+  return point;
 }
 
 function quoteLiteral(text: string): string {
   return `'${text.replace(/'/g, "''")}'`;
 }
 
-/** The newest LSN of a branch: the primary's position when it runs, else where it was left. */
+/** The newest LSN of a branch: its primary's position when it runs, else where its WAL ends. */
 async function tipOf(daemon: Daemon, branch: string): Promise<Lsn | undefined> {
-  const main = daemon.computes.get('main');
-  if (main?.record.branch === branch && main.state === 'running') return (await primaryPosition(daemon)).lsn;
+  const primary = primaryOfBranch(daemon, branch);
+  if (primary?.state === 'running') {
+    const [row] = await sql(primary.record, 'select pg_current_wal_flush_lsn()::text as lsn');
+    return parseLsn(row.lsn!);
+  }
   const left = daemon.pageserver.history.branch(branch).tipLsn;
-  return left ? parseLsn(left) : undefined;
+  return left ? parseLsn(left) : daemon.safekeepers.flushedOf(branch);
 }
 
 /** Resolve a snapshot name, an LSN (on `branch`, default the main compute's), or a time. */
@@ -109,13 +122,11 @@ export async function createSnapshot(daemon: Daemon, options: { name?: unknown; 
   const name = options.name === undefined ? defaultName(daemon, options.auto ? 'auto' : 'snap') : checkName('snapshot', options.name);
   if (daemon.pageserver.history.hasSnapshot(name))
     throw new NeonError('snapshot_exists', `a snapshot named "${name}" already exists`, { status: 409 });
-  const main = daemon.compute('main');
-  if (main.record.readOnly) throw new NeonError('read_only', 'the main compute is read-only');
-  const { lsn, timeline } = await markPoint(daemon, name);
-  await waitForSafekeepers(daemon, lsn);
+  const branch = daemon.mainBranch();
+  const { lsn, timeline } = await markPoint(daemon, branch, `snapshot ${name}`);
   const snapshot = await daemon.pageserver.history.addSnapshot({
     name,
-    branch: main.record.branch,
+    branch,
     lsn: formatLsn(lsn),
     timeline,
     createdAt: new Date().toISOString(),
@@ -127,12 +138,15 @@ export async function createSnapshot(daemon: Daemon, options: { name?: unknown; 
 }
 
 /** Wait until a quorum of safekeepers has flushed `lsn` (it is then durable outside the compute). */
-async function waitForSafekeepers(daemon: Daemon, lsn: Lsn, timeoutMs = 10_000): Promise<void> {
+async function waitForSafekeepers(daemon: Daemon, branch: string, lsn: Lsn, timeoutMs = 10_000): Promise<void> {
   const nodes = daemon.safekeepers.nodes;
   if (!nodes.length) return;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const durable = nodes.filter((n) => n.lastStatus.flushLsn && parseLsn(n.lastStatus.flushLsn) >= lsn).length;
+    const durable = nodes.filter((n) => {
+      const flushed = n.statusOf(branch).flushLsn;
+      return flushed && parseLsn(flushed) >= lsn;
+    }).length;
     if (durable >= daemon.safekeepers.quorum) return;
     if (Date.now() > deadline) {
       throw new NeonError(

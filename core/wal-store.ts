@@ -34,8 +34,8 @@ export class WalStore {
   constructor(
     private readonly safekeepers: () => SafekeeperNode[],
     private readonly storage?: Storage,
-    /** The branch the safekeepers stream now. */
-    readonly activeBranch: () => string = () => 'main',
+    /** The branches the safekeepers stream now. */
+    readonly activeBranches: () => string[] = () => ['main'],
   ) {}
 
   private dirOf(node: SafekeeperNode, branch: string): string {
@@ -54,7 +54,7 @@ export class WalStore {
   partial(branch: string): PartialSegment | undefined {
     let best: (PartialSegment & { lsn: bigint }) | undefined;
     for (const node of this.safekeepers()) {
-      const { flushLsn, timeline } = node.lastStatus;
+      const { flushLsn, timeline } = node.statusOf(branch);
       const size = this.segmentSize(node);
       if (!flushLsn || !timeline || !size) continue;
       const lsn = parseLsn(flushLsn);
@@ -101,6 +101,13 @@ export class WalStore {
       }
     }
     return partial?.file;
+  }
+
+  /** True when a finished copy of a segment exists (on a safekeeper or in storage), not only an unfinished one. */
+  async isFinished(branch: string, name: string): Promise<boolean> {
+    const local = this.localFile(branch, name);
+    if (local) return !local.endsWith(PARTIAL);
+    return !!this.storage && !!(await this.storage.head(walObjectKey(branch, name)));
   }
 
   /** The bytes of a WAL file (`000000010000000000000003`, `00000002.history`), or undefined when nobody has it. */

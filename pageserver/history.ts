@@ -9,6 +9,8 @@ export interface Branch {
   name: string;
   parent: string | null;
   forkLsn: string | null;
+  /** A fork at a time: its LSN is known once a compute has been made there (then it is set). */
+  forkTime?: string;
   createdAt: string;
   /** Where its WAL ends, once no compute writes on it any more (a checkout left it). */
   tipLsn?: string;

@@ -142,11 +142,20 @@ export class Pageserver {
    * Make `dataDir` (which must not exist) ready to start at `target` on `branch`: restore the chosen image, gather
    * the WAL from it on into `walDir`, and return the recovery settings for the first start.
    */
-  async prepare(branch: string, target: RecoveryTarget, dataDir: string, walDir: string): Promise<Prepared> {
+  async prepare(
+    branch: string,
+    target: RecoveryTarget,
+    dataDir: string,
+    walDir: string,
+    options: { finishedWalOnly?: boolean } = {},
+  ): Promise<Prepared> {
     const wal = this.deps.wal;
     if (!wal) throw new Error('the pageserver has no WAL store here');
     const image = await this.chooseImage(branch, target);
-    const { files } = await stageWal(wal, this.history.chain(branch), parseLsn(image.startLsn), walDir, this.deps.owner);
+    const { files } = await stageWal(wal, this.history.chain(branch), parseLsn(image.startLsn), walDir, {
+      owner: this.deps.owner,
+      finishedOnly: options.finishedWalOnly,
+    });
     try {
       await restoreImage(this.store, image, dataDir, { owner: this.deps.owner });
     } catch (error) {

@@ -26,8 +26,9 @@ export async function stageWal(
   spans: WalSpan[],
   start: Lsn,
   dir: string,
-  owner?: PgUser,
+  options: { owner?: PgUser; finishedOnly?: boolean } = {},
 ): Promise<{ files: number; last?: Lsn }> {
+  const { owner } = options;
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   if (owner) fs.chownSync(dir, owner.uid, owner.gid);
   let files = 0;
@@ -41,6 +42,9 @@ export async function stageWal(
         const hi = span.to === undefined ? undefined : segmentOf(span.to, SEGMENT_SIZE);
         // The segment holding a fork point exists on both sides (each under its own timeline's name).
         if (segment.segno < first || segment.segno < lo || (hi !== undefined && segment.segno > hi)) continue;
+        // A replica streams the newest segment from its primary: a copy of it taken now would soon be stale, and
+        // a standby that read it again (as it does when promoted) would find the WAL it already replayed cut off.
+        if (options.finishedOnly && !(await wal.isFinished(span.branch, name))) continue;
         const end = (segment.segno + 1n) * BigInt(SEGMENT_SIZE);
         if (last === undefined || end > last) last = end;
       }

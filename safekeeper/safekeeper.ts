@@ -105,6 +105,7 @@ export class Safekeeper {
 
   /** Point it at another primary address (the compute moved to another port); the next connection uses it. */
   setPrimary(primary: PrimaryInfo): void {
+    if (JSON.stringify(primary) === JSON.stringify(this.config.primary)) return;
     this.config = { ...this.config, primary };
     this.connection?.close();
   }

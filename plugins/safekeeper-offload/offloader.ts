@@ -51,16 +51,16 @@ export interface OffloadStatus {
  * flush position moves, so that losing the whole machine loses at most a partial interval of commits.
  */
 export class Offloader {
-  /** The branch the safekeepers keep now (the main compute's): its newest unfinished segment is shipped. */
+  /** The branch of the main compute, whose progress the status shows (the active branches come main first). */
   private get branch(): string {
-    return this.ctx.wal.activeBranch();
+    return this.ctx.wal.activeBranches()[0] ?? 'main';
   }
 
   private readonly queue: UploadQueue;
   private timer?: NodeJS.Timeout;
   private error: string | null = null;
   private uploaded = 0;
-  private lastPartialFile?: { path: string; mtimeMs: number };
+  private readonly lastPartialFile = new Map<string, { path: string; mtimeMs: number }>();
 
   constructor(
     private readonly ctx: OffloadContext,
@@ -96,7 +96,7 @@ export class Offloader {
     this.queue.start();
     this.timer = setInterval(() => this.checkPartial(), this.settings.partialIntervalMs);
     this.timer.unref();
-    await this.prune(this.branch);
+    for (const branch of this.ctx.wal.activeBranches()) await this.prune(branch);
   }
 
   /** A safekeeper finished a segment: queue it (every safekeeper reports the same name; the queue dedupes). */
@@ -212,39 +212,43 @@ export class Offloader {
   // Only while WAL flows: an unchanged flush position means the partial in storage is already complete.
   // A timer callback: anything thrown here would be an uncaught exception, which stops the daemon.
   private checkPartial(): void {
-    try {
-      const partial = this.ctx.wal.partial(this.branch);
-      const last = this.state.branch(this.branch).partial;
-      if (partial && this.state.has(this.branch, 'segment', partial.segment)) return;
-      if (partial && last?.segment === partial.segment && last.flush_lsn && parseLsn(partial.flushLsn) <= parseLsn(last.flush_lsn)) return;
-      this.queue.add({ key: `partial:${this.branch}`, rank: 2, run: () => this.uploadPartial() });
-    } catch (error) {
-      this.ctx.log.warn('partial check failed: %s', messageOf(error));
+    for (const branch of this.ctx.wal.activeBranches()) {
+      try {
+        const partial = this.ctx.wal.partial(branch);
+        const last = this.state.branch(branch).partial;
+        if (partial && this.state.has(branch, 'segment', partial.segment)) continue;
+        if (partial && last?.segment === partial.segment && last.flush_lsn && parseLsn(partial.flushLsn) <= parseLsn(last.flush_lsn))
+          continue;
+        this.queue.add({ key: `partial:${branch}`, rank: 2, run: () => this.uploadPartial(branch) });
+      } catch (error) {
+        this.ctx.log.warn('partial check of %s failed: %s', branch, messageOf(error));
+      }
     }
   }
 
-  private async uploadPartial(): Promise<void> {
+  private async uploadPartial(branch: string): Promise<void> {
     // Look again when the job runs: the queue may have been busy, and the newest state is what matters.
     // Safekeepers report their flush position about once a second, so while WAL flows fast that position is
     // often in a segment finished since and the WAL store knows no partial: then take the newest .partial file
     // on disk, vouching for none of its bytes (flush LSN null), and upload it only when it changed.
-    const reported = this.ctx.wal.partial(this.branch);
-    const partial = reported ?? (await newestPartialFile(this.ctx.repoDir, this.branch));
-    if (!partial || this.state.has(this.branch, 'segment', partial.segment)) return;
+    const reported = this.ctx.wal.partial(branch);
+    const partial = reported ?? (await newestPartialFile(this.ctx.repoDir, branch));
+    if (!partial || this.state.has(branch, 'segment', partial.segment)) return;
     let data: Buffer;
     let mtimeMs: number;
     try {
       mtimeMs = (await fs.stat(partial.path)).mtimeMs;
-      if (!reported && this.lastPartialFile?.path === partial.path && this.lastPartialFile.mtimeMs === mtimeMs) return;
+      if (!reported && this.lastPartialFile.get(branch)?.path === partial.path && this.lastPartialFile.get(branch)?.mtimeMs === mtimeMs)
+        return;
       // Read after the flush LSN was taken, so the bytes up to it are all in `data` (the rest is zeros).
       data = await fs.readFile(partial.path);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return; // it was just finished: uploaded as such
       throw error;
     }
-    await this.ctx.storage.put(partialObjectKey(this.branch, partial.segment), await packWal(data));
-    this.lastPartialFile = { path: partial.path, mtimeMs };
-    this.state.branch(this.branch).partial = { segment: partial.segment, flush_lsn: reported?.flushLsn ?? null };
+    await this.ctx.storage.put(partialObjectKey(branch, partial.segment), await packWal(data));
+    this.lastPartialFile.set(branch, { path: partial.path, mtimeMs });
+    this.state.branch(branch).partial = { segment: partial.segment, flush_lsn: reported?.flushLsn ?? null };
     await this.state.save();
   }
 
