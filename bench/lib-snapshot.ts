@@ -18,7 +18,12 @@ export const MB = 1024 * 1024;
 /** `--name a,b` as numbers, or the fallback. */
 export function listArg(name: string, fallback: number[]): number[] {
   const i = process.argv.indexOf(`--${name}`);
-  const values = i >= 0 ? String(process.argv[i + 1]).split(',').map(Number) : [];
+  const values =
+    i >= 0
+      ? String(process.argv[i + 1])
+          .split(',')
+          .map(Number)
+      : [];
   return values.length && values.every((v) => v > 0) ? values : fallback;
 }
 
@@ -33,7 +38,9 @@ export function run(command: string, args: string[], options: { asPg?: boolean; 
     ...(options.asPg ? asUser(pgUser) : {}),
   });
   if (result.status !== 0) {
-    throw new Error(`${path.basename(command)} ${args.join(' ')} failed (${result.status ?? result.signal}): ${result.stderr}${result.stdout}`);
+    throw new Error(
+      `${path.basename(command)} ${args.join(' ')} failed (${result.status ?? result.signal}): ${result.stderr}${result.stdout}`,
+    );
   }
   return result.stdout;
 }
@@ -97,7 +104,10 @@ export function duBytes(dir: string): number {
 /** Distinct chunks of the newest image of `branch` that the one before it does not have. */
 export async function newChunks(repoDir: string, branch = 'main'): Promise<{ changed: number; total: number }> {
   const dir = path.join(repoDir, 'pageserver', 'images', branch);
-  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.json.gz')).sort();
+  const files = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json.gz'))
+    .sort();
   const chunksOf = async (file: string) =>
     new Set((await decodeManifest(file, fs.readFileSync(path.join(dir, file)))).files.flatMap((f) => f.chunks ?? []));
   const [previous, newest] = await Promise.all(files.slice(-2).map(chunksOf));
@@ -188,7 +198,9 @@ export function pgBackRestVersion(): string | undefined {
 export const PGBR_COMPRESS = 'lz4';
 
 /** A pgBackRest stanza `bench` for `cluster`, its repository in `<dir>/pgbr/repo`. Returns the pgbackrest runner. */
-export async function pgBackRestStanza(cluster: PlainCluster): Promise<{ config: string; repo: string; pgbr: (...args: string[]) => void }> {
+export async function pgBackRestStanza(
+  cluster: PlainCluster,
+): Promise<{ config: string; repo: string; pgbr: (...args: string[]) => void }> {
   const home = path.join(cluster.dir, 'pgbr');
   const repo = path.join(home, 'repo');
   for (const sub of ['repo', 'log', 'lock']) fs.mkdirSync(path.join(home, sub), { recursive: true });

@@ -200,13 +200,7 @@ function report(size: number, scale: number, neonRuns: Metrics[], peerRuns: Metr
   const row = (...cells: string[]) => console.log(`| ${cells.join(' | ')} |`);
   row('1. snapshot create: CLI round trip', sec(n('snapCliMs')), '', '', '');
   row('1. snapshot create: daemon part (REST call alone)', sec(n('snapRestMs')), '', '', '');
-  row(
-    '2. first base image vs pg_basebackup -Ft: time',
-    sec(n('imageMs')),
-    sec(p('tarMs')),
-    x(n('imageMs') / p('tarMs')),
-    '',
-  );
+  row('2. first base image vs pg_basebackup -Ft: time', sec(n('imageMs')), sec(p('tarMs')), x(n('imageMs') / p('tarMs')), '');
   row(
     '2. first base image vs pg_basebackup -Ft: throughput (raw bytes / time)',
     `${rate(n('imageRaw'), n('imageMs'))} (${mb(n('imageRaw'))} raw, ${mb(n('imageNew'))} stored)`,
@@ -231,7 +225,13 @@ function report(size: number, scale: number, neonRuns: Metrics[], peerRuns: Metr
   );
   const vsCp = n('matMs') / p('cpStartMs');
   row('4. compute at snapshot → first query, vs cp -a + pg_ctl start -w', sec(n('matMs')), sec(p('cpStartMs')), x(vsCp), check(vsCp, 1.2));
-  row('4. compute at snapshot → first query, vs pg_basebackup -D + pg_ctl start -w', sec(n('matMs')), sec(p('bbStartMs')), x(n('matMs') / p('bbStartMs')), '');
+  row(
+    '4. compute at snapshot → first query, vs pg_basebackup -D + pg_ctl start -w',
+    sec(n('matMs')),
+    sec(p('bbStartMs')),
+    x(n('matMs') / p('bbStartMs')),
+    '',
+  );
   row('4. … of which: request → Postgres starts (restore image, stage WAL)', sec(n('matRestoreMs')), '', '', '');
   row(
     `5. compute ${mb(n('farWal'))} of WAL past the image → first query`,
@@ -241,7 +241,13 @@ function report(size: number, scale: number, neonRuns: Metrics[], peerRuns: Metr
     '',
   );
   row('5. … of which: request → Postgres starts (restore image, stage WAL)', sec(n('farRestoreMs')), '', '', '');
-  row('5. … of which: WAL replay (redo starts → paused at the point)', `${sec(n('farReplayMs'))} (${rate(n('farWal'), n('farReplayMs'))} of WAL)`, '', '', '');
+  row(
+    '5. … of which: WAL replay (redo starts → paused at the point)',
+    `${sec(n('farReplayMs'))} (${rate(n('farWal'), n('farReplayMs'))} of WAL)`,
+    '',
+    '',
+    '',
+  );
   row(`6. pgBackRest full backup${pgbr}: time; repo`, '', pgbrVersion ? `${sec(p('fullMs'))}; ${mb(p('fullBytes'))}` : 'skipped', '', '');
   row(
     `6. neon first image vs pgBackRest full${pgbr}: time; stored`,
@@ -263,7 +269,8 @@ console.log('# bench:snapshot — snapshots, base images and computes at a snaps
 console.log(lib.machine());
 console.log(
   `Everything on the system PostgreSQL 15 (neon init --pg-version 15; pg_basebackup 15 refuses newer servers). ` +
-    `pg_basebackup with -c fast (neon's BASE_BACKUP uses a fast checkpoint too).`,
+    `pg_basebackup with -c fast (neon's BASE_BACKUP uses a fast checkpoint too) and its default -X stream. ` +
+    `Step 4's snapshot is taken right after the first image, step 5's 100 MB of WAL past the second.`,
 );
 console.log(
   pgbrVersion
