@@ -71,13 +71,15 @@ export class ImageService {
     }
     this.taking = true;
     try {
-      const image = await takeOnlineImage({
-        store: daemon.pageserver.store,
-        branch: main.record.branch,
-        pgVersion: daemon.binaries.version,
-        primary: daemon.primaryOf(main.record),
-      });
-      const stored = await daemon.pageserver.storeImage(image);
+      const stored = await daemon.pageserver.takeImage((mirror) =>
+        takeOnlineImage({
+          store: daemon.pageserver.store,
+          branch: main.record.branch,
+          pgVersion: daemon.binaries.version,
+          primary: daemon.primaryOf(main.record),
+          mirror,
+        }),
+      );
       this.error = null;
       daemon.sync?.schedule();
       return stored;

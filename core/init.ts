@@ -62,7 +62,9 @@ async function createFresh(
   pgUser?: PgUser,
 ): Promise<void> {
   await initdb({ binaries, dataDir, superuser: main.user, password: main.password, pgUser });
-  await pageserver.storeImage(await takeOfflineImage({ store: pageserver.store, branch: 'main', pgVersion: binaries.version, dataDir }));
+  await pageserver.takeImage((mirror) =>
+    takeOfflineImage({ store: pageserver.store, branch: 'main', pgVersion: binaries.version, dataDir, mirror }),
+  );
   await pageserver.createMain();
 }
 

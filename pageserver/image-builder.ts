@@ -1,4 +1,5 @@
 import type { ChunkStore } from '../chunkstore/index.js';
+import type { ImageMirror } from './image-cache.js';
 import type { ImageFile } from './manifest.js';
 
 /** Postgres' page size: files are cut into chunks on page boundaries, so a changed page changes one chunk. */
@@ -15,10 +16,15 @@ export class ImageBuilder {
   private carry: Buffer[] = [];
   private carried = 0;
 
-  constructor(private readonly store: ChunkStore) {}
+  constructor(
+    private readonly store: ChunkStore,
+    /** Also written out as plain files (see ImageCache), when given. */
+    private readonly mirror?: ImageMirror,
+  ) {}
 
   addDir(path: string, mode: number): void {
     this.files.push({ path, type: 'dir', mode, size: 0 });
+    this.mirror?.addDir(path, mode);
   }
 
   addSymlink(path: string, link: string, mode: number): void {
@@ -28,11 +34,13 @@ export class ImageBuilder {
   beginFile(path: string, mode: number): void {
     if (this.current) this.endFile();
     this.current = { path, type: 'file', mode, size: 0, chunks: [] };
+    this.mirror?.beginFile(path, mode);
   }
 
   /** Bytes of the current file, in order, in pieces of any size. */
   write(data: Buffer): void {
     const file = this.current!;
+    this.mirror?.write(data);
     file.size += data.length;
     this.rawBytes += data.length;
     let offset = 0;
@@ -59,6 +67,7 @@ export class ImageBuilder {
     if (this.carried) this.emit(Buffer.concat(this.carry));
     this.files.push(this.current);
     this.current = undefined;
+    this.mirror?.endFile();
   }
 
   private emit(page: Buffer): void {

@@ -12,6 +12,7 @@ import { History, type Branch } from './history.js';
 import { decodeManifest, encodeManifest, imageKey, lsnOfImageKey, type ImageManifest } from './manifest.js';
 import { recoverySettings, stageWal, type RecoveryTarget } from './recovery.js';
 import { restoreImage } from './restore.js';
+import { ImageCache, type ImageMirror } from './image-cache.js';
 import type { NewImage } from './take-image.js';
 
 /** What the pageserver needs from its host (the daemon, or `neon init`). */
@@ -48,12 +49,14 @@ export interface Prepared {
  */
 export class Pageserver {
   readonly history: History;
+  readonly cache: ImageCache;
   private constructor(
     readonly dir: string,
     readonly store: ChunkStore,
     private readonly deps: PageserverDeps,
   ) {
     this.history = new History(path.join(dir, 'history.json'));
+    this.cache = new ImageCache(path.join(dir, 'cache'));
   }
 
   static async open(deps: PageserverDeps): Promise<Pageserver> {
@@ -89,6 +92,22 @@ export class Pageserver {
       .promise({ branch: image.branch, lsn: image.endLsn, manifestKey: key })
       .catch((e) => this.deps.log.error('%s', e.message));
     return manifest;
+  }
+
+  /**
+   * Take and store an image: `take` builds it (into the chunk store, and as plain files for the cache), then its
+   * manifest is written, and last the plain copy becomes the branch's cached one.
+   */
+  async takeImage(take: (mirror: ImageMirror) => Promise<NewImage>): Promise<ImageManifest> {
+    const mirror = this.cache.writer();
+    try {
+      const manifest = await this.storeImage(await take(mirror));
+      mirror.commit(imageKey(manifest.branch, parseLsn(manifest.endLsn)));
+      return manifest;
+    } catch (error) {
+      mirror.abandon();
+      throw error;
+    }
   }
 
   /** Images of a branch, oldest first. */
@@ -155,9 +174,12 @@ export class Pageserver {
     const { files } = await stageWal(wal, this.history.chain(branch), parseLsn(image.startLsn), walDir, {
       owner: this.deps.owner,
       finishedOnly: options.finishedWalOnly,
+      until: target.lsn,
     });
+    const key = imageKey(image.branch, parseLsn(image.endLsn));
     try {
-      await restoreImage(this.store, image, dataDir, { owner: this.deps.owner });
+      if (this.cache.has(key)) await this.cache.restore(key, image, dataDir, this.deps.owner);
+      else await restoreImage(this.store, image, dataDir, { owner: this.deps.owner });
     } catch (error) {
       fs.rmSync(dataDir, { recursive: true, force: true });
       throw error;

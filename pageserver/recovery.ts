@@ -26,34 +26,33 @@ export async function stageWal(
   spans: WalSpan[],
   start: Lsn,
   dir: string,
-  options: { owner?: PgUser; finishedOnly?: boolean } = {},
-): Promise<{ files: number; last?: Lsn }> {
+  options: { owner?: PgUser; finishedOnly?: boolean; until?: Lsn } = {},
+): Promise<{ files: number }> {
   const { owner } = options;
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   if (owner) fs.chownSync(dir, owner.uid, owner.gid);
   let files = 0;
-  let last: Lsn | undefined;
   const first = segmentOf(start, SEGMENT_SIZE);
   for (const span of spans) {
     for (const name of await wal.names(span.branch)) {
       const segment = parseSegmentName(name, SEGMENT_SIZE);
       if (segment) {
         const lo = segmentOf(span.from, SEGMENT_SIZE);
-        const hi = span.to === undefined ? undefined : segmentOf(span.to, SEGMENT_SIZE);
+        // Nothing past the target is replayed: leave it out.
+        const stop = span.to === undefined || (options.until !== undefined && options.until < span.to) ? options.until : span.to;
+        const hi = stop === undefined ? undefined : segmentOf(stop, SEGMENT_SIZE);
         // The segment holding a fork point exists on both sides (each under its own timeline's name).
         if (segment.segno < first || segment.segno < lo || (hi !== undefined && segment.segno > hi)) continue;
         // A replica streams the newest segment from its primary: a copy of it taken now would soon be stale, and
         // a standby that read it again (as it does when promoted) would find the WAL it already replayed cut off.
         if (options.finishedOnly && !(await wal.isFinished(span.branch, name))) continue;
-        const end = (segment.segno + 1n) * BigInt(SEGMENT_SIZE);
-        if (last === undefined || end > last) last = end;
       }
       const target = path.join(dir, name);
       fs.rmSync(target, { force: true });
       if (await wal.copyTo(span.branch, name, target)) files++;
     }
   }
-  return { files, last };
+  return { files };
 }
 
 /** A point to recover to: an LSN or a time, on a timeline, and what to do there. */

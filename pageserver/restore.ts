@@ -15,7 +15,8 @@ export interface RestoreOptions {
   progress?: (bytes: number, total: number) => void;
 }
 
-function checkPath(file: ImageFile): string {
+/** The path of an image entry, checked to stay inside the data directory. */
+export function checkPath(file: ImageFile): string {
   // Manifests come from storage that others may write to: never let one place a file outside the folder.
   const normal = path.posix.normalize(file.path);
   if (!file.path || path.posix.isAbsolute(normal) || normal.startsWith('..') || normal.includes('\0')) {

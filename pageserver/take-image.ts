@@ -9,6 +9,7 @@ import { formatLsn, segmentName, segmentOf } from '../replication/lsn.js';
 import { identifySystem } from '../replication/stream.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { ImageBuilder } from './image-builder.js';
+import type { ImageMirror } from './image-cache.js';
 import type { ImageManifest } from './manifest.js';
 import { isCleanShutdown, readControlFile } from './pg-control.js';
 
@@ -20,6 +21,8 @@ export interface ImageSource {
   store: ChunkStore;
   branch: string;
   pgVersion: number;
+  /** A plain-file copy to write as the image is taken (see ImageCache). */
+  mirror?: ImageMirror;
 }
 
 /** Input bytes between two waits for the chunk store's background pack writes. */
@@ -36,7 +39,7 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
   const connection = await WireConnection.connect({ ...source.primary, replication: 'true', applicationName: 'neon-pageserver' });
   try {
     const system = await identifySystem(connection);
-    const builder = new ImageBuilder(store);
+    const builder = new ImageBuilder(store, source.mirror);
     const before = store.stats().storedBytes;
     let parser: Parser | undefined;
     let received = 0;
@@ -130,7 +133,7 @@ export async function takeOfflineImage(source: ImageSource & { dataDir: string }
   for (let segno = segmentOf(control.redo, segmentSize); segno <= segmentOf(control.checkpoint, segmentSize); segno++) {
     keepWal.add(path.join('pg_wal', segmentName(control.timeline, segno, segmentSize)));
   }
-  const builder = new ImageBuilder(store);
+  const builder = new ImageBuilder(store, source.mirror);
   const before = store.stats().storedBytes;
   const buffer = Buffer.allocUnsafe(1024 * 1024);
   const walk = async (relative: string): Promise<void> => {

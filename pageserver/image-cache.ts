@@ -1,0 +1,109 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { PgUser } from '../core/postgres/user.js';
+import type { ImageManifest } from './manifest.js';
+import { checkPath } from './restore.js';
+
+/** Receives the files of an image as they are chunked, and writes them out as plain files too. */
+export interface ImageMirror {
+  addDir(path: string, mode: number): void;
+  beginFile(path: string, mode: number): void;
+  write(data: Buffer): void;
+  endFile(): void;
+}
+
+const DONE = '.complete';
+
+/**
+ * Plain copies of the newest image of each branch, beside the chunk store. Restoring from chunks reads, inflates
+ * and checks every 8 KiB page; restoring from this copy is a file clone (copy-on-write where the file system
+ * offers it, an in-kernel copy otherwise), as fast as `cp -a`. It costs the disk space of one image per branch,
+ * and is only a cache: the chunk store stays the truth, and a missing or incomplete copy is simply not used.
+ */
+export class ImageCache {
+  constructor(readonly dir: string) {}
+
+  private folderOf(key: string): string {
+    return path.join(this.dir, key.replace(/\//g, '_').replace(/\.json\.gz$/, ''));
+  }
+
+  /** True when a complete copy of the image `key` is here. */
+  has(key: string): boolean {
+    return fs.existsSync(path.join(this.folderOf(key), DONE));
+  }
+
+  /** Start a copy of an image being taken; commit it under the image's key once the image is stored. */
+  writer(): ImageMirror & { commit(key: string): void; abandon(): void } {
+    fs.mkdirSync(this.dir, { recursive: true });
+    const root = fs.mkdtempSync(path.join(this.dir, 'incoming-'));
+    let fd: number | undefined;
+    return {
+      addDir: (dir) => fs.mkdirSync(path.join(root, dir), { recursive: true }),
+      beginFile: (file) => {
+        fs.mkdirSync(path.dirname(path.join(root, file)), { recursive: true });
+        fd = fs.openSync(path.join(root, file), 'w');
+      },
+      write: (data) => {
+        for (let done = 0; done < data.length;) done += fs.writeSync(fd!, data, done);
+      },
+      endFile: () => {
+        if (fd !== undefined) fs.closeSync(fd);
+        fd = undefined;
+      },
+      commit: (key) => {
+        const final = this.folderOf(key);
+        fs.rmSync(final, { recursive: true, force: true });
+        fs.writeFileSync(path.join(root, DONE), '');
+        fs.renameSync(root, final);
+        // One copy per branch: the older ones of the same branch go.
+        const prefix = path.basename(final).replace(/_[0-9a-f]{16}$/, '_');
+        for (const other of fs.readdirSync(this.dir)) {
+          if (other.startsWith(prefix) && path.join(this.dir, other) !== final)
+            fs.rmSync(path.join(this.dir, other), { recursive: true, force: true });
+        }
+      },
+      abandon: () => {
+        if (fd !== undefined) fs.closeSync(fd);
+        fs.rmSync(root, { recursive: true, force: true });
+      },
+    };
+  }
+
+  /** Drop the copy of an image (it was removed by gc). */
+  remove(key: string): void {
+    fs.rmSync(this.folderOf(key), { recursive: true, force: true });
+  }
+
+  /** Clone the copy of `manifest` (stored as `key`) into `dataDir`, with the manifest's modes; files in parallel. */
+  async restore(key: string, manifest: ImageManifest, dataDir: string, owner?: PgUser, concurrency = 8): Promise<number> {
+    const source = this.folderOf(key);
+    const own = (target: string) => owner && fs.lchownSync(target, owner.uid, owner.gid);
+    fs.mkdirSync(dataDir, { mode: 0o700 });
+    own(dataDir);
+    const files = [];
+    for (const entry of manifest.files) {
+      const target = path.join(dataDir, checkPath(entry));
+      if (entry.type === 'dir') {
+        fs.mkdirSync(target, { recursive: true, mode: entry.mode & 0o7777 });
+        own(target);
+      } else if (entry.type === 'symlink') {
+        fs.symlinkSync(entry.link!, target);
+        own(target);
+      } else files.push(entry);
+    }
+    let bytes = 0;
+    const next = files[Symbol.iterator]();
+    const worker = async () => {
+      for (let item = next.next(); !item.done; item = next.next()) {
+        const entry = item.value;
+        const target = path.join(dataDir, checkPath(entry));
+        await fs.promises.copyFile(path.join(source, entry.path), target, fs.constants.COPYFILE_FICLONE);
+        await fs.promises.chmod(target, entry.mode & 0o7777);
+        own(target);
+        bytes += entry.size;
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    return bytes;
+  }
+}
