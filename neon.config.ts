@@ -14,10 +14,11 @@ export default defineConfig({
     // Ships safekeeper WAL to storage_dest; partialIntervalMs bounds the commits lost with the whole machine.
     safekeeperOffload({ partialIntervalMs: 1000, retryMaxMs: 10_000, removeLocal: false }),
   ],
-  postgres: {
-    // Modest per-compute memory, so that many computes fit on one laptop.
-    sharedBuffers: '128MB',
-  },
+  // A commit waits for a majority of the safekeepers to fsync its WAL (1 of 1; 3 gives 2 of 3).
+  safekeepers: 1,
+  // Background base images: after this much WAL or time, whichever comes first.
+  pageserver: { imageAfterMb: 64, imageIntervalMinutes: 10 },
+  // postgres.sharedBuffers: default 128MB for main, 32MB for other computes, so that ten fit on a laptop.
   // Where history is kept durably; `neon init --storage_dest=…` overrides it. Unset: only in the repository.
   // storage_dest: 's3://my-bucket/neon',
 });
