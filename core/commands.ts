@@ -82,10 +82,14 @@ export async function startCommand(
     await initRepository({ repoDir: repo.dir, projectDir: process.cwd(), storageDest: options.storageDest, log: silentLogger });
     initialised = true;
   } else if (options.storageDest) {
-    throw new NeonError(
-      'already_initialized',
-      `${repo.dir} already exists; --storage_dest only applies when neon start creates the repository`,
-    );
+    // Harmless when it names the storage the repository already uses; anything else would be ignored silently.
+    const [{ parseStorageUrl }, meta] = await Promise.all([import('./storage.js'), repo.readMeta()]);
+    if (parseStorageUrl(options.storageDest).url !== meta.storageDest) {
+      throw new NeonError(
+        'already_initialized',
+        `${repo.dir} already exists with storage_dest ${meta.storageDest ?? '(none)'}; --storage_dest only applies when neon start creates the repository`,
+      );
+    }
   }
   const already = runningDaemonPid(repo) !== undefined;
   let answer: { status: Status; pgs: ComputeInfo[]; notice?: string };
