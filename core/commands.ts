@@ -8,6 +8,12 @@ import type { Repository } from './repository.js';
 import type { Status } from './routes.js';
 import type { Branch } from '../pageserver/history.js';
 
+/** An action a command knows, or a clear error listing the ones it does. */
+function checkAction(command: string, action: string, known: string[]): void {
+  if (!known.includes(action))
+    throw new NeonError('unknown_command', `unknown ${command} action "${action}": use one of ${known.join(', ')}`);
+}
+
 /** The CLI's printer: JSON with --json, else the human text. */
 type Print = (options: { json?: boolean }, value: unknown, human: () => string) => void;
 type Call = <T>(method: string, path: string, body?: unknown) => Promise<T>;
@@ -181,9 +187,7 @@ export async function pgCommand(
   call: Call,
   print: Print,
 ): Promise<void> {
-  if (!PG_ACTIONS.includes(action)) {
-    throw new NeonError('unknown_command', `unknown pg action "${action}": use one of ${PG_ACTIONS.join(', ')}`);
-  }
+  checkAction('pg', action, PG_ACTIONS);
   if (action === 'list') {
     const pgs = await call<ComputeInfo[]>('GET', '/pgs');
     print(options, pgs, () =>
@@ -244,9 +248,7 @@ export async function snapshotCommand(
   options: { json?: boolean },
   print: Print,
 ): Promise<void> {
-  if (!SNAPSHOT_ACTIONS.includes(action)) {
-    throw new NeonError('unknown_command', `unknown snapshot action "${action}": use one of ${SNAPSHOT_ACTIONS.join(', ')}`);
-  }
+  checkAction('snapshot', action, SNAPSHOT_ACTIONS);
   if (action === 'list') {
     const list = await call<Record<string, unknown>[]>('GET', '/snapshots');
     print(options, list, () => table(list, SNAPSHOT_COLUMNS));
@@ -308,9 +310,7 @@ export async function branchCommand(
   call: Call,
   print: Print,
 ): Promise<void> {
-  if (!BRANCH_ACTIONS.includes(action)) {
-    throw new NeonError('unknown_command', `unknown branch action "${action}": use one of ${BRANCH_ACTIONS.join(', ')}`);
-  }
+  checkAction('branch', action, BRANCH_ACTIONS);
   if (action === 'list') {
     const branches = await call<Branch[]>('GET', '/branches');
     print(options, branches, () => branchTree(branches));
@@ -335,9 +335,7 @@ export async function safekeeperCommand(
   options: { json?: boolean },
   print: Print,
 ): Promise<void> {
-  if (!SAFEKEEPER_ACTIONS.includes(action)) {
-    throw new NeonError('unknown_command', `unknown safekeeper action "${action}": use one of ${SAFEKEEPER_ACTIONS.join(', ')}`);
-  }
+  checkAction('safekeeper', action, SAFEKEEPER_ACTIONS);
   const columns: Column[] = [
     ['name', 'name'],
     ['state', 'state'],

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { PgUser } from '../core/postgres/user.js';
 import type { ImageManifest } from './manifest.js';
-import { checkPath } from './restore.js';
+import { checkPath, createTree, ownerSetter } from './restore.js';
 
 /** Receives the files of an image as they are chunked, and writes them out as plain files too. */
 export interface ImageMirror {
@@ -77,20 +77,8 @@ export class ImageCache {
   /** Clone the copy of `manifest` (stored as `key`) into `dataDir`, with the manifest's modes; files in parallel. */
   async restore(key: string, manifest: ImageManifest, dataDir: string, owner?: PgUser, concurrency = 8): Promise<number> {
     const source = this.folderOf(key);
-    const own = (target: string) => owner && fs.lchownSync(target, owner.uid, owner.gid);
-    fs.mkdirSync(dataDir, { mode: 0o700 });
-    own(dataDir);
-    const files = [];
-    for (const entry of manifest.files) {
-      const target = path.join(dataDir, checkPath(entry));
-      if (entry.type === 'dir') {
-        fs.mkdirSync(target, { recursive: true, mode: entry.mode & 0o7777 });
-        own(target);
-      } else if (entry.type === 'symlink') {
-        fs.symlinkSync(entry.link!, target);
-        own(target);
-      } else files.push(entry);
-    }
+    const own = ownerSetter(owner);
+    const files = createTree(manifest, dataDir, owner);
     let bytes = 0;
     const next = files[Symbol.iterator]();
     const worker = async () => {

@@ -25,19 +25,14 @@ export function checkPath(file: ImageFile): string {
   return normal;
 }
 
-/**
- * Write a base image into `dataDir` (created, must not exist): folders first, then files in parallel, each
- * streamed chunk by chunk so that memory stays bounded whatever the database size. A chunk that is missing or
- * fails its checksum aborts the restore with an error naming it.
- */
-export async function restoreImage(
-  store: ChunkStore,
-  manifest: ImageManifest,
-  dataDir: string,
-  options: RestoreOptions = {},
-): Promise<number> {
-  const { owner } = options;
-  const own = (target: string) => owner && fs.lchownSync(target, owner.uid, owner.gid);
+/** chown for the Postgres user, or nothing when neon does not run as root. */
+export function ownerSetter(owner?: PgUser): (target: string) => void {
+  return (target) => owner && fs.lchownSync(target, owner.uid, owner.gid);
+}
+
+/** Create `dataDir` with the image's folders and symlinks; returns the files, which are left to write. */
+export function createTree(manifest: ImageManifest, dataDir: string, owner?: PgUser): ImageFile[] {
+  const own = ownerSetter(owner);
   fs.mkdirSync(dataDir, { mode: 0o700 });
   own(dataDir);
   const files: ImageFile[] = [];
@@ -53,6 +48,23 @@ export async function restoreImage(
       files.push(entry);
     }
   }
+  return files;
+}
+
+/**
+ * Write a base image into `dataDir` (created, must not exist): folders first, then files in parallel, each
+ * streamed chunk by chunk so that memory stays bounded whatever the database size. A chunk that is missing or
+ * fails its checksum aborts the restore with an error naming it.
+ */
+export async function restoreImage(
+  store: ChunkStore,
+  manifest: ImageManifest,
+  dataDir: string,
+  options: RestoreOptions = {},
+): Promise<number> {
+  const { owner } = options;
+  const own = ownerSetter(owner);
+  const files = createTree(manifest, dataDir, owner);
   let written = 0;
   let failed = false;
   const next = files[Symbol.iterator]();

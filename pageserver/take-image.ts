@@ -28,6 +28,30 @@ export interface ImageSource {
 /** Input bytes between two waits for the chunk store's background pack writes. */
 const DRAIN_EVERY = 32 * 1024 * 1024;
 
+/** The manifest of an image whose files the builder holds (all its chunks flushed by now). */
+function finish(
+  source: ImageSource,
+  builder: ImageBuilder,
+  storedBefore: number,
+  point: { timeline: number; startLsn: bigint; endLsn: bigint; systemId: string; kind: NewImage['kind'] },
+): NewImage {
+  return {
+    format: 'neon-image',
+    version: 1,
+    branch: source.branch,
+    timeline: point.timeline,
+    startLsn: formatLsn(point.startLsn),
+    endLsn: formatLsn(point.endLsn),
+    systemId: point.systemId,
+    pgVersion: source.pgVersion,
+    kind: point.kind,
+    createdAt: new Date().toISOString(),
+    files: builder.files,
+    rawBytes: builder.rawBytes,
+    newBytes: source.store.stats().storedBytes - storedBefore,
+  };
+}
+
 const normalise = (entryPath: string) => entryPath.replace(/^\.\//, '').replace(/\/+$/, '');
 
 /**
@@ -84,21 +108,13 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
     parser?.end();
     builder.endFile();
     await store.flush();
-    return {
-      format: 'neon-image',
-      version: 1,
-      branch: source.branch,
+    return finish(source, builder, before, {
       timeline: result.timeline,
-      startLsn: formatLsn(result.startLsn),
-      endLsn: formatLsn(result.endLsn),
+      startLsn: result.startLsn,
+      endLsn: result.endLsn,
       systemId: system.systemId,
-      pgVersion: source.pgVersion,
       kind: 'online',
-      createdAt: new Date().toISOString(),
-      files: builder.files,
-      rawBytes: builder.rawBytes,
-      newBytes: store.stats().storedBytes - before,
-    };
+    });
   } finally {
     connection.close();
   }
@@ -167,19 +183,11 @@ export async function takeOfflineImage(source: ImageSource & { dataDir: string }
   };
   await walk('');
   await store.flush();
-  return {
-    format: 'neon-image',
-    version: 1,
-    branch: source.branch,
+  return finish(source, builder, before, {
     timeline: control.timeline,
-    startLsn: formatLsn(control.redo),
-    endLsn: formatLsn(control.checkpoint),
+    startLsn: control.redo,
+    endLsn: control.checkpoint,
     systemId: control.systemId,
-    pgVersion: source.pgVersion,
     kind: 'offline',
-    createdAt: new Date().toISOString(),
-    files: builder.files,
-    rawBytes: builder.rawBytes,
-    newBytes: store.stats().storedBytes - before,
-  };
+  });
 }

@@ -1,21 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { query } from './helpers/pg.js';
 import { cleanup, neon, neonJson, processesOf, tmpDir } from './helpers/env.js';
 import { waitFor } from './helpers/wait.js';
-
-async function query<T = Record<string, any>>(url: string, sql: string): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query(sql)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
 
 const ids = async (url: string) => (await query<{ id: number }>(url, 'select id from items order by id')).map((r) => r.id);
 
@@ -66,7 +56,11 @@ branching('a branch at a past LSN and one at a time show exactly the data of tha
   assert.equal(await ids(byLsn.connection_string), before);
   assert.equal(await ids(byTime.connection_string), before);
   const branches = await neonJson(['branch', 'list'], { cwd: dir });
-  assert.match(branches.find((b: { name: string }) => b.name === 'at-time').forkLsn, /^[0-9A-F]+\/[0-9A-F]+$/, 'a fork at a time learns its LSN');
+  assert.match(
+    branches.find((b: { name: string }) => b.name === 'at-time').forkLsn,
+    /^[0-9A-F]+\/[0-9A-F]+$/,
+    'a fork at a time learns its LSN',
+  );
   for (const name of ['lsn-pg', 'time-pg']) await neonJson(['pg', 'destroy', '-n', name], { cwd: dir });
   for (const name of ['at-lsn', 'at-time']) await neonJson(['branch', 'delete', name], { cwd: dir });
 });
@@ -116,14 +110,22 @@ branching('bad input gets clear errors and changes nothing', async () => {
   const before = await neonJson(['pg', 'show', '-n', 'feature-a'], { cwd: dir });
   const again = await neonJson(['pg', 'start', '-n', 'feature-a'], { cwd: dir });
   assert.is(again.pid, before.pid, 'starting a running compute changes nothing');
-  assert.not.ok((await neonJson(['branch', 'list'], { cwd: dir })).some((b: { name: string }) => b.name === 'x'), 'failed creates leave no branch');
+  assert.not.ok(
+    (await neonJson(['branch', 'list'], { cwd: dir })).some((b: { name: string }) => b.name === 'x'),
+    'failed creates leave no branch',
+  );
 });
 
 branching('ten computes up at once answer queries; destroying them leaves nothing behind', async () => {
   const names = Array.from({ length: 10 }, (_, i) => `many-${i}`);
   for (const name of names) await neonJson(['pg', 'create', '-n', name], { cwd: dir });
-  const answers = await Promise.all(names.map(async (name) => (await query((await pgOf(name)).connection_string, 'select count(*)::int as n from items'))[0].n));
-  assert.ok(answers.every((n) => n > 0), `answers: ${answers}`);
+  const answers = await Promise.all(
+    names.map(async (name) => (await query((await pgOf(name)).connection_string, 'select count(*)::int as n from items'))[0].n),
+  );
+  assert.ok(
+    answers.every((n) => n > 0),
+    `answers: ${answers}`,
+  );
   const pids = await Promise.all(names.map(async (name) => (await pgOf(name)).pid as number));
   for (const name of names) await neonJson(['pg', 'destroy', '-n', name], { cwd: dir });
   for (const name of names) assert.not.ok(fs.existsSync(path.join(dir, '.neon', 'computes', name)));

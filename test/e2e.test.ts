@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { isRoot, pgUserFor } from '../core/postgres/user.js';
+import { query } from './helpers/pg.js';
 import { cleanup, neon, processesOf, tmpDir, type RunOptions } from './helpers/env.js';
 
 /** Who runs the CLI: this process's user, and when that is root (Postgres then runs as `postgres`) also a normal user. */
@@ -12,16 +12,6 @@ function runners(): { label: string; uid?: number; gid?: number }[] {
   const user = isRoot() ? pgUserFor('postgres') : undefined;
   if (user) list.push({ label: `as the normal user ${user.name}`, uid: user.uid, gid: user.gid });
   return list;
-}
-
-async function query<T = Record<string, unknown>>(connectionString: string, sql: string): Promise<T[]> {
-  const client = new pg.Client({ connectionString });
-  await client.connect();
-  try {
-    return (await client.query(sql)).rows as T[];
-  } finally {
-    await client.end();
-  }
 }
 
 /** The connection string `neon start` prints for the user to copy. */

@@ -1,26 +1,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ChunkStore } from '../chunkstore/index.js';
 import { decodeManifest, encodeManifest } from '../pageserver/manifest.js';
+import { query } from './helpers/pg.js';
 import { cleanup, neon, neonJson, tmpDir } from './helpers/env.js';
 import { waitFor } from './helpers/wait.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Background images off, so that every image in these tests is one the test asked for. */
 const QUIET = JSON.stringify({ pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 } });
-
-async function query<T = Record<string, any>>(url: string, sql: string): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query(sql)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
 
 /** Row count and a checksum of the table's contents, as a user would compare two copies. */
 async function fingerprint(url: string, table = 'items'): Promise<string> {
