@@ -145,8 +145,9 @@ export function createCli() {
   });
 
   cli
-    .command('image <action>', 'Base images: image create (take one now) | image list')
-    .action(async (action: string, options: GlobalOptions) => {
+    .command('image <action>', 'Base images: image create [-n COMPUTE] (take one now) | image list')
+    .option('-n, --name <compute>', 'image create: the primary compute whose branch to image (default: main)')
+    .action(async (action: string, options: GlobalOptions & { name?: string }) => {
       const { imageCommand } = await import('./commands.js');
       await imageCommand(action, (method, path, body) => call(options, method, path, body), options, print);
     });

@@ -281,9 +281,9 @@ export async function logCommand(call: Call, options: { json?: boolean }, print:
 }
 
 /** `neon image create | list`. */
-export async function imageCommand(action: string, call: Call, options: { json?: boolean }, print: Print): Promise<void> {
+export async function imageCommand(action: string, call: Call, options: { json?: boolean; name?: string }, print: Print): Promise<void> {
   if (action === 'create') {
-    const image = await call<Record<string, unknown>>('POST', '/images');
+    const image = await call<Record<string, unknown>>('POST', '/images', options.name ? { compute: options.name } : {});
     print(options, image, () => `base image of ${image.branch} at ${image.endLsn}: ${Math.round(Number(image.newBytes) / 1024)} kB new`);
   } else if (action === 'list') {
     const images = await call<Record<string, unknown>[]>('GET', '/images');

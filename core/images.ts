@@ -1,6 +1,7 @@
 import type { PageserverConfig } from './config.js';
 import type { Daemon } from './daemon.js';
 import { NeonError, messageOf } from './errors.js';
+import { isPrimary } from './repository.js';
 import { formatLsn, parseLsn } from '../replication/lsn.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
 import { takeOnlineImage } from '../pageserver/take-image.js';
@@ -54,29 +55,33 @@ export class ImageService {
     };
   }
 
-  /** Take an image of the main compute now (after any image being taken). */
-  take(): Promise<ImageManifest> {
-    const run = this.queue.then(() => this.takeNow());
+  /** Take an image of a primary compute's branch now (default: the main compute), after any image being taken. */
+  take(computeName = 'main'): Promise<ImageManifest> {
+    const run = this.queue.then(() => this.takeNow(computeName));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private async takeNow(): Promise<ImageManifest> {
+  private async takeNow(computeName: string): Promise<ImageManifest> {
     const { daemon } = this;
-    const main = daemon.computes.get('main');
-    if (!main || main.state !== 'running' || main.record.readOnly) {
-      throw new NeonError('not_running', 'the main compute is not running: a base image is taken from it (neon pg start -n main)', {
-        status: 409,
-      });
+    const compute = daemon.compute(computeName);
+    if (compute.state !== 'running' || !isPrimary(compute.record)) {
+      throw new NeonError(
+        'not_running',
+        `compute ${computeName} is not a running primary: a base image is taken from one (neon pg start -n ${computeName})`,
+        {
+          status: 409,
+        },
+      );
     }
     this.taking = true;
     try {
       const stored = await daemon.pageserver.takeImage((mirror) =>
         takeOnlineImage({
           store: daemon.pageserver.store,
-          branch: main.record.branch,
+          branch: compute.record.branch,
           pgVersion: daemon.binaries.version,
-          primary: daemon.primaryOf(main.record),
+          primary: daemon.primaryOf(compute.record),
           mirror,
         }),
       );
@@ -91,17 +96,22 @@ export class ImageService {
     }
   }
 
-  // The policy: enough WAL since the last image, or enough time with some WAL.
+  // The policy, for every running primary: enough WAL since its branch's last image, or enough time with some WAL.
   private async check(): Promise<void> {
-    const main = this.daemon.computes.get('main');
-    if (!main || main.state !== 'running' || this.taking) return;
-    const tip = this.daemon.safekeepers.flushedOf(main.record.branch);
-    if (tip === undefined) return;
-    const last = this.daemon.pageserver.images(main.record.branch).at(-1);
-    const since = last ? tip - last.endLsn : tip;
-    const age = last ? Date.now() - new Date(last.createdAt).getTime() : Infinity;
-    if (since >= this.afterBytes || (since > 0n && age >= this.intervalMs)) {
-      await this.take().catch((error) => this.daemon.log.warn('background base image failed: %s', messageOf(error)));
+    if (this.taking) return;
+    for (const compute of this.daemon.computes.values()) {
+      if (compute.state !== 'running' || !isPrimary(compute.record)) continue;
+      const { branch } = compute.record;
+      const tip = this.daemon.safekeepers.flushedOf(branch);
+      if (tip === undefined) continue;
+      const last = this.daemon.pageserver.images(branch).at(-1);
+      const since = last ? tip - last.endLsn : tip;
+      const age = last ? Date.now() - new Date(last.createdAt).getTime() : Infinity;
+      if (since >= this.afterBytes || (since > 0n && age >= this.intervalMs)) {
+        await this.take(compute.record.name).catch((error) =>
+          this.daemon.log.warn('background base image of %s failed: %s', branch, messageOf(error)),
+        );
+      }
     }
   }
 }

@@ -98,8 +98,10 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
         .branches()
         .flatMap((b) => daemon.pageserver.images(b.name).map((i) => ({ ...i, endLsn: formatLsn(i.endLsn) }))),
     )
-    .route('POST', '/images', async () => {
-      const image = await daemon.images!.take();
+    .route('POST', '/images', async ({ body }) => {
+      if (body.compute !== undefined && typeof body.compute !== 'string')
+        throw new NeonError('bad_request', '"compute" must be a compute name');
+      const image = await daemon.images!.take((body.compute as string | undefined) ?? 'main');
       const { files, ...summary } = image;
       return new RestResponse(201, { ...summary, files: files.length });
     })
