@@ -9,7 +9,7 @@ import * as lib from './lib-snapshot.js';
 // ---- a branch compute's log ----
 
 /** The wall-clock stamps (as Date.now()) of a Postgres log's lines: `at(text)` is the first line with `text`. */
-export function logStamps(file: string): { at(text: string, last?: boolean): number } {
+export function logStamps(file: string): { at(text: string, last?: boolean): number; line(text: string): string | undefined } {
   const lines = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n') : [];
   const stampOf = (line: string | undefined) => {
     const stamp = line && /^(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d\.\d+) UTC/.exec(line);
@@ -17,6 +17,7 @@ export function logStamps(file: string): { at(text: string, last?: boolean): num
   };
   return {
     at: (text, last = false) => stampOf(last ? lines.findLast((l) => l.includes(text)) : lines.find((l) => l.includes(text))),
+    line: (text) => lines.find((l) => l.includes(text)),
   };
 }
 
@@ -28,6 +29,8 @@ export interface BranchPhases {
   startupMs: number;
   /** redo starts → redo done. Missing (NaN) when there was nothing to replay. */
   replayMs: number;
+  /** Bytes of WAL between where redo started and where it was done (a segment switch's padding counts). */
+  redoBytes: number;
   /** Postgres starts → ready to accept connections (startup, replay, promotion, end-of-recovery checkpoint). */
   pgMs: number;
   /** Ready → first answer: the password, the CLI's exit, the client's connection. */
@@ -35,13 +38,18 @@ export interface BranchPhases {
 }
 
 export function branchPhases(repoDir: string, name: string, requestedAt: number, answeredAt: number): BranchPhases {
-  const { at } = logStamps(path.join(repoDir, 'logs', `compute-${name}.log`));
+  const { at, line } = logStamps(path.join(repoDir, 'logs', `compute-${name}.log`));
+  const lsnAfter = (text: string) => {
+    const match = new RegExp(`${text} ([0-9A-F]+)/([0-9A-F]+)`).exec(line(text) ?? '');
+    return match ? parseInt(match[1], 16) * 2 ** 32 + parseInt(match[2], 16) : NaN;
+  };
   const started = at('starting PostgreSQL');
   const ready = at('database system is ready to accept connections', true);
   return {
     beforePgMs: started - requestedAt,
     startupMs: at('starting point-in-time recovery') - started,
     replayMs: at('redo done at') - at('redo starts at'),
+    redoBytes: lsnAfter('redo done at') - lsnAfter('redo starts at'),
     pgMs: ready - started,
     afterReadyMs: answeredAt - ready,
   };

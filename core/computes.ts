@@ -230,7 +230,8 @@ export async function destroyCompute(daemon: Daemon, name: string, options: { fo
   const state = await daemon.repo.readState();
   delete state.computes[name];
   await daemon.repo.writeState(state);
-  fs.rmSync(path.join(daemon.repo.computesDir, name), { recursive: true, force: true });
+  // Asynchronously: a data directory holds a thousand files, and the daemon keeps answering meanwhile.
+  await fs.promises.rm(path.join(daemon.repo.computesDir, name), { recursive: true, force: true });
   // A primary's branch keeps its history; the safekeepers stop following it.
   if (compute && !compute.record.readOnly && !compute.record.replica && !primaryOfBranch(daemon, compute.record.branch)) {
     daemon.safekeepers.detach(compute.record.branch);

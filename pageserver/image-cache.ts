@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { PgUser } from '../core/postgres/user.js';
 import type { ImageManifest } from './manifest.js';
-import { checkPath, createTree, ownerSetter } from './restore.js';
+import { checkPath, createTree } from './restore.js';
 
 /** Receives the files of an image as they are chunked, and writes them out as plain files too. */
 export interface ImageMirror {
@@ -77,7 +77,6 @@ export class ImageCache {
   /** Clone the copy of `manifest` (stored as `key`) into `dataDir`, with the manifest's modes; files in parallel. */
   async restore(key: string, manifest: ImageManifest, dataDir: string, owner?: PgUser, concurrency = 8): Promise<number> {
     const source = this.folderOf(key);
-    const own = ownerSetter(owner);
     const files = createTree(manifest, dataDir, owner);
     let bytes = 0;
     const next = files[Symbol.iterator]();
@@ -87,7 +86,7 @@ export class ImageCache {
         const target = path.join(dataDir, checkPath(entry));
         await fs.promises.copyFile(path.join(source, entry.path), target, fs.constants.COPYFILE_FICLONE);
         await fs.promises.chmod(target, entry.mode & 0o7777);
-        own(target);
+        if (owner) await fs.promises.lchown(target, owner.uid, owner.gid);
         bytes += entry.size;
       }
     };
