@@ -158,6 +158,9 @@ export class Daemon {
       status: this.pluginStatus,
     });
     this.images = new ImageService(this, this.config.pageserver);
+    if (this.pageserver.images('main').length === 0 && this.computes.get('main')?.state === 'running') {
+      this.pageserver.setFirstImage(this.images.take('main'));
+    }
     this.images.start();
     return notice;
   }

@@ -13,12 +13,12 @@ import { checkReachable, pgUserFor } from './postgres/user.js';
 import { resolveStorage } from './resolve.js';
 import { Repository, type ComputeRecord, type RepoMeta } from './repository.js';
 import { Pageserver } from '../pageserver/pageserver.js';
+import { takeOfflineImage } from '../pageserver/take-image.js';
 import type { PgBinaries } from './postgres/binaries.js';
 import type { PgUser } from './postgres/user.js';
 import type { Storage } from './storage.js';
 import { pullRepository, pushRepository, readStoredRepository } from './storage-sync.js';
 import { WalStore } from './wal-store.js';
-import { takeOfflineImage } from '../pageserver/take-image.js';
 
 /** Options of `neon init` (also used by the first `neon start`). */
 export interface InitOptions {
@@ -59,13 +59,17 @@ async function createFresh(
   binaries: PgBinaries,
   dataDir: string,
   main: ComputeRecord,
-  pgUser?: PgUser,
+  pgUser: PgUser | undefined,
+  now: boolean,
 ): Promise<void> {
   await initdb({ binaries, dataDir, superuser: main.user, password: main.password, pgUser });
-  await pageserver.takeImage((mirror) =>
-    takeOfflineImage({ store: pageserver.store, branch: 'main', pgVersion: binaries.version, dataDir, mirror }),
-  );
   await pageserver.createMain();
+  // With a storage_dest the first image is pushed now, so it is taken from the fresh cluster while it is stopped.
+  // Otherwise the daemon takes it from the running compute, in the background, without delaying the first start.
+  if (now)
+    await pageserver.takeImage((mirror) =>
+      takeOfflineImage({ store: pageserver.store, branch: 'main', pgVersion: binaries.version, dataDir, mirror }),
+    );
 }
 
 /**
@@ -149,7 +153,7 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
     if (stored) {
       Object.assign(main, await restoreFromStorage(pageserver, storage!, repo.dataDirOf(main)));
     } else {
-      await createFresh(pageserver, runnable, repo.dataDirOf(main), main, pgUser);
+      await createFresh(pageserver, runnable, repo.dataDirOf(main), main, pgUser, !!storage);
       if (storage) {
         const { systemId } = await pageserver.readImage(pageserver.images('main')[0].key);
         await pushRepository(pageserver, storage, { systemId, pgVersion: binaries.version, login: main, branch: 'main' });

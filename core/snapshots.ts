@@ -47,6 +47,8 @@ function runningPrimary(daemon: Daemon, branch: string): Compute {
  */
 export async function markPoint(daemon: Daemon, branch: string, label: string): Promise<{ lsn: Lsn; timeline: number }> {
   const primary = runningPrimary(daemon, branch);
+  // A point must come after an image it can be reached from (right after init, the first one is being taken).
+  await daemon.pageserver.firstImageReady();
   const [row] = await sql(
     primary.record,
     `select lsn::text, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text as tli, ` +

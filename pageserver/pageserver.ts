@@ -65,7 +65,23 @@ export class Pageserver {
     return new Pageserver(dir, await ChunkStore.open(path.join(dir, 'chunks')), deps);
   }
 
+  private firstImage?: Promise<unknown>;
+
+  /**
+   * The first image of a new repository is being taken (from the running compute, see the daemon): points of
+   * history are chosen after it, and images read, once it is stored.
+   */
+  setFirstImage(taking: Promise<unknown>): void {
+    this.firstImage = taking.catch((error) => this.deps.log.error('first base image failed: %s', (error as Error).message));
+  }
+
+  /** Resolves once the first image (if one is being taken) is stored. */
+  async firstImageReady(): Promise<void> {
+    await this.firstImage;
+  }
+
   async close(): Promise<void> {
+    await this.firstImage;
     await this.store.close();
   }
 
@@ -137,6 +153,7 @@ export class Pageserver {
    * or before the target, or on an ancestor at or before the fork point.
    */
   async chooseImage(branch: string, target: { lsn?: Lsn; time?: Date }): Promise<ImageManifest> {
+    await this.firstImage;
     const spans = this.history.chain(branch).reverse();
     for (const span of spans) {
       const limit = span.to === undefined ? target.lsn : target.lsn === undefined || target.lsn > span.to ? span.to : target.lsn;
