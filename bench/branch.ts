@@ -109,10 +109,7 @@ async function neonRun(scale: number): Promise<Metrics> {
     await neon(['stop'], cwd);
     return m;
   } finally {
-    if (keepLogs && fs.existsSync(path.join(repo, 'logs'))) {
-      fs.cpSync(path.join(repo, 'logs'), path.join(keepLogs, `${path.basename(dir)}-scale${scale}`), { recursive: true });
-    }
-    await cleanup(dir);
+    await lib.finishRun(dir, repo, scale, keepLogs);
     live.delete(dir);
   }
 }
@@ -126,13 +123,9 @@ async function peerRun(scale: number): Promise<Metrics> {
   const copies: string[] = [];
   let started = false;
   try {
-    await cluster.init();
     started = true;
-    cluster.start();
-    const url = cluster.url();
-    lib.pgbenchInit(url, scale);
-    await lib.query(url, 'checkpoint');
-    m.dbBytes = await lib.dbSize(url);
+    const { url, dbBytes } = await lib.loadedCluster(cluster, scale);
+    m.dbBytes = dbBytes;
     const port2 = await freePort();
     const startAndQuery = async (data: string) => {
       cluster.start(data, `-p ${port2} -c archive_mode=off`);

@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import pg from 'pg';
+import { query } from '../test/helpers/pg.js';
+import { cleanup } from '../test/helpers/env.js';
 import { asUser, chownTo, isRoot, pgUserFor } from '../core/postgres/user.js';
 import { decodeManifest } from '../pageserver/manifest.js';
 
@@ -52,15 +53,7 @@ export async function timed<T>(fn: () => T | Promise<T>): Promise<[number, T]> {
   return [performance.now() - t0, value];
 }
 
-export async function query<T = Record<string, any>>(url: string, sql: string): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query(sql)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
+export { query } from '../test/helpers/pg.js';
 
 export const firstQuery = (url: string) => query(url, 'select 1');
 export const dbSize = async (url: string) => Number((await query(url, 'select pg_database_size(current_database())::bigint as n'))[0].n);
@@ -180,6 +173,24 @@ export class PlainCluster {
   stop(data = this.data): void {
     spawnSync(bin('pg_ctl'), ['stop', '-w', '-s', '-m', 'fast', '-D', data], asUser(pgUser));
   }
+}
+
+/** A plain cluster of `scale` in `dir`: created, started, loaded with pgbench, checkpointed. */
+export async function loadedCluster(cluster: PlainCluster, scale: number): Promise<{ url: string; dbBytes: number }> {
+  await cluster.init();
+  cluster.start();
+  const url = cluster.url();
+  pgbenchInit(url, scale);
+  await query(url, 'checkpoint');
+  return { url, dbBytes: await dbSize(url) };
+}
+
+/** End of a neon run: keep the repository's logs when asked (--keep-logs DIR), then remove its folder and processes. */
+export async function finishRun(dir: string, repo: string, scale: number, keepLogs: string | undefined): Promise<void> {
+  if (keepLogs && fs.existsSync(path.join(repo, 'logs'))) {
+    fs.cpSync(path.join(repo, 'logs'), path.join(keepLogs, `${path.basename(dir)}-scale${scale}`), { recursive: true });
+  }
+  await cleanup(dir);
 }
 
 /** pgBackRest's version, installing the Debian package first when missing and root; undefined when unavailable. */
