@@ -142,12 +142,13 @@ export class Daemon {
     });
     await Promise.all([...this.computes.values()].filter((c) => c.record.running).map((c) => c.start()));
     await this.safekeepers.start();
+    // Stopped primaries too: their streams report that the primary is down, and resume when it is back.
     for (const compute of this.computes.values()) {
       if (!isPrimary(compute.record)) continue;
-      if (compute.state === 'running') {
-        await this.safekeepers.dropStaleSlots(this.primaryOf(compute.record)).catch((e) => log.warn('%s', messageOf(e)));
-      }
       this.safekeepers.attach(compute.record.branch, this.primaryOf(compute.record));
+      if (compute.state === 'running') {
+        void this.safekeepers.dropStaleSlots(this.primaryOf(compute.record)).catch((e) => log.warn('%s', messageOf(e)));
+      }
     }
     await this.hooks.start.promise({
       repo,
