@@ -124,8 +124,7 @@ async function peerRun(scale: number): Promise<Metrics> {
   let started = false;
   try {
     started = true;
-    const { url, dbBytes } = await lib.loadedCluster(cluster, scale);
-    m.dbBytes = dbBytes;
+    m.dbBytes = (await lib.loadedCluster(cluster, scale)).dbBytes;
     const port2 = await freePort();
     const startAndQuery = async (data: string) => {
       cluster.start(data, `-p ${port2} -c archive_mode=off`);

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { embeddedBinaries } from '../core/postgres/binaries.js';
+import { INITDB_FLAGS } from '../core/postgres/initdb.js';
 import { asUser, chownTo, pgUserFor } from '../core/postgres/user.js';
 import { freePort } from '../core/net.js';
 import { CLI, cleanup, tmpDir } from '../test/helpers/env.js';
@@ -63,23 +64,7 @@ async function postgresRound(): Promise<[number, number]> {
   const url = `postgresql://postgres:secret@127.0.0.1:${port}/postgres`;
   try {
     let t0 = performance.now();
-    run(
-      bin('initdb'),
-      [
-        '-D',
-        data,
-        '-U',
-        'postgres',
-        `--pwfile=${pwfile}`,
-        '--auth-local=scram-sha-256',
-        '--auth-host=scram-sha-256',
-        '--data-checksums',
-        '--encoding=UTF8',
-        '--locale=C',
-        '--no-instructions',
-      ],
-      { asPg: true },
-    );
+    run(bin('initdb'), ['-D', data, '-U', 'postgres', `--pwfile=${pwfile}`, ...INITDB_FLAGS], { asPg: true });
     run(bin('pg_ctl'), ['start', '-w', '-s', '-D', data, '-l', path.join(dir, 'log'), '-o', options], { asPg: true });
     await firstQuery(url);
     const first = performance.now() - t0;

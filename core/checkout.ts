@@ -92,13 +92,12 @@ export async function checkout(daemon: Daemon, text: unknown): Promise<CheckoutR
         createdAt: new Date().toISOString(),
       });
   } catch (error) {
-    fs.rmSync(next, { recursive: true, force: true });
+    // On success the compute removed the WAL gathered for its recovery once promoted (see Compute).
+    for (const dir of [next, walDir]) fs.rmSync(dir, { recursive: true, force: true });
     await restoreOld().catch((e) =>
       daemon.log.error('could not go back to branch %s after a failed checkout: %s', from, (e as Error).message),
     );
     throw error;
-  } finally {
-    fs.rmSync(walDir, { recursive: true, force: true });
   }
   fs.rmSync(old, { recursive: true, force: true });
   daemon.sync?.schedule();

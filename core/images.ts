@@ -2,7 +2,7 @@ import type { PageserverConfig } from './config.js';
 import type { Daemon } from './daemon.js';
 import { NeonError, messageOf } from './errors.js';
 import { isPrimary } from './repository.js';
-import { formatLsn, parseLsn } from '../replication/lsn.js';
+import { formatLsn } from '../replication/lsn.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
 import { takeOnlineImage } from '../pageserver/take-image.js';
 

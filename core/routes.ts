@@ -137,6 +137,8 @@ export type Status = ReturnType<typeof statusOf>;
 
 /** The daemon, its Postgres binaries and its components, for `GET /status` and `neon status`. */
 export function statusOf(daemon: Daemon) {
+  // Read once: each safekeeper's entry reads /proc for its memory and CPU.
+  const safekeepers = daemon.safekeepers.info();
   const { repo, meta, binaries } = daemon;
   return {
     repository: repo.dir,
@@ -159,7 +161,7 @@ export function statusOf(daemon: Daemon) {
       run_as: daemon.pgUser?.name ?? userInfo().username,
     },
     branch: daemon.computes.get('main')?.record.branch ?? null,
-    safekeepers: daemon.safekeepers.info().map(({ rss_bytes, cpu_seconds, dir, ...rest }) => rest),
+    safekeepers: safekeepers.map(({ rss_bytes, cpu_seconds, dir, ...rest }) => rest),
     images: daemon.images?.status() ?? null,
     sync: daemon.sync?.status() ?? null,
     ...Object.fromEntries([...daemon.pluginStatus].map(([section, read]) => [section, read()])),
@@ -175,9 +177,14 @@ export function statusOf(daemon: Daemon) {
           restarts: info.restarts,
         };
       }),
-      ...daemon.safekeepers
-        .info()
-        .map((sk) => ({ kind: 'safekeeper', name: sk.name, state: sk.state as string, pid: sk.pid, port: null, restarts: sk.restarts })),
+      ...safekeepers.map((sk) => ({
+        kind: 'safekeeper',
+        name: sk.name,
+        state: sk.state as string,
+        pid: sk.pid,
+        port: null,
+        restarts: sk.restarts,
+      })),
     ],
   };
 }

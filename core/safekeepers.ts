@@ -249,10 +249,7 @@ function usage(pid: number): { rss_bytes: number | null; cpu_seconds: number | n
 export class Safekeepers {
   readonly nodes: SafekeeperNode[];
 
-  constructor(
-    count: number,
-    private readonly deps: SafekeeperDeps,
-  ) {
+  constructor(count: number, deps: SafekeeperDeps) {
     this.nodes = Array.from({ length: count }, (_, i) => new SafekeeperNode(`sk${i + 1}`, deps));
   }
 

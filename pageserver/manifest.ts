@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { gunzip, gzip } from 'node:zlib';
 import { NeonError } from '../core/errors.js';
-import { formatLsn, parseLsn, type Lsn } from '../replication/lsn.js';
+import type { Lsn } from '../replication/lsn.js';
 
 /** One entry of a base image: a folder, a symlink, or a file and the chunks (sha256 of 8 KiB pages) it is made of. */
 export interface ImageFile {
@@ -86,10 +86,3 @@ export async function decodeManifest(key: string, data: Buffer): Promise<ImageMa
   if (checksumOf(rest) !== checksum) throw new NeonError('corrupt', `image manifest ${key} fails its checksum`, { status: 500 });
   return manifest;
 }
-
-/** The LSNs of a manifest as numbers. */
-export function imageLsns(manifest: ImageManifest): { start: Lsn; end: Lsn } {
-  return { start: parseLsn(manifest.startLsn), end: parseLsn(manifest.endLsn) };
-}
-
-export { formatLsn };

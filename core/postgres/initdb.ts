@@ -5,6 +5,16 @@ import { NeonError } from '../errors.js';
 import type { PgBinaries } from './binaries.js';
 import { asUser, chownTo, type PgUser } from './user.js';
 
+/** How neon creates clusters: data checksums, SCRAM everywhere, UTF-8 with the C locale (benchmarks use the same). */
+export const INITDB_FLAGS = [
+  '--auth-local=scram-sha-256',
+  '--auth-host=scram-sha-256',
+  '--data-checksums',
+  '--encoding=UTF8',
+  '--locale=C',
+  '--no-instructions',
+];
+
 /** What {@link initdb} creates. */
 export interface InitdbOptions {
   binaries: PgBinaries;
@@ -31,23 +41,11 @@ export async function initdb(options: InitdbOptions): Promise<void> {
   await fs.writeFile(pwfile, options.password + '\n', { mode: 0o600 });
   await chownTo(pgUser, pwfile);
   try {
-    await execa(
-      path.join(binaries.binDir, 'initdb'),
-      [
-        '-D',
-        dataDir,
-        '-U',
-        options.superuser,
-        `--pwfile=${pwfile}`,
-        '--auth-local=scram-sha-256',
-        '--auth-host=scram-sha-256',
-        '--data-checksums',
-        '--encoding=UTF8',
-        '--locale=C',
-        '--no-instructions',
-      ],
-      { ...asUser(pgUser), env: { LC_ALL: 'C', LANG: 'C' }, extendEnv: true },
-    );
+    await execa(path.join(binaries.binDir, 'initdb'), ['-D', dataDir, '-U', options.superuser, `--pwfile=${pwfile}`, ...INITDB_FLAGS], {
+      ...asUser(pgUser),
+      env: { LC_ALL: 'C', LANG: 'C' },
+      extendEnv: true,
+    });
   } catch (error) {
     const stderr = ((error as { stderr?: string }).stderr ?? '').trim().split('\n').slice(-3).join(' / ');
     throw new NeonError('initdb_failed', `initdb failed in ${dataDir}: ${stderr || (error as Error).message}`, { status: 500 });

@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { launchWithExeca } from '../../core/launch-process.js';
 import type { Launcher, LaunchedProcess, LaunchSpec } from '../../core/launcher.js';
 import { checkPluginOptions, type NeonPlugin } from '../../core/plugin.js';
 
@@ -18,24 +18,10 @@ export default function launcherCompute(options?: LauncherComputeOptions): NeonP
 }
 
 const launcher: Launcher = {
-  async launch(spec: LaunchSpec): Promise<LaunchedProcess> {
-    const child = execa(spec.command, spec.args, {
-      cwd: spec.cwd,
+  launch: (spec: LaunchSpec): Promise<LaunchedProcess> =>
+    launchWithExeca(spec, {
       // Only what Postgres needs: the daemon's environment holds nothing it should inherit.
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C', LANG: 'C', TZ: process.env.TZ ?? 'UTC', ...spec.env },
       extendEnv: false,
-      uid: spec.uid,
-      gid: spec.gid,
-      stdin: 'ignore',
-      stdout: { file: spec.logFile, append: true },
-      stderr: { file: spec.logFile, append: true },
-      reject: false,
-    });
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', () => resolve());
-      child.once('error', reject);
-    });
-    const exited = child.then((result) => ({ code: result.exitCode ?? null, signal: result.signal ?? null }));
-    return { pid: child.pid!, exited, kill: (signal) => child.kill(signal) };
-  },
+    }),
 };

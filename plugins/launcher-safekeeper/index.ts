@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { launchWithExeca } from '../../core/launch-process.js';
 import type { Launcher, LaunchedProcess, LaunchSpec } from '../../core/launcher.js';
 import { checkPluginOptions, type NeonPlugin } from '../../core/plugin.js';
 
@@ -18,32 +18,5 @@ export default function launcherSafekeeper(options?: LauncherSafekeeperOptions):
 }
 
 const launcher: Launcher = {
-  async launch(spec: LaunchSpec): Promise<LaunchedProcess> {
-    const child = execa(spec.command, spec.args, {
-      cwd: spec.cwd,
-      env: spec.env,
-      uid: spec.uid,
-      gid: spec.gid,
-      stdin: 'ignore',
-      stdout: { file: spec.logFile, append: true },
-      stderr: { file: spec.logFile, append: true },
-      ipc: spec.ipc ?? true,
-      serialization: 'json',
-      reject: false,
-    });
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', () => resolve());
-      child.once('error', reject);
-    });
-    const exited = child.then((result) => ({ code: result.exitCode ?? null, signal: result.signal ?? null }));
-    return {
-      pid: child.pid!,
-      exited,
-      kill: (signal) => child.kill(signal),
-      send: (message) => {
-        if (child.connected) child.send(message as object);
-      },
-      onMessage: (listener) => child.on('message', listener),
-    };
-  },
+  launch: (spec: LaunchSpec): Promise<LaunchedProcess> => launchWithExeca({ ...spec, ipc: spec.ipc ?? true }),
 };

@@ -70,7 +70,7 @@ export class Offloader {
     this.queue = new UploadQueue({
       retryMinMs: Math.min(RETRY_MIN_MS, settings.retryMaxMs),
       retryMaxMs: settings.retryMaxMs,
-      onError: (job, error, delay) => {
+      onError: (job, error) => {
         const message = messageOf(error);
         // Retries go on forever: log when the problem changes, not on every attempt.
         if (message !== this.error)
