@@ -1,8 +1,8 @@
-import { defineConfig } from 'neon';
-import launcherCompute from 'neon/plugins/launcher-compute';
-import launcherSafekeeper from 'neon/plugins/launcher-safekeeper';
-import safekeeperOffload from 'neon/plugins/safekeeper-offload';
-import storageFile from 'neon/plugins/storage-file';
+import { defineConfig } from 'neon-local';
+import launcherCompute from 'neon-local/plugins/launcher-compute';
+import launcherSafekeeper from 'neon-local/plugins/launcher-safekeeper';
+import safekeeperOffload from 'neon-local/plugins/safekeeper-offload';
+import storageFile from 'neon-local/plugins/storage-file';
 
 // The plugins neon uses when there is no config file, spelled out: copy this file to your project and add
 // storage backends, backup formats or launchers of your own.

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { neonJson } from '../test/helpers/env.js';
+import { neonJson } from '../testkit/env.js';
 import * as lib from './lib-snapshot.js';
 
 // ---- a branch compute's log ----

@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { query } from '../test/helpers/pg.js';
-import { cleanup } from '../test/helpers/env.js';
-import { asUser, chownTo, isRoot, pgUserFor } from '../core/postgres/user.js';
+import { query } from '../testkit/pg.js';
+import { cleanup } from '../testkit/env.js';
+import { asUser, chownTo, isRoot, pgUserFor } from '../postgres/user.js';
 import { decodeManifest } from '../pageserver/manifest.js';
 
 export const PASSWORD = 'secret';
@@ -53,7 +53,7 @@ export async function timed<T>(fn: () => T | Promise<T>): Promise<[number, T]> {
   return [performance.now() - t0, value];
 }
 
-export { query } from '../test/helpers/pg.js';
+export { query } from '../testkit/pg.js';
 
 export const firstQuery = (url: string) => query(url, 'select 1');
 export const dbSize = async (url: string) => Number((await query(url, 'select pg_database_size(current_database())::bigint as n'))[0].n);

@@ -13,8 +13,8 @@
 //   npm run bench:snapshot [-- --sizes 100,1000] [--runs 3] [--keep-logs DIR]
 import fs from 'node:fs';
 import path from 'node:path';
-import { freePort } from '../core/net.js';
-import { CLI, cleanup, neon, neonJson, tmpDir } from '../test/helpers/env.js';
+import { freePort } from '../lib/net.js';
+import { CLI, cleanup, neon, neonJson, tmpDir } from '../testkit/env.js';
 import * as lib from './lib-snapshot.js';
 import { MB, PlainCluster, bin, median, run, timed } from './lib-snapshot.js';
 

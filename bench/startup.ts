@@ -9,11 +9,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { embeddedBinaries } from '../core/postgres/binaries.js';
-import { INITDB_FLAGS } from '../core/postgres/initdb.js';
-import { asUser, chownTo, pgUserFor } from '../core/postgres/user.js';
-import { freePort } from '../core/net.js';
-import { CLI, cleanup, tmpDir } from '../test/helpers/env.js';
+import { embeddedBinaries } from '../postgres/binaries.js';
+import { INITDB_FLAGS } from '../postgres/initdb.js';
+import { asUser, chownTo, pgUserFor } from '../postgres/user.js';
+import { freePort } from '../lib/net.js';
+import { CLI, cleanup, tmpDir } from '../testkit/env.js';
 
 const runs = Number(process.argv[process.argv.indexOf('--runs') + 1]) || 5;
 const binaries = (await embeddedBinaries())!;

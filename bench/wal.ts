@@ -15,9 +15,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { asUser, chownTo, isRoot, pgUserFor } from '../core/postgres/user.js';
-import { freePort } from '../core/net.js';
-import { cleanup, tmpDir } from '../test/helpers/env.js';
+import { asUser, chownTo, isRoot, pgUserFor } from '../postgres/user.js';
+import { freePort } from '../lib/net.js';
+import { cleanup, tmpDir } from '../testkit/env.js';
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`);

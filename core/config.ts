@@ -5,7 +5,6 @@ import { pathToFileURL } from 'node:url';
 import { cosmiconfig, defaultLoaders, type Loader } from 'cosmiconfig';
 import { NeonError, messageOf } from './errors.js';
 import { resolvePlugins, type ConfigEnv, type NeonPlugin, type PluginOption } from './plugin.js';
-import { defaultPlugins } from './defaults.js';
 
 /** Postgres settings of `neon.config.ts`. */
 export interface PostgresConfig {
@@ -34,7 +33,10 @@ export interface DaemonConfig {
 
 /** What `neon.config.ts` exports (or `package.json#neon`, or `neon.config.json`). */
 export interface NeonConfig {
-  /** Plugins: factories' results; falsy entries are skipped and nested arrays flattened. Default: the built-ins. */
+  /**
+   * Plugins: factories' results; falsy entries are skipped and nested arrays flattened. The built-ins (storage-file,
+   * the launchers, safekeeper-offload) are always added; list one with options to replace it.
+   */
   plugins?: PluginOption[];
   /** Durable home of the repository's history: a path, `file:///abs/path` or `s3://bucket/prefix`. */
   storage_dest?: string;
@@ -89,8 +91,11 @@ export const CONFIG_FILES = [
   'neon.config.json',
 ];
 
-/** Load `neon.config.*` (or `package.json#neon`) from `dir`, evaluate it for `env`, and resolve its plugins. */
-export async function loadConfig(dir: string, env: ConfigEnv): Promise<ResolvedConfig> {
+/**
+ * Load `neon.config.*` (or `package.json#neon`) from `dir`, evaluate it for `env`, and resolve its plugins
+ * together with `builtins` (always applied; a configured plugin of the same name replaces one).
+ */
+export async function loadConfig(dir: string, env: ConfigEnv, builtins: PluginOption[] = []): Promise<ResolvedConfig> {
   const explorer = cosmiconfig('neon', {
     searchPlaces: CONFIG_FILES,
     searchStrategy: 'none',
@@ -110,7 +115,7 @@ export async function loadConfig(dir: string, env: ConfigEnv): Promise<ResolvedC
   } catch (error) {
     throw new NeonError('config_error', `could not load the neon config in ${dir}: ${firstLine(messageOf(error))}`, { cause: error });
   }
-  if (!found) return { config: {}, plugins: resolvePlugins(defaultPlugins(), env) };
+  if (!found) return { config: {}, plugins: resolvePlugins([], env, builtins) };
   const file = path.relative(dir, found.filepath) || found.filepath;
   let value = isPackageJson(found.filepath) ? found.config : (found.config as Boxed).exported;
   try {
@@ -120,7 +125,7 @@ export async function loadConfig(dir: string, env: ConfigEnv): Promise<ResolvedC
     throw new NeonError('config_error', `${file}: the exported function threw: ${messageOf(error)}`, { cause: error });
   }
   const config = checkConfig(value, file);
-  const plugins = resolvePlugins(config.plugins ?? defaultPlugins(), env);
+  const plugins = resolvePlugins(config.plugins, env, builtins);
   return { config, plugins, file: found.filepath };
 }
 

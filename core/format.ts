@@ -1,3 +1,7 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { NeonError } from './errors.js';
+import type { Logger } from './log.js';
 import type { Storage } from './storage.js';
 
 /** What the format bail hook is asked for (`--snapshot_format`). */
@@ -5,14 +9,201 @@ export interface FormatRequest {
   format: string;
 }
 
+/** Where a long export or import stands; `step` names the phase (`copy`, `base.tar`, `wal`, …). */
+export interface FormatProgress {
+  step: string;
+  /** Bytes done in this step. */
+  bytes: number;
+  /** Bytes the step will handle, when known up front. */
+  totalBytes?: number;
+}
+
+/** Options of {@link BackupFormat.exportTo}. */
+export interface ExportOptions {
+  /**
+   * A consistent, cleanly stopped data directory (its pg_control says "shut down" and its last checkpoint is a
+   * shutdown checkpoint). Neon materialises it; the format only reads it.
+   */
+  dataDir: string;
+  /**
+   * WAL segments up to and including the one holding the shutdown checkpoint, when they are not in
+   * `dataDir/pg_wal` (neon keeps WAL apart). A format that ships WAL takes what it needs from here.
+   */
+  walDir?: string;
+  /** Where the backup goes (a Storage opened on `--snapshot_path`: a folder or S3). */
+  storage: Storage;
+  /** Major version of the cluster (15, 16, 17, …). */
+  pgVersion: number;
+  log?: Logger;
+  onProgress?: (progress: FormatProgress) => void;
+}
+
+/** What an export wrote. */
+export interface ExportResult {
+  /** One line for the user: what was written where. */
+  description: string;
+  /** Bytes written into the storage (after compression). */
+  bytes: number;
+}
+
+/** Options of {@link BackupFormat.importFrom}. */
+export interface ImportOptions {
+  /** Where the backup is (a Storage opened on `--snapshot_path`). */
+  storage: Storage;
+  /** An empty folder to fill; after a failed import it is empty again. */
+  dataDir: string;
+  /** Take what would otherwise be refused (an unclean shutdown of a plain data directory), with a warning. */
+  force?: boolean;
+  /** Which backup, for formats that hold several (WAL-G: a backup name; default the newest). */
+  backup?: string;
+  log?: Logger;
+  onProgress?: (progress: FormatProgress) => void;
+}
+
+/** What an import produced. */
+export interface ImportResult {
+  pgVersion: number;
+  /** The cluster's system identifier (decimal), from pg_control. */
+  systemId: string;
+  /**
+   * True when Postgres must replay WAL before the directory is consistent (a `backup_label` is present, or the
+   * cluster was not shut down cleanly): start it once (the WAL it needs is in `dataDir/pg_wal`) and let it
+   * finish recovery. False: the directory is a clean shutdown and can be used as is.
+   */
+  needsRecovery: boolean;
+  /** One line for the user: what was imported. */
+  description: string;
+}
+
 /**
  * A backup format: the code that packs a data directory into a storage and unpacks it again (plain pgdata,
  * basebackup tar, WAL-G layout, …). The storage API is the same for all formats; only the packing differs.
+ *
+ * Contract:
+ * - `importFrom` validates before it writes: no `PG_VERSION` or `global/pg_control` in the backup → a
+ *   `NeonError` and nothing written. Archives are untrusted: extract them with `core/archive.ts`.
+ * - A failed import leaves `dataDir` empty (see {@link emptyDir}).
+ * - The imported directory is owned by the importing process with modes 0700/0600; running Postgres as another
+ *   user is the caller's business (chown).
  */
 export interface BackupFormat {
   readonly name: string;
-  /** Write the (stopped or consistent) data directory `dataDir` into `storage`. */
-  exportTo?(dataDir: string, storage: Storage): Promise<void>;
+  /** Write the cleanly stopped data directory `dataDir` into `storage`. */
+  exportTo?(options: ExportOptions): Promise<ExportResult>;
   /** Fill the empty folder `dataDir` from what `storage` holds. */
-  importFrom?(storage: Storage, dataDir: string): Promise<void>;
+  importFrom?(options: ImportOptions): Promise<ImportResult>;
+}
+
+// ---- pg_control: what every format needs to validate and describe a cluster -------------------------------
+
+/** The pg_control fields formats use. Offsets are the same in PostgreSQL 15 to 17 (ControlFileData). */
+export interface ControlData {
+  systemId: string;
+  pgControlVersion: number;
+  /** 0 starting up, 1 shut down, 2 shut down in recovery, 3 shutting down, 4 in crash recovery, 5 in archive recovery, 6 in production. */
+  state: number;
+  /** LSN of the latest checkpoint record. */
+  checkpoint: bigint;
+  /** Its redo point. */
+  redo: bigint;
+  timeline: number;
+  blockSize: number;
+  walSegmentSize: number;
+}
+
+export const DB_STATES = ['starting up', 'shut down', 'shut down in recovery', 'shutting down', 'in crash recovery', 'in archive recovery', 'in production'];
+
+/** Parse pg_control (8192 bytes; layout of ControlFileData in src/include/catalog/pg_control.h). */
+export function parseControlFile(buffer: Buffer, where = 'global/pg_control'): ControlData {
+  if (buffer.length < 232) throw new NeonError('bad_backup', `${where} is ${buffer.length} bytes: not a pg_control file`);
+  const control: ControlData = {
+    systemId: buffer.readBigUInt64LE(0).toString(),
+    pgControlVersion: buffer.readUInt32LE(8),
+    state: buffer.readUInt32LE(16),
+    checkpoint: buffer.readBigUInt64LE(32),
+    redo: buffer.readBigUInt64LE(40),
+    timeline: buffer.readUInt32LE(48),
+    blockSize: buffer.readUInt32LE(216),
+    walSegmentSize: buffer.readUInt32LE(228),
+  };
+  const segOk = control.walSegmentSize >= 1 << 20 && control.walSegmentSize <= 1 << 30 && (control.walSegmentSize & (control.walSegmentSize - 1)) === 0;
+  if (control.pgControlVersion < 1300 || control.pgControlVersion > 9999 || control.blockSize !== 8192 || !segOk) {
+    throw new NeonError('bad_backup', `${where} is not a pg_control file of PostgreSQL 15 or newer (version ${control.pgControlVersion}, block size ${control.blockSize})`);
+  }
+  return control;
+}
+
+/** True for a clean shutdown ("shut down" or "shut down in recovery"). */
+export const isCleanShutdown = (control: ControlData) => control.state === 1 || control.state === 2;
+
+/** Parse the text of PG_VERSION (`17\n`) into a major version; anything else is a NeonError. */
+export function parsePgVersion(text: string, where = 'PG_VERSION'): number {
+  const match = /^(\d+)\s*$/.exec(text);
+  const version = match ? Number(match[1]) : NaN;
+  if (!(version >= 15 && version < 100)) {
+    throw new NeonError('bad_backup', `${where} says ${JSON.stringify(text.trim().slice(0, 20))}: neon imports PostgreSQL 15 or newer`);
+  }
+  return version;
+}
+
+/** Read and check PG_VERSION and global/pg_control of a data directory on disk. */
+export async function inspectDataDir(dataDir: string): Promise<{ pgVersion: number; control: ControlData }> {
+  const read = async (rel: string) => {
+    try {
+      return await fs.readFile(path.join(dataDir, rel));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new NeonError('bad_backup', `${dataDir} is not a Postgres data directory: ${rel} is missing`);
+      }
+      throw error;
+    }
+  };
+  const pgVersion = parsePgVersion((await read('PG_VERSION')).toString('utf8'), path.join(dataDir, 'PG_VERSION'));
+  const control = parseControlFile(await read('global/pg_control'), path.join(dataDir, 'global/pg_control'));
+  return { pgVersion, control };
+}
+
+// ---- WAL names -------------------------------------------------------------------------------------------
+
+/** `X/Y` form of an LSN, as Postgres prints it. */
+export const formatLsn = (lsn: bigint) => `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+
+/** Parse `X/Y`. */
+export function parseLsn(text: string): bigint {
+  const match = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(text.trim());
+  if (!match) throw new NeonError('bad_backup', `"${text}" is not an LSN`);
+  return (BigInt('0x' + match[1]) << 32n) | BigInt('0x' + match[2]);
+}
+
+/** The name of the WAL segment file holding `lsn` on `timeline`. */
+export function walSegmentName(timeline: number, lsn: bigint, segmentSize: number): string {
+  const segNo = lsn / BigInt(segmentSize);
+  const perId = 0x100000000n / BigInt(segmentSize);
+  const hex = (n: bigint | number) => n.toString(16).toUpperCase().padStart(8, '0');
+  return hex(timeline) + hex(segNo / perId) + hex(segNo % perId);
+}
+
+/** True for WAL segment (`000000010000000000000003`) and timeline history (`00000002.history`) names. */
+export const isWalFileName = (name: string) => /^[0-9A-F]{24}$/.test(name) || /^[0-9A-F]{8}\.history$/.test(name);
+
+// ---- failed imports --------------------------------------------------------------------------------------
+
+/** Remove everything inside `dir` (the folder itself stays): what a failed import leaves behind. */
+export async function emptyDir(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  await Promise.all(names.map((name) => fs.rm(path.join(dir, name), { recursive: true, force: true })));
+}
+
+/** Check that `dir` is an empty folder (created when missing) before an import writes into it. */
+export async function checkEmptyTarget(dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  const names = await fs.readdir(dir);
+  if (names.length) throw new NeonError('target_not_empty', `cannot import into ${dir}: it is not empty (${names.slice(0, 3).join(', ')}…)`);
+  await fs.chmod(dir, 0o700);
 }

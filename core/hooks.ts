@@ -2,9 +2,9 @@ import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, HookMap } from
 import type { BackupFormat, FormatRequest } from './format.js';
 import type { Launcher, LauncherRequest } from './launcher.js';
 import type { Logger } from './log.js';
-import type { Repository } from './repository.js';
+import type { Repository } from '../daemon/repository.js';
 import type { Storage, StorageRequest } from './storage.js';
-import type { WalStore } from './wal-store.js';
+import type { WalStore } from '../wal/store.js';
 
 /** Passed to every lifecycle hook: where the repository is and how to log. */
 export interface HookContext {

@@ -1,4 +1,4 @@
-// The public API of neon for config files and third-party plugins: `import { defineConfig } from 'neon'`.
+// The public API of neon for config files and third-party plugins: `import { defineConfig } from 'neon-local'`.
 export { defineConfig, type NeonConfig, type PostgresConfig, type DaemonConfig, type UserConfigExport } from './config.js';
 export { checkPluginOptions, type NeonPlugin, type PluginOption, type ConfigEnv, type ObjectHook } from './plugin.js';
 export type * from './hooks.js';

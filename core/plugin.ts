@@ -61,11 +61,19 @@ const KNOWN_KEYS = new Set<string>([
 const RANK = { pre: -1, post: 1 } as const;
 const rank = (value: unknown) => (value === 'pre' || value === 'post' ? RANK[value] : 0);
 
-/** Flatten `plugins`, drop falsy entries, check each plugin's shape and keep the ones that `apply`. */
-export function resolvePlugins(options: PluginOption[] | undefined, env: ConfigEnv): NeonPlugin[] {
-  const flat = (options ?? []).flat(Infinity as 1) as unknown[];
-  const plugins = flat.filter(Boolean).map(checkPlugin);
-  const applied = plugins.filter((p) => (typeof p.apply === 'function' ? p.apply(env) : p.apply === undefined || p.apply === env.command));
+/**
+ * Flatten `plugins`, drop falsy entries, check each plugin's shape, add the built-ins and keep the ones that
+ * `apply`. Built-ins are always there, as in Vite and webpack: listing one plugin must not drop the launchers.
+ * A user plugin with a built-in's `name` replaces it (that is how a built-in gets options); user plugins come
+ * first, so that for the "which plugin handles this?" hooks a user's provider answers before a built-in one.
+ */
+export function resolvePlugins(options: PluginOption[] | undefined, env: ConfigEnv, builtins: PluginOption[] = []): NeonPlugin[] {
+  const user = (options ?? []).flat(Infinity as 1).filter(Boolean).map(checkPlugin);
+  const taken = new Set(user.map((p) => p.name));
+  const defaults = builtins.flat(Infinity as 1).filter(Boolean).map(checkPlugin).filter((p) => !taken.has(p.name));
+  const applied = [...user, ...defaults].filter((p) =>
+    typeof p.apply === 'function' ? p.apply(env) : p.apply === undefined || p.apply === env.command,
+  );
   // Array.prototype.sort is stable, so plugins keep their configured order within pre / normal / post.
   return applied.sort((a, b) => rank(a.enforce) - rank(b.enforce));
 }

@@ -18,8 +18,8 @@ export async function resolveStorage(hooks: NeonHooks, raw: string, cwd?: string
 }
 
 const KNOWN_FORMAT_PLUGINS: Record<string, string> = {
-  pgdata: "formatPgdata() from 'neon/plugins/format-pgdata'",
-  walg: "formatWalg() from 'neon/plugins/format-walg'",
+  pgdata: "formatPgdata() from 'neon-local/plugins/format-pgdata'",
+  walg: "formatWalg() from 'neon-local/plugins/format-walg'",
 };
 
 /** The backup format plugin for `--snapshot_format`. */
@@ -33,7 +33,7 @@ export async function resolveFormat(hooks: NeonHooks, format: string): Promise<B
 export async function resolveLauncher(hooks: NeonHooks, kind: string): Promise<Launcher> {
   const found = await hooks.resolveLauncher.get(kind)?.promise({ kind });
   if (!found) {
-    const hint = kind === 'compute' ? "launcherCompute() from 'neon/plugins/launcher-compute'" : undefined;
+    const hint = kind === 'compute' ? "launcherCompute() from 'neon-local/plugins/launcher-compute'" : undefined;
     throw new UnhandledSchemeError('launcher', kind, `starting a ${kind}`, hint);
   }
   return found;

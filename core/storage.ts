@@ -50,8 +50,8 @@ export interface StorageRequest {
 
 /** Plugins that ship with neon for a scheme, named in the error when none is configured. */
 export const KNOWN_STORAGE_PLUGINS: Record<string, string> = {
-  file: "storageFile() from 'neon/plugins/storage-file'",
-  s3: "storageS3() from 'neon/plugins/storage-s3'",
+  file: "storageFile() from 'neon-local/plugins/storage-file'",
+  s3: "storageS3() from 'neon-local/plugins/storage-s3'",
 };
 
 // WAL-G names its destinations with environment variables (WALG_FILE_PREFIX=/x, WALG_S3_PREFIX=s3://b/p);

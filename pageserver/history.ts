@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { NeonError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
-import { parseLsn } from '../replication/lsn.js';
+import { parseLsn } from '../core/wal.js';
 import type { WalSpan } from './recovery.js';
 
 /** A line of history. `main` has no parent; every other branch forks from its parent at `forkLsn`. */

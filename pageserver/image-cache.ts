@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { PgUser } from '../core/postgres/user.js';
+import type { PgUser } from '../postgres/user.js';
 import type { ImageManifest } from './manifest.js';
 import { checkPath, createTree } from './restore.js';
 

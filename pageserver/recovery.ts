@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { WalStore } from '../core/wal-store.js';
+import type { WalStore } from '../wal/store.js';
 import { NeonError } from '../core/errors.js';
-import type { PgUser } from '../core/postgres/user.js';
-import { formatLsn, parseSegmentName, segmentOf, type Lsn } from '../replication/lsn.js';
+import type { PgUser } from '../postgres/user.js';
+import { formatLsn, parseSegmentName, segmentOf, type Lsn } from '../core/wal.js';
 
 /** Which branch's WAL serves which part of history: a branch up to its child's fork point. */
 export interface WalSpan {

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
-import type { PgUser } from '../core/postgres/user.js';
+import type { PgUser } from '../postgres/user.js';
 import type { ImageFile, ImageManifest } from './manifest.js';
 
 /** Options of {@link restoreImage}. */

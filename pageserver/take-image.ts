@@ -5,7 +5,7 @@ import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
 import { WireConnection } from '../replication/connection.js';
 import { baseBackup } from '../replication/base-backup.js';
-import { formatLsn, segmentName, segmentOf } from '../replication/lsn.js';
+import { formatLsn, segmentName, segmentOf } from '../core/wal.js';
 import { identifySystem } from '../replication/stream.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { ImageBuilder } from './image-builder.js';

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PgError, textRows, WireConnection } from '../replication/connection.js';
-import { formatLsn, historyFileName, parseLsn, segmentOf, segmentStart, type Lsn } from '../replication/lsn.js';
+import { formatLsn, historyFileName, parseLsn, segmentOf, segmentStart, type Lsn } from '../core/wal.js';
 import {
   ensurePhysicalSlot,
   identifySystem,

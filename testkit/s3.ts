@@ -38,16 +38,19 @@ export interface StartS3Options {
 export const S3RVER_KEYS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 
 /**
- * Start s3rver on 127.0.0.1 (a free port) over a temp folder, with one bucket. Two gaps between s3rver and S3
- * are closed here so that tests exercise S3's documented behaviour: listings come in UTF-8 key order across
- * pages (s3rver walks its folders, which puts `a/b` before `a-z`), and conditional writes are honoured.
+ * Start s3rver on 127.0.0.1 (a free port) over a temp folder, with one bucket. Gaps between s3rver and S3 are
+ * closed here so that tests exercise S3's documented behaviour: listings come in UTF-8 key order across pages
+ * (s3rver walks its folders, which puts `a/b` before `a-z`), ListObjectsV2 pages past 1000 keys (s3rver's
+ * continuation tokens use a cipher OpenSSL 3 no longer has), and conditional writes are honoured.
  */
 export async function startS3(options: StartS3Options = {}): Promise<S3Fixture> {
   const bucket = options.bucket ?? 'neon-test';
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'neon-s3rver-'));
-  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: bucket }] });
+  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: process.env.S3RVER_DEBUG !== "1", directory, configureBuckets: [{ name: bucket }] });
   sortListings(server);
-  if (options.conditionalWrites !== false) server.middleware.unshift(ifNoneMatch(server));
+  // Before s3rver's router (the last middleware), inside its XML encoder: bodies are still plain objects here.
+  const extra = [listV2Pages, ...(options.conditionalWrites !== false ? [ifNoneMatch(server)] : [])];
+  server.middleware.splice(server.middleware.length - 1, 0, ...extra);
   const address = (await server.run()) as AddressInfo;
   const endpoint = `http://127.0.0.1:${address.port}`;
   const region = 'us-east-1';
@@ -94,6 +97,26 @@ function sortListings(server: S3rver): void {
     const max = options.maxKeys ?? 1000;
     return { objects: sorted.slice(0, max), commonPrefixes: [], isTruncated: sorted.length > max };
   };
+}
+
+/**
+ * Serve ListObjectsV2 through s3rver's V1 listing: the continuation token is the last key (base64url), passed
+ * to V1 as `marker`, and the answer is given V2's fields.
+ */
+async function listV2Pages(ctx: any, next: () => Promise<void>): Promise<void> {
+  const isBucketGet = ctx.method === 'GET' && /^\/[^/]+\/?$/.test(ctx.path);
+  if (!isBucketGet || ctx.query['list-type'] !== '2') return next();
+  const { 'list-type': _, 'continuation-token': token, 'start-after': startAfter, ...rest } = ctx.query;
+  const marker = token ? Buffer.from(String(token), 'base64url').toString() : startAfter;
+  ctx.query = marker ? { ...rest, marker } : rest;
+  await next();
+  const result = ctx.body?.ListBucketResult;
+  if (!result) return;
+  delete result.Marker;
+  delete result.NextMarker;
+  result.KeyCount = result.Contents.length;
+  if (token) result.ContinuationToken = token;
+  if (result.IsTruncated) result.NextContinuationToken = Buffer.from(result.Contents.at(-1).Key).toString('base64url');
 }
 
 /**

@@ -4,9 +4,9 @@ import { messageOf, NeonError } from '../../core/errors.js';
 import type { BaseImageEvent, WalSegmentEvent } from '../../core/hooks.js';
 import type { Logger } from '../../core/log.js';
 import { readObject, type Storage } from '../../core/storage.js';
-import { packWal, partialObjectKey, unpackWal, walObjectKey } from '../../core/wal-layout.js';
-import type { WalStore } from '../../core/wal-store.js';
-import { historyFileName, parseLsn } from '../../replication/lsn.js';
+import { packWal, partialObjectKey, unpackWal, walObjectKey } from '../../core/wal.js';
+import type { WalStore } from '../../wal/store.js';
+import { historyFileName, parseLsn } from '../../core/wal.js';
 import { UploadQueue } from './queue.js';
 import { newestPartialFile, removeOffloaded, walFilesIn, walFolders, type LocalWalFile, type OffloadState } from './state.js';
 

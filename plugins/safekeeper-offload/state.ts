@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { readJson, writeFileAtomic } from '../../core/fs-atomic.js';
-import { parseSegmentName, type Lsn } from '../../replication/lsn.js';
+import { parseSegmentName, type Lsn } from '../../core/wal.js';
 
 /** Finished segment files: 24 hex digits, no suffix. History files: `0000000N.history`. */
 export const SEGMENT_NAME = /^[0-9A-F]{24}$/;

@@ -1,0 +1,84 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { callDaemon, notRunning } from './client.js';
+import type { DaemonMessage } from '../daemon/daemon.js';
+import { NeonError } from '../core/errors.js';
+import { isDaemonOf } from '../daemon/lock.js';
+import { signal, waitGone } from '../lib/proc.js';
+import type { Repository } from '../daemon/repository.js';
+
+/** How long `neon start` waits for the daemon to report ready (computes may replay a lot of WAL). */
+const START_TIMEOUT_MS = 180_000;
+
+/** The pid of the repository's running daemon, or undefined (a stale pid file is not a running daemon). */
+export function runningDaemonPid(repo: Repository): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(repo.pidFile, 'utf8').trim());
+  } catch {
+    return undefined;
+  }
+  return pid && isDaemonOf(pid, repo.dir) ? pid : undefined;
+}
+
+/**
+ * Start the daemon (`node <cli> __daemon`) detached from the terminal (its output goes to logs/daemon.log) and wait until it says it
+ * is ready over the IPC channel, or why it could not start.
+ */
+export async function spawnDaemon(repo: Repository, projectDir: string, cli: string): Promise<Extract<DaemonMessage, { type: 'ready' }>> {
+  fs.mkdirSync(repo.logsDir, { recursive: true });
+  const logFile = repo.logFile('daemon');
+  const log = fs.openSync(logFile, 'a', 0o640);
+  const child = spawn(process.execPath, [cli, '__daemon', '--repo', repo.dir], {
+    cwd: projectDir,
+    detached: true,
+    stdio: ['ignore', log, log, 'ipc'],
+  });
+  fs.closeSync(log);
+  try {
+    const message = await new Promise<DaemonMessage>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new NeonError('start_timeout', `the daemon did not report ready within ${START_TIMEOUT_MS / 1000}s; see ${logFile}`)),
+        START_TIMEOUT_MS,
+      );
+      child.once('message', (m) => (clearTimeout(timer), resolve(m as DaemonMessage)));
+      child.once('exit', (code, sig) => {
+        clearTimeout(timer);
+        reject(new NeonError('daemon_exited', `the daemon exited while starting (${sig ?? 'code ' + code}); see ${logFile}`));
+      });
+      child.once('error', (error) => (clearTimeout(timer), reject(error)));
+    });
+    if (message.type === 'error') {
+      // It is cleaning up what it started; report once it is gone, so that a failed start leaves nothing running.
+      if (child.exitCode === null && child.signalCode === null) await waitGone([child.pid!], 30_000);
+      throw new NeonError(message.code, message.message);
+    }
+    return message;
+  } finally {
+    child.removeAllListeners();
+    if (child.connected) child.disconnect();
+    child.unref();
+  }
+}
+
+/** Ask the daemon to stop everything and wait until its process is gone. */
+export async function stopDaemon(repo: Repository, timeoutMs = 120_000): Promise<number> {
+  const pid = runningDaemonPid(repo);
+  if (!pid) {
+    fs.rmSync(repo.daemonFile, { force: true });
+    throw new NeonError('not_running', `neon is not running for ${repo.dir}: nothing to stop`);
+  }
+  try {
+    await callDaemon(repo, 'POST', '/shutdown');
+  } catch (error) {
+    // A daemon that does not answer (still starting, or wedged) is asked by signal instead.
+    if (!(error instanceof NeonError) || error.code !== notRunning(repo).code) throw error;
+    signal(pid, 'SIGTERM');
+  }
+  if (!(await waitGone([pid], timeoutMs))) {
+    throw new NeonError('stop_timeout', `the daemon (pid ${pid}) did not stop within ${timeoutMs / 1000}s; see ${repo.logFile('daemon')}`);
+  }
+  // The daemon removes it itself; a SIGKILL at the wrong moment would leave it behind.
+  fs.rmSync(repo.daemonFile, { force: true });
+  return pid;
+}

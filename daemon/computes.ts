@@ -1,0 +1,239 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createBranch } from './branches.js';
+import type { Compute, ComputeInfo } from './compute.js';
+import type { Daemon } from './daemon.js';
+import { NeonError } from '../core/errors.js';
+import { freePort } from '../lib/net.js';
+import { sql } from '../postgres/sql.js';
+import type { ComputeRecord } from './repository.js';
+import { primaryOfBranch, resolveTarget } from './snapshots.js';
+import { checkName } from '../pageserver/history.js';
+import type { RecoveryTarget } from '../pageserver/recovery.js';
+import { parseLsn } from '../core/wal.js';
+import { parseSegmentName } from '../core/wal.js';
+
+/** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
+export interface CreateComputeRequest {
+  name?: unknown;
+  storage_name?: unknown;
+  branch?: unknown;
+  at?: unknown;
+  read_only?: unknown;
+  is_replica?: unknown;
+}
+
+function optionalString(request: CreateComputeRequest, key: 'branch' | 'at' | 'storage_name'): string | undefined {
+  const value = request[key];
+  if (value !== undefined && (typeof value !== 'string' || !value))
+    throw new NeonError('bad_request', `"${key}" must be a non-empty string`);
+  return value as string | undefined;
+}
+
+/**
+ * Create a compute and start it:
+ * - `read_only` with `at`: a static compute frozen at that point (recovery paused there);
+ * - `is_replica`: a hot standby following the branch's primary;
+ * - otherwise a primary: of `branch` at its tip, or of a new branch named like the compute, forked from the
+ *   branch (default: the main compute's) at `at` or at its present. At most one primary per branch.
+ */
+export async function createCompute(daemon: Daemon, request: CreateComputeRequest): Promise<ComputeInfo> {
+  const name = checkName('compute', request.name);
+  if (daemon.computes.has(name)) throw new NeonError('pg_exists', `a compute named "${name}" already exists`, { status: 409 });
+  const storage = optionalString(request, 'storage_name');
+  if (storage !== undefined && storage !== 'default') {
+    throw new NeonError('storage_not_found', `no storage named "${storage}": computes use the repository's storage ("default")`, {
+      status: 404,
+    });
+  }
+  const branchName = optionalString(request, 'branch');
+  const at = optionalString(request, 'at');
+  if (branchName) daemon.pageserver.history.branch(branchName);
+  const home = path.join(daemon.repo.computesDir, name);
+  if (request.read_only === true) {
+    if (!at) throw new NeonError('bad_request', 'a read-only compute is frozen at a point: give "at" (a snapshot, LSN or time)');
+    const target = await resolveTarget(daemon, at, branchName);
+    return materialise(
+      daemon,
+      name,
+      target.branch,
+      { lsn: target.lsn, time: target.time, timeline: target.timeline, action: 'pause' },
+      { readOnly: true, at },
+    );
+  }
+  if (request.is_replica === true) {
+    const branch = branchName ?? daemon.mainBranch();
+    const primary = primaryOfBranch(daemon, branch);
+    if (!primary || primary.state !== 'running') {
+      throw new NeonError('no_primary', `branch ${branch} has no running primary for a replica to follow`, { status: 409 });
+    }
+    return materialise(daemon, name, branch, { action: 'standby', primary: primary.record }, { replica: true });
+  }
+  // A primary: on an existing branch at its tip, or on a new branch named like the compute.
+  let branch = branchName;
+  if (!branch || at) {
+    if (daemon.pageserver.history.hasBranch(name)) {
+      throw new NeonError('branch_exists', `a branch named "${name}" already exists: use --branch ${name} to put a compute on it`, {
+        status: 409,
+      });
+    }
+    branch = (await createBranch(daemon, { name, parent: branchName, at })).name;
+  } else {
+    const taken = primaryOfBranch(daemon, branch);
+    if (taken) {
+      throw new NeonError(
+        'branch_has_primary',
+        `branch ${branch} already has a primary compute (${taken.record.name}): add --replica for a read-only follower, or --read-only --at for a static one`,
+        { status: 409 },
+      );
+    }
+  }
+  try {
+    return await materialise(daemon, name, branch, await tipTarget(daemon, branch), {});
+  } catch (error) {
+    // A branch made for this compute goes with it when the compute cannot be made.
+    if (!branchName || at) await daemon.pageserver.history.deleteBranch(branch).catch(() => undefined);
+    throw error;
+  } finally {
+    fs.mkdirSync(home, { recursive: true });
+  }
+}
+
+/** Where a primary starts on a branch: its tip when it has WAL of its own, else its fork point. */
+async function tipTarget(daemon: Daemon, branch: string): Promise<RecoveryTarget> {
+  const own = [...(await daemon.wal.names(branch))].some((name) => parseSegmentName(name, 16 * 1024 * 1024));
+  if (own) return { action: 'promote' };
+  const { forkLsn, forkTime } = daemon.pageserver.history.branch(branch);
+  return { lsn: forkLsn ? parseLsn(forkLsn) : undefined, time: forkTime ? new Date(forkTime) : undefined, action: 'promote' };
+}
+
+type Kind = Pick<ComputeRecord, 'readOnly' | 'replica' | 'at'>;
+
+/** Restore the branch's history into the compute's folder, start it there, and make it a compute of the repository. */
+async function materialise(
+  daemon: Daemon,
+  name: string,
+  branch: string,
+  target: RecoveryTarget | { action: 'standby'; primary: ComputeRecord },
+  kind: Kind,
+): Promise<ComputeInfo> {
+  const home = path.join(daemon.repo.computesDir, name);
+  const main = daemon.compute('main').record;
+  try {
+    fs.mkdirSync(home, { recursive: true, mode: 0o755 });
+    const walDir = path.join(home, 'wal');
+    const standby = target.action === 'standby';
+    const prepared = await daemon.pageserver.prepare(branch, standby ? { action: 'promote' } : target, path.join(home, 'pgdata'), walDir, {
+      finishedWalOnly: standby,
+    });
+    const settings = { ...prepared.settings };
+    if (standby) {
+      // A replica streams from the primary, and restores older WAL from the store until it catches up.
+      const primary = target.primary;
+      fs.renameSync(path.join(home, 'pgdata', 'recovery.signal'), path.join(home, 'pgdata', 'standby.signal'));
+      settings.primary_conninfo = `host=127.0.0.1 port=${primary.port} user=${primary.user} password=${primary.password} application_name=${name}`;
+      delete settings.recovery_target_action;
+    }
+    const until = standby ? 'standby' : target.action === 'pause' ? 'paused' : 'promoted';
+    // Roles come from the image: the parent's login works until a primary gets a password of its own.
+    const source = standby ? target.primary : main;
+    const record: ComputeRecord = {
+      name,
+      branch,
+      dataDir: path.join('computes', name, 'pgdata'),
+      port: await freePort(),
+      user: source.user,
+      password: source.password,
+      database: source.database,
+      running: true,
+      createdAt: new Date().toISOString(),
+      ...kind,
+      recovery: { settings, until, ...(until === 'promoted' ? { walDir } : {}) },
+    };
+    await daemon.saveCompute(record);
+    const compute = daemon.addCompute(record);
+    await compute.start();
+    if (until === 'promoted') await becomePrimary(daemon, compute);
+    return compute.info();
+  } catch (error) {
+    await destroyCompute(daemon, name, { force: true }).catch(() => undefined);
+    throw error;
+  }
+}
+
+/** A compute that just became a primary: its branch learns where it forked, and it gets a password of its own. */
+async function becomePrimary(daemon: Daemon, compute: Compute): Promise<void> {
+  const { history } = daemon.pageserver;
+  const branch = history.branch(compute.record.branch);
+  if (!branch.forkLsn && branch.parent && compute.reachedLsn) await history.updateBranch(branch.name, { forkLsn: compute.reachedLsn });
+  const password = randomBytes(18).toString('base64url');
+  // Not waiting for the safekeepers: this compute's stream may not be attached yet.
+  await sql(
+    compute.record,
+    `begin; set local synchronous_commit = local; alter role ${quoteIdent(compute.record.user)} password '${password}'; commit`,
+  );
+  compute.record = { ...compute.record, password };
+  await daemon.saveCompute(compute.record);
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/**
+ * `pg promote`: a replica becomes a primary. While its branch's primary runs, it becomes the primary of a new
+ * branch forked where it had replayed to (the old primary keeps the old branch); when that primary is gone, it
+ * takes over the same branch.
+ */
+export async function promoteCompute(daemon: Daemon, name: string): Promise<ComputeInfo & { forked: boolean; from: string }> {
+  const compute = daemon.compute(name);
+  if (!compute.record.replica) {
+    throw new NeonError(
+      'not_a_replica',
+      `compute ${name} is ${compute.record.readOnly ? 'a static compute' : 'a primary'}: only a replica can be promoted`,
+    );
+  }
+  if (compute.state !== 'running')
+    throw new NeonError('not_running', `replica ${name} is not running (neon pg start -n ${name} --replica)`, { status: 409 });
+  const from = compute.record.branch;
+  const primary = primaryOfBranch(daemon, from);
+  const fork = primary?.state === 'running';
+  const [{ lsn }] = await sql(compute.record, 'select pg_last_wal_replay_lsn()::text as lsn');
+  let branch = from;
+  if (fork) {
+    branch = daemon.pageserver.history.hasBranch(name) ? `${from}-${name}` : name;
+    await daemon.pageserver.history.addBranch({ name: branch, parent: from, forkLsn: lsn, createdAt: new Date().toISOString() });
+  } else if (primary) {
+    // The old primary must never write on this branch again.
+    primary.record = { ...primary.record, retired: name };
+    await daemon.saveCompute(primary.record);
+  }
+  await sql(compute.record, 'select pg_promote(true, 60)');
+  compute.record = { ...compute.record, branch, replica: false, recovery: undefined };
+  await daemon.saveCompute(compute.record);
+  await compute.applySettings(daemon.primarySettings(compute.record));
+  daemon.safekeepers.attach(branch, daemon.primaryOf(compute.record));
+  await becomePrimary(daemon, compute);
+  daemon.sync?.schedule();
+  return { ...compute.info(), forked: fork, from };
+}
+
+/** `DELETE /pgs/:name`: stop a compute and remove its data directory; its branch and history stay. */
+export async function destroyCompute(daemon: Daemon, name: string, options: { force?: boolean } = {}): Promise<void> {
+  if (name === 'main')
+    throw new NeonError('pg_main', 'the main compute cannot be destroyed (neon pg stop -n main stops it)', { status: 400 });
+  const compute = daemon.computes.get(name);
+  if (!compute && !options.force) daemon.compute(name);
+  await compute?.stop();
+  daemon.computes.delete(name);
+  const state = await daemon.repo.readState();
+  delete state.computes[name];
+  await daemon.repo.writeState(state);
+  // Asynchronously: a data directory holds a thousand files, and the daemon keeps answering meanwhile.
+  await fs.promises.rm(path.join(daemon.repo.computesDir, name), { recursive: true, force: true });
+  // A primary's branch keeps its history; the safekeepers stop following it.
+  if (compute && !compute.record.readOnly && !compute.record.replica && !primaryOfBranch(daemon, compute.record.branch)) {
+    daemon.safekeepers.detach(compute.record.branch);
+  }
+}

@@ -1,0 +1,308 @@
+import fs from 'node:fs/promises';
+import { builtinPlugins } from './builtins.js';
+import { loadConfig, type NeonConfig } from '../core/config.js';
+import { Compute, type ComputeInfo } from './compute.js';
+import { NeonError, isExpected, messageOf } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
+import { createHooks, type NeonHooks } from '../core/hooks.js';
+import { acquireDaemonLock } from './lock.js';
+import { createLogger, type Logger } from '../core/log.js';
+import { applyPlugins, type NeonPlugin } from '../core/plugin.js';
+import { checkBinaries, reachableBinaries, type PgBinaries } from '../postgres/binaries.js';
+import { pgUserFor, type PgUser } from '../postgres/user.js';
+import { resolveLauncher, resolveStorage } from '../core/resolve.js';
+import { Safekeepers } from './safekeepers.js';
+import type { Storage } from '../core/storage.js';
+import { WalStore } from '../wal/store.js';
+import { ImageService } from './images.js';
+import { StorageSync } from './storage-sync.js';
+import type { Launcher } from '../core/launcher.js';
+import { Pageserver } from '../pageserver/pageserver.js';
+import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
+import { RestServer } from '../core/rest.js';
+import { registerRoutes, statusOf, type Status } from './routes.js';
+import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
+
+/** The REST port used when none is configured (the seed's `http://localhost:3000`). */
+export const DEFAULT_DAEMON_PORT = 3000;
+
+/** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
+export type DaemonMessage =
+  { type: 'ready'; port: number; notice?: string; status: Status; pgs: ComputeInfo[] } | { type: 'error'; code: string; message: string };
+
+/**
+ * The neon daemon: owns the components of one repository (the computes for now), supervises them and answers
+ * the REST API on 127.0.0.1. Stopping it (`neon stop`, SIGTERM, SIGINT) stops everything it started.
+ */
+export class Daemon {
+  readonly computes = new Map<string, Compute>();
+  readonly startedAt = new Date();
+  port = 0;
+  hooks!: NeonHooks;
+  plugins: NeonPlugin[] = [];
+  binaries!: PgBinaries;
+  config: NeonConfig = {};
+  configFile?: string;
+  pgUser?: PgUser;
+  safekeepers!: Safekeepers;
+  pageserver!: Pageserver;
+  images?: ImageService;
+  /** Pushes images, packs and history to storage_dest, when there is one. */
+  sync?: StorageSync;
+  private computeLauncher!: Launcher;
+  wal!: WalStore;
+  storage?: Storage;
+  /** Status sections contributed by plugins (see StartContext.status). */
+  readonly pluginStatus = new Map<string, () => unknown>();
+  private rest?: RestServer;
+  private releaseLock?: () => Promise<void>;
+  private shuttingDown?: Promise<void>;
+  /** Called once everything is stopped (the daemon process exits there). */
+  onStopped: () => void = () => undefined;
+
+  constructor(
+    readonly repo: Repository,
+    readonly meta: RepoMeta,
+    readonly log: Logger,
+    /** The neon CLI script, which child processes such as safekeepers run. */
+    readonly cli: string,
+  ) {}
+
+  /** Start everything; resolves with a notice for the user (a port that had to change), if any. */
+  async start(): Promise<string | undefined> {
+    const { repo, meta, log } = this;
+    this.releaseLock = await acquireDaemonLock(repo.pidFile, repo.dir);
+    await fs.rm(repo.daemonFile, { force: true });
+    const loaded = await loadConfig(meta.projectDir, { command: 'start' }, builtinPlugins());
+    this.config = loaded.config;
+    this.configFile = loaded.file;
+    this.plugins = loaded.plugins;
+    this.hooks = createHooks();
+    applyPlugins(this.hooks, this.plugins);
+    log.info('config %s; plugins: %s', loaded.file ?? '(defaults)', this.plugins.map((p) => p.name).join(', '));
+
+    this.pgUser = pgUserFor(this.config.postgres?.user);
+    this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
+    this.computeLauncher = await resolveLauncher(this.hooks, 'compute');
+    const token = await repo.readToken();
+    this.storage = meta.storageDest ? await resolveStorage(this.hooks, meta.storageDest) : undefined;
+    const state = await repo.readState();
+    const safekeeperCount = this.config.safekeepers ?? 1;
+    this.safekeepers = new Safekeepers(safekeeperCount, {
+      repo,
+      launcher: safekeeperCount ? await resolveLauncher(this.hooks, 'safekeeper') : this.computeLauncher,
+      cli: this.cli,
+      hooks: this.hooks,
+      log: log.child('safekeepers'),
+      mainBranch: () => this.mainBranch(),
+    });
+    this.wal = new WalStore(
+      () => this.safekeepers.nodes,
+      this.storage,
+      // The main compute's branch first: offload reports its progress.
+      () => [this.mainBranch(), ...this.safekeepers.branches().filter((b) => b !== this.mainBranch())],
+    );
+    this.pageserver = await Pageserver.open({
+      repoDir: repo.dir,
+      log: log.child('pageserver'),
+      owner: this.pgUser,
+      wal: this.wal,
+      hooks: this.hooks,
+    });
+    if (this.storage) {
+      const first = this.pageserver.images('main')[0];
+      const systemId = first ? (await this.pageserver.readImage(first.key)).systemId : 'unknown';
+      const login = state.computes.main;
+      this.sync = new StorageSync(
+        this.pageserver,
+        this.storage,
+        () => ({
+          systemId,
+          pgVersion: this.binaries.version,
+          login: { user: login.user, password: login.password, database: login.database },
+          branch: this.mainBranch(),
+        }),
+        log.child('sync'),
+      );
+      this.sync.schedule();
+    }
+
+    this.rest = registerRoutes(new RestServer(token, log.child('rest')), this);
+    const notice = await this.listen();
+    await writeFileAtomic(
+      repo.daemonFile,
+      JSON.stringify({ pid: process.pid, port: this.port, startedAt: this.startedAt.toISOString() }) + '\n',
+    );
+    log.info('REST API on http://127.0.0.1:%d', this.port);
+
+    for (const record of Object.values(state.computes)) this.addCompute(record);
+    // The safekeepers follow every primary wherever it runs (its port may change between starts).
+    this.hooks.computeStarted.tap('neon:safekeepers', ({ name }) => {
+      const record = this.compute(name).record;
+      if (isPrimary(record)) this.safekeepers.attach(record.branch, this.primaryOf(record));
+    });
+    await Promise.all([...this.computes.values()].filter((c) => c.record.running).map((c) => c.start()));
+    await this.safekeepers.start();
+    // Stopped primaries too: their streams report that the primary is down, and resume when it is back.
+    for (const compute of this.computes.values()) {
+      if (!isPrimary(compute.record)) continue;
+      this.safekeepers.attach(compute.record.branch, this.primaryOf(compute.record));
+      if (compute.state === 'running') {
+        void this.safekeepers.dropStaleSlots(this.primaryOf(compute.record)).catch((e) => log.warn('%s', messageOf(e)));
+      }
+    }
+    await this.hooks.start.promise({
+      repo,
+      log,
+      storageDest: meta.storageDest,
+      storage: this.storage,
+      wal: this.wal,
+      status: this.pluginStatus,
+    });
+    this.images = new ImageService(this, this.config.pageserver);
+    if (this.pageserver.images('main').length === 0 && this.computes.get('main')?.state === 'running') {
+      this.pageserver.setFirstImage(this.images.take('main'));
+    }
+    this.images.start();
+    return notice;
+  }
+
+  /** Supervise a compute of the repository (read from state.json, or just created). */
+  addCompute(record: ComputeRecord): Compute {
+    // Modest memory for every compute but main unless configured, so that ten of them fit on a laptop.
+    const sharedBuffers = this.config.postgres?.sharedBuffers ?? (record.name === 'main' ? undefined : '32MB');
+    const compute = new Compute(record, {
+      repo: this.repo,
+      binaries: this.binaries,
+      pgUser: this.pgUser,
+      launcher: this.computeLauncher,
+      hooks: this.hooks,
+      log: this.log.child(`compute ${record.name}`),
+      sharedBuffers,
+      settings: { ...this.config.postgres?.settings, ...this.primarySettings(record) },
+      save: (changed) => this.saveCompute(changed),
+    });
+    this.computes.set(record.name, compute);
+    return compute;
+  }
+
+  // The configured port (neon.config.ts daemon.port, or NEON_PORT) must be free; the default may move.
+  private async listen(): Promise<string | undefined> {
+    const configured = process.env.NEON_PORT ? Number(process.env.NEON_PORT) : this.config.daemon?.port;
+    if (configured !== undefined && (!Number.isInteger(configured) || configured < 0 || configured > 65535)) {
+      throw new NeonError('bad_port', `daemon port ${configured} is not a port number (0-65535)`);
+    }
+    try {
+      this.port = await this.rest!.listen(configured ?? DEFAULT_DAEMON_PORT);
+      return undefined;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+      if (configured !== undefined) {
+        const where = process.env.NEON_PORT ? 'NEON_PORT' : 'daemon.port in neon.config.ts';
+        throw new NeonError(
+          'port_taken',
+          `port ${configured} (set by ${where}) is already in use on 127.0.0.1: free it or choose another port`,
+        );
+      }
+      this.port = await this.rest!.listen(0);
+      return `port ${DEFAULT_DAEMON_PORT} is in use, so the REST API listens on port ${this.port}`;
+    }
+  }
+
+  /** The branch of the main compute: the default branch for snapshots and new branches. */
+  mainBranch(): string {
+    return this.computes.get('main')?.record.branch ?? 'main';
+  }
+
+  /** Settings that make a branch's primary wait for its safekeepers. */
+  primarySettings(record: ComputeRecord): Record<string, string> {
+    const names = isPrimary(record) ? this.safekeepers.standbyNames() : undefined;
+    return names ? { synchronous_standby_names: names } : {};
+  }
+
+  /** How a safekeeper reaches a compute. */
+  primaryOf(record: ComputeRecord): PrimaryInfo {
+    return { host: '127.0.0.1', port: record.port, user: record.user, password: record.password };
+  }
+
+  /** Record a changed compute (its port, whether it should run) in state.json. */
+  async saveCompute(record: { name: string } & Partial<Compute['record']>): Promise<void> {
+    const state = await this.repo.readState();
+    state.computes[record.name] = { ...state.computes[record.name], ...record };
+    await this.repo.writeState(state);
+  }
+
+  private serial: Promise<unknown> = Promise.resolve();
+
+  /** Run changes of history and computes one at a time (a checkout and a snapshot must not interleave). */
+  serially<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.serial.then(work);
+    this.serial = run.catch(() => undefined);
+    return run;
+  }
+
+  /** What `GET /pgs` answers. */
+  pgs(): ComputeInfo[] {
+    return [...this.computes.values()].map((c) => c.info());
+  }
+
+  /** The compute called `name`, or a 404. */
+  compute(name: string): Compute {
+    const found = this.computes.get(name);
+    if (!found) throw new NeonError('pg_not_found', `no compute named "${name}" (see \`neon pg list\`)`, { status: 404 });
+    return found;
+  }
+
+  /** Stop everything and exit. Safe to call more than once. */
+  shutdown(reason: 'request' | 'signal'): Promise<void> {
+    this.shuttingDown ??= (async () => {
+      const { log, repo } = this;
+      log.info('stopping (%s)', reason);
+      await this.images?.stop();
+      await this.sync?.flush().catch((e) => log.warn('%s', messageOf(e)));
+      if (this.hooks) await this.hooks.stop.promise({ repo, log, reason }).catch((e) => log.error('%s', messageOf(e)));
+      await Promise.all([...this.computes.values()].map((c) => c.stop().catch((e) => log.error('%s', messageOf(e)))));
+      // After the computes: a stopping primary sends its last WAL (the shutdown checkpoint) to the safekeepers.
+      await this.safekeepers?.stop().catch((e) => log.error('%s', messageOf(e)));
+      await this.rest?.close();
+      await this.pageserver?.close().catch((e) => log.error('%s', messageOf(e)));
+      await fs.rm(repo.daemonFile, { force: true });
+      await this.releaseLock?.();
+      log.info('stopped');
+      this.onStopped();
+    })();
+    return this.shuttingDown;
+  }
+}
+
+/** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
+export async function runDaemon(repoDir: string, cli: string): Promise<void> {
+  const repo = new Repository(repoDir);
+  const log = createLogger('daemon');
+  const tell = (message: DaemonMessage) => process.send?.(message);
+  let daemon: Daemon | undefined;
+  const onSignal = () => (daemon ? void daemon.shutdown('signal') : process.exit(1));
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', () => undefined);
+  process.on('uncaughtException', (error) => {
+    log.error('uncaught: %s', error.stack ?? error.message);
+    process.exitCode = 1;
+    onSignal();
+  });
+  try {
+    daemon = new Daemon(repo, await repo.readMeta(), log, cli);
+    daemon.onStopped = () => process.exit();
+    log.info('starting daemon pid %d for %s', process.pid, repo.dir);
+    const notice = await daemon.start();
+    // The answer to `neon start` travels with the ready message: no HTTP round trips before it can print.
+    tell({ type: 'ready', port: daemon.port, notice, status: statusOf(daemon), pgs: daemon.pgs() });
+  } catch (error) {
+    log.error('start failed: %s', isExpected(error) ? messageOf(error) : (error as Error).stack);
+    tell({ type: 'error', code: error instanceof NeonError ? error.code : 'internal', message: messageOf(error) });
+    process.exitCode = 1;
+    await daemon?.shutdown('signal');
+    process.exit();
+  }
+  if (process.connected) process.disconnect();
+}

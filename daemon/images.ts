@@ -1,0 +1,117 @@
+import type { PageserverConfig } from '../core/config.js';
+import type { Daemon } from './daemon.js';
+import { NeonError, messageOf } from '../core/errors.js';
+import { isPrimary } from './repository.js';
+import { formatLsn } from '../core/wal.js';
+import type { ImageManifest } from '../pageserver/manifest.js';
+import { takeOnlineImage } from '../pageserver/take-image.js';
+
+const CHECK_EVERY_MS = 15_000;
+
+/** What `GET /status` says about base images. */
+export interface ImageStatus {
+  last_image: { branch: string; end_lsn: string; created_at: string } | null;
+  taking: boolean;
+  error: string | null;
+}
+
+/**
+ * Base images of the main compute's branch: taken in the background once enough WAL or time has passed since the
+ * last one (so that reaching any point replays little WAL), and on demand. One at a time.
+ */
+export class ImageService {
+  private timer?: NodeJS.Timeout;
+  private queue: Promise<unknown> = Promise.resolve();
+  private taking = false;
+  private error: string | null = null;
+  private readonly afterBytes: bigint;
+  private readonly intervalMs: number;
+
+  constructor(
+    private readonly daemon: Daemon,
+    config: PageserverConfig = {},
+  ) {
+    this.afterBytes = BigInt(Math.round((config.imageAfterMb ?? 64) * 1024 * 1024));
+    this.intervalMs = (config.imageIntervalMinutes ?? 10) * 60_000;
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.check(), CHECK_EVERY_MS);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.queue.catch(() => undefined);
+  }
+
+  status(): ImageStatus {
+    const main = this.daemon.computes.get('main');
+    const last = main ? this.daemon.pageserver.images(main.record.branch).at(-1) : undefined;
+    return {
+      last_image: last ? { branch: last.branch, end_lsn: formatLsn(last.endLsn), created_at: last.createdAt } : null,
+      taking: this.taking,
+      error: this.error,
+    };
+  }
+
+  /** Take an image of a primary compute's branch now (default: the main compute), after any image being taken. */
+  take(computeName = 'main'): Promise<ImageManifest> {
+    const run = this.queue.then(() => this.takeNow(computeName));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async takeNow(computeName: string): Promise<ImageManifest> {
+    const { daemon } = this;
+    const compute = daemon.compute(computeName);
+    if (compute.state !== 'running' || !isPrimary(compute.record)) {
+      throw new NeonError(
+        'not_running',
+        `compute ${computeName} is not a running primary: a base image is taken from one (neon pg start -n ${computeName})`,
+        {
+          status: 409,
+        },
+      );
+    }
+    this.taking = true;
+    try {
+      const stored = await daemon.pageserver.takeImage((mirror) =>
+        takeOnlineImage({
+          store: daemon.pageserver.store,
+          branch: compute.record.branch,
+          pgVersion: daemon.binaries.version,
+          primary: daemon.primaryOf(compute.record),
+          mirror,
+        }),
+      );
+      this.error = null;
+      daemon.sync?.schedule();
+      return stored;
+    } catch (error) {
+      this.error = messageOf(error);
+      throw error;
+    } finally {
+      this.taking = false;
+    }
+  }
+
+  // The policy, for every running primary: enough WAL since its branch's last image, or enough time with some WAL.
+  private async check(): Promise<void> {
+    if (this.taking) return;
+    for (const compute of this.daemon.computes.values()) {
+      if (compute.state !== 'running' || !isPrimary(compute.record)) continue;
+      const { branch } = compute.record;
+      const tip = this.daemon.safekeepers.flushedOf(branch);
+      if (tip === undefined) continue;
+      const last = this.daemon.pageserver.images(branch).at(-1);
+      const since = last ? tip - last.endLsn : tip;
+      const age = last ? Date.now() - new Date(last.createdAt).getTime() : Infinity;
+      if (since >= this.afterBytes || (since > 0n && age >= this.intervalMs)) {
+        await this.take(compute.record.name).catch((error) =>
+          this.daemon.log.warn('background base image of %s failed: %s', branch, messageOf(error)),
+        );
+      }
+    }
+  }
+}

@@ -1,0 +1,181 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { builtinPlugins } from './builtins.js';
+import { loadConfig } from '../core/config.js';
+import { NeonError } from '../core/errors.js';
+import { createHooks } from '../core/hooks.js';
+import { isDaemonOf } from './lock.js';
+import type { Logger } from '../core/log.js';
+import { applyPlugins } from '../core/plugin.js';
+import { findBinaries, reachableBinaries } from '../postgres/binaries.js';
+import { initdb } from '../postgres/initdb.js';
+import { checkReachable, pgUserFor } from '../postgres/user.js';
+import { resolveStorage } from '../core/resolve.js';
+import { Repository, type ComputeRecord, type RepoMeta } from './repository.js';
+import { Pageserver } from '../pageserver/pageserver.js';
+import { takeOfflineImage } from '../pageserver/take-image.js';
+import type { PgBinaries } from '../postgres/binaries.js';
+import type { PgUser } from '../postgres/user.js';
+import type { Storage } from '../core/storage.js';
+import { pullRepository, pushRepository, readStoredRepository } from './storage-sync.js';
+import { WalStore } from '../wal/store.js';
+
+/** Options of `neon init` (also used by the first `neon start`). */
+export interface InitOptions {
+  repoDir: string;
+  /** Folder whose neon.config.* applies (the current folder). */
+  projectDir: string;
+  storageDest?: string;
+  pgVersion?: number;
+  /** Recreate an existing repository (its data is deleted). */
+  force?: boolean;
+  log: Logger;
+}
+
+/** Port of the main compute unless configured (taken → a free one at start). */
+export const DEFAULT_PG_PORT = 55432;
+
+// Entries init creates; --force and the clean-up of a half-made repository remove these and nothing else, so
+// that pointing NEON_REPO_DIR at a folder with other files in it never deletes them.
+const REPO_ENTRIES = [
+  'config.json',
+  'state.json',
+  'token',
+  'daemon.json',
+  'daemon.pid',
+  'logs',
+  'computes',
+  'safekeepers',
+  'offload',
+  'pageserver',
+];
+
+/**
+ * A new cluster: initdb, then the first base image, of the fresh cluster while it is stopped: every later point of
+ * main's history is reached from it (or from a newer one) by replaying WAL.
+ */
+async function createFresh(
+  pageserver: Pageserver,
+  binaries: PgBinaries,
+  dataDir: string,
+  main: ComputeRecord,
+  pgUser: PgUser | undefined,
+  now: boolean,
+): Promise<void> {
+  await initdb({ binaries, dataDir, superuser: main.user, password: main.password, pgUser });
+  await pageserver.createMain();
+  // With a storage_dest the first image is pushed now, so it is taken from the fresh cluster while it is stopped.
+  // Otherwise the daemon takes it from the running compute, in the background, without delaying the first start.
+  if (now)
+    await pageserver.takeImage((mirror) =>
+      takeOfflineImage({ store: pageserver.store, branch: 'main', pgVersion: binaries.version, dataDir, mirror }),
+    );
+}
+
+/**
+ * The cluster comes back from storage alone: the history, the newest image of the branch the main compute was on,
+ * and all the WAL offloaded after it. The main compute's first start replays that WAL to its end and promotes.
+ */
+async function restoreFromStorage(pageserver: Pageserver, storage: Storage, dataDir: string): Promise<Partial<ComputeRecord>> {
+  const branch = await pullRepository(pageserver, storage);
+  const prepared = await pageserver.prepare(branch, { action: 'promote' }, dataDir, path.join(path.dirname(dataDir), 'restore-wal'));
+  return { branch, recovery: { settings: prepared.settings, until: 'promoted', walDir: prepared.walDir } };
+}
+
+/**
+ * Create a repository: the API token, the main compute's data directory (initdb), the state, and last the
+ * config snapshot that marks the repository complete. Then the plugins' `init` hooks run.
+ */
+export async function initRepository(options: InitOptions): Promise<{ repo: Repository; meta: RepoMeta }> {
+  const repo = new Repository(options.repoDir);
+  if (await repo.exists()) {
+    if (!options.force) {
+      throw new NeonError(
+        'already_initialized',
+        `a neon repository already exists at ${repo.dir}: use \`neon start\`, or \`neon init --force\` to delete it and start over`,
+        { status: 409 },
+      );
+    }
+    const daemon = await repo.readDaemonInfo();
+    const pid = Number((await fs.readFile(repo.pidFile, 'utf8').catch(() => '')).trim()) || daemon?.pid;
+    if (pid && isDaemonOf(pid, repo.dir)) {
+      throw new NeonError('already_running', `neon is running for ${repo.dir}: run \`neon stop\` before \`neon init --force\``, {
+        status: 409,
+      });
+    }
+  }
+
+  // Everything that can fail on bad input is checked before anything is written.
+  const { config, plugins } = await loadConfig(options.projectDir, { command: 'init' }, builtinPlugins());
+  const hooks = createHooks();
+  applyPlugins(hooks, plugins);
+  const storageDestRaw = options.storageDest ?? config.storage_dest;
+  const storage = storageDestRaw ? await resolveStorage(hooks, storageDestRaw, options.projectDir) : undefined;
+  // A storage that already holds a repository is where this one comes back from (seed 003, scenario 2).
+  const stored = storage ? await readStoredRepository(storage) : undefined;
+  if (stored && options.pgVersion !== undefined && options.pgVersion !== stored.pgVersion) {
+    throw new NeonError(
+      'bad_pg_version',
+      `storage ${storage!.url} holds a PostgreSQL ${stored.pgVersion} database, not ${options.pgVersion}`,
+    );
+  }
+  const binaries = await findBinaries({
+    version: stored?.pgVersion ?? options.pgVersion ?? config.postgres?.version,
+    bin: config.postgres?.bin,
+  });
+  const pgUser = pgUserFor(config.postgres?.user);
+
+  await Promise.all(REPO_ENTRIES.map((entry) => fs.rm(path.join(repo.dir, entry), { recursive: true, force: true })));
+  await fs.mkdir(repo.logsDir, { recursive: true, mode: 0o755 });
+  await fs.mkdir(repo.computesDir, { recursive: true, mode: 0o755 });
+  const runnable = await reachableBinaries(binaries, pgUser);
+  checkReachable(pgUser, [path.join(runnable.binDir, 'postgres'), repo.computesDir]);
+  await repo.createToken();
+
+  const main: ComputeRecord = {
+    name: 'main',
+    branch: 'main',
+    dataDir: path.join('computes', 'main', 'pgdata'),
+    port: config.postgres?.port ?? DEFAULT_PG_PORT,
+    user: stored?.login.user ?? 'postgres',
+    password: stored?.login.password ?? randomBytes(18).toString('base64url'),
+    database: stored?.login.database ?? 'postgres',
+    running: true,
+    createdAt: new Date().toISOString(),
+  };
+  const pageserver = await Pageserver.open({
+    repoDir: repo.dir,
+    log: options.log,
+    owner: pgUser,
+    wal: storage && new WalStore(() => [], storage),
+  });
+  try {
+    if (stored) {
+      Object.assign(main, await restoreFromStorage(pageserver, storage!, repo.dataDirOf(main)));
+    } else {
+      await createFresh(pageserver, runnable, repo.dataDirOf(main), main, pgUser, !!storage);
+      if (storage) {
+        const { systemId } = await pageserver.readImage(pageserver.images('main')[0].key);
+        await pushRepository(pageserver, storage, { systemId, pgVersion: binaries.version, login: main, branch: 'main' });
+      }
+    }
+  } catch (error) {
+    await fs.rm(path.join(repo.computesDir, 'main'), { recursive: true, force: true });
+    throw error;
+  } finally {
+    await pageserver.close();
+  }
+  await repo.writeState({ computes: { main } });
+  const meta: RepoMeta = {
+    formatVersion: 1,
+    createdAt: new Date().toISOString(),
+    projectDir: path.resolve(options.projectDir),
+    ...(storage ? { storageDest: storage.url } : {}),
+    postgres: binaries,
+    plugins: plugins.map((p) => p.name),
+  };
+  await repo.writeMeta(meta);
+  await hooks.init.promise({ repo, log: options.log, storageDest: meta.storageDest, pgVersion: binaries.version });
+  return { repo, meta };
+}

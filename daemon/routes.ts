@@ -1,0 +1,190 @@
+import { userInfo } from 'node:os';
+import { checkout } from './checkout.js';
+import { createBranch, deleteBranch } from './branches.js';
+import { createCompute, destroyCompute, promoteCompute } from './computes.js';
+import { NeonError } from '../core/errors.js';
+import { createSnapshot, historyLog } from './snapshots.js';
+import { collectGarbage, verifyRepository } from './upkeep.js';
+import { formatLsn } from '../core/wal.js';
+import type { Daemon } from './daemon.js';
+import { RestResponse, type RestServer } from '../core/rest.js';
+
+/** The seed's `/pgs` actions, and those of `/safekeepers`. */
+const PG_ACTIONS = ['start', 'stop', 'promote'] as const;
+const SAFEKEEPER_ACTIONS = ['start', 'stop'] as const;
+
+/** The `action` of an actions request, checked against what the resource knows. */
+function actionOf<T extends string>(body: Record<string, unknown>, known: readonly T[], options: readonly string[] = []): T {
+  const action = body.action;
+  if (typeof action !== 'string' || !(known as readonly string[]).includes(action)) {
+    throw new NeonError('bad_action', `"action" must be one of ${known.join(', ')} (got ${JSON.stringify(action ?? null)})`, {
+      status: 400,
+    });
+  }
+  const extra = Object.keys(body).filter((key) => key !== 'action' && !options.includes(key));
+  if (extra.length) throw new NeonError('bad_request', `unknown field(s) ${extra.join(', ')} for action ${action}`, { status: 400 });
+  return action as T;
+}
+
+// WAL file names a client may ask for: segments and timeline history files, nothing that could be a path.
+const WAL_FILE = /^[0-9A-F]{24}$|^[0-9A-F]{8}\.history$/;
+
+/** The REST API: `/status`, the `/pgs` resource, and `/shutdown` for `neon stop`. */
+export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
+  return rest
+    .route('GET', '/status', async () => statusOf(daemon))
+    .route('GET', '/pgs', async () => daemon.pgs())
+    .route('GET', '/pgs/:name', async ({ params }) => daemon.compute(params.name).info())
+    .route('POST', '/pgs/:name/actions', async ({ params, body }) => {
+      const compute = daemon.compute(params.name);
+      const action = actionOf(body, PG_ACTIONS, ['is_replica']);
+      if (action === 'promote') return daemon.serially(() => promoteCompute(daemon, params.name));
+      if (action === 'start') {
+        const { record } = compute;
+        if (record.retired) {
+          throw new NeonError(
+            'retired',
+            `compute ${record.name} was replaced on branch ${record.branch} by ${record.retired}: destroy it`,
+            { status: 409 },
+          );
+        }
+        if (body.is_replica === true && !record.replica) {
+          throw new NeonError(
+            'not_a_replica',
+            `compute ${record.name} is not a replica: create one with neon pg create -n NAME --branch ${record.branch} --replica`,
+          );
+        }
+        await compute.start();
+      } else await compute.stop();
+      await daemon.saveCompute({ name: compute.record.name, running: action === 'start' });
+      return compute.info();
+    })
+    .route('GET', '/safekeepers', async () => daemon.safekeepers.info())
+    .route('GET', '/safekeepers/:name', async ({ params }) => daemon.safekeepers.get(params.name).info())
+    .route('POST', '/safekeepers/:name/actions', async ({ params, body }) => {
+      const node = daemon.safekeepers.get(params.name);
+      if (actionOf(body, SAFEKEEPER_ACTIONS) === 'stop') await node.stop();
+      else await node.start();
+      return node.info();
+    })
+    .route('GET', '/wal/:branch/:file', async ({ params }) => {
+      if (!WAL_FILE.test(params.file)) {
+        throw new NeonError('bad_wal_name', `"${params.file}" is not a WAL segment or history file name`, { status: 400 });
+      }
+      const bytes = await daemon.wal.read(params.branch, params.file);
+      if (!bytes) throw new NeonError('wal_not_found', `no WAL file ${params.file} for branch ${params.branch}`, { status: 404 });
+      return bytes;
+    })
+    .route('GET', '/snapshots', async () => daemon.pageserver.history.snapshots())
+    .route(
+      'POST',
+      '/snapshots',
+      async ({ body }) => new RestResponse(201, await daemon.serially(() => createSnapshot(daemon, { name: body.name }))),
+    )
+    .route('GET', '/snapshots/:name', async ({ params }) => daemon.pageserver.history.snapshot(params.name))
+    .route('DELETE', '/snapshots/:name', async ({ params }) => {
+      await daemon.serially(() => daemon.pageserver.history.deleteSnapshot(params.name));
+      daemon.sync?.schedule();
+      return { deleted: params.name };
+    })
+    .route('GET', '/branches', async () => daemon.pageserver.history.branches())
+    .route('POST', '/branches', async ({ body }) => new RestResponse(201, await daemon.serially(() => createBranch(daemon, body))))
+    .route('DELETE', '/branches/:name', async ({ params }) => {
+      await daemon.serially(() => deleteBranch(daemon, params.name));
+      return { deleted: params.name };
+    })
+    .route('GET', '/images', async () =>
+      daemon.pageserver.history
+        .branches()
+        .flatMap((b) => daemon.pageserver.images(b.name).map((i) => ({ ...i, endLsn: formatLsn(i.endLsn) }))),
+    )
+    .route('POST', '/images', async ({ body }) => {
+      if (body.compute !== undefined && typeof body.compute !== 'string')
+        throw new NeonError('bad_request', '"compute" must be a compute name');
+      const image = await daemon.images!.take((body.compute as string | undefined) ?? 'main');
+      const { files, ...summary } = image;
+      return new RestResponse(201, { ...summary, files: files.length });
+    })
+    .route('POST', '/checkout', async ({ body }) => daemon.serially(() => checkout(daemon, body.target)))
+    .route('GET', '/log', async () => historyLog(daemon))
+    .route('PUT', '/pgs', async ({ body }) => new RestResponse(201, await daemon.serially(() => createCompute(daemon, body))))
+    .route('DELETE', '/pgs/:name', async ({ params }) => {
+      await daemon.serially(() => destroyCompute(daemon, params.name));
+      return { deleted: params.name };
+    })
+    .route('POST', '/verify', async ({ body }) => {
+      const names = body.snapshots;
+      if (names !== undefined && !(Array.isArray(names) && names.every((n) => typeof n === 'string'))) {
+        throw new NeonError('bad_request', '"snapshots" must be a list of snapshot names', { status: 400 });
+      }
+      return daemon.serially(() => verifyRepository(daemon, names as string[] | undefined));
+    })
+    .route('POST', '/gc', async ({ body }) => {
+      const days = body.keep_wal_days ?? 7;
+      if (typeof days !== 'number' || !(days >= 0))
+        throw new NeonError('bad_request', '"keep_wal_days" must be a number of days (0 or more)', { status: 400 });
+      return daemon.serially(() => collectGarbage(daemon, days));
+    })
+    .route('POST', '/shutdown', async () => {
+      // Answer first: the shutdown closes this server.
+      setImmediate(() => void daemon.shutdown('request'));
+      return new RestResponse(202, { stopping: true, pid: process.pid });
+    });
+}
+
+/** What `GET /status` answers. */
+export type Status = ReturnType<typeof statusOf>;
+
+/** The daemon, its Postgres binaries and its components, for `GET /status` and `neon status`. */
+export function statusOf(daemon: Daemon) {
+  // Read once: each safekeeper's entry reads /proc for its memory and CPU.
+  const safekeepers = daemon.safekeepers.info();
+  const { repo, meta, binaries } = daemon;
+  return {
+    repository: repo.dir,
+    project_dir: meta.projectDir,
+    config_file: daemon.configFile ?? null,
+    storage_dest: meta.storageDest ?? null,
+    plugins: daemon.plugins.map((p) => p.name),
+    daemon: {
+      pid: process.pid,
+      port: daemon.port,
+      url: `http://127.0.0.1:${daemon.port}`,
+      started_at: daemon.startedAt.toISOString(),
+      uptime_s: Math.round((Date.now() - daemon.startedAt.getTime()) / 1000),
+      log_file: repo.logFile('daemon'),
+    },
+    postgres: {
+      version: binaries.fullVersion,
+      source: binaries.source,
+      bin_dir: binaries.binDir,
+      run_as: daemon.pgUser?.name ?? userInfo().username,
+    },
+    branch: daemon.computes.get('main')?.record.branch ?? null,
+    safekeepers: safekeepers.map(({ rss_bytes, cpu_seconds, dir, ...rest }) => rest),
+    images: daemon.images?.status() ?? null,
+    sync: daemon.sync?.status() ?? null,
+    ...Object.fromEntries([...daemon.pluginStatus].map(([section, read]) => [section, read()])),
+    components: [
+      ...[...daemon.computes.values()].map((c) => {
+        const info = c.info();
+        return {
+          kind: 'compute',
+          name: info.name,
+          state: info.state,
+          pid: info.pid,
+          port: info.port as number | null,
+          restarts: info.restarts,
+        };
+      }),
+      ...safekeepers.map((sk) => ({
+        kind: 'safekeeper',
+        name: sk.name,
+        state: sk.state as string,
+        pid: sk.pid,
+        port: null,
+        restarts: sk.restarts,
+      })),
+    ],
+  };
+}

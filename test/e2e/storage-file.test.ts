@@ -1,0 +1,355 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { NeonError } from '../../core/errors.js';
+import { isTempName } from '../../core/fs-atomic.js';
+import { parseStorageUrl, readObject, type Storage } from '../../core/storage.js';
+import storageFile from '../../plugins/storage-file/index.js';
+import { cleanup, ROOT, tmpDir } from '../../testkit/env.js';
+
+/** Open `root` through the plugin, as the storage hook does. */
+async function open(root: string, plugin = storageFile()): Promise<Storage> {
+  const storage = await plugin.resolveStorage!.handler({ scheme: 'file', url: pathToFileURL(root).href, raw: root });
+  if (!storage) throw new Error('storage-file declined a file URL');
+  return storage;
+}
+
+/** The code of the NeonError that `promise` rejects with. */
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  const error = await promise.then(
+    () => 'resolved',
+    (e: unknown) => e,
+  );
+  assert.instance(error, NeonError, `expected a NeonError, got ${String(error)}`);
+  return (error as NeonError).code;
+}
+
+async function keys(storage: Storage, prefix?: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const object of storage.list(prefix)) out.push(object.key);
+  return out;
+}
+
+/** Every file under `dir` (relative paths, sorted), to see what really is on disk. */
+function filesOnDisk(dir: string): string[] {
+  const all = fs.readdirSync(dir, { recursive: true }) as string[];
+  return all.filter((name) => fs.statSync(path.join(dir, name)).isFile()).sort();
+}
+
+const text = (storage: Storage, key: string) => readObject(storage, key).then((b) => b.toString());
+
+/** A suite whose tests each get a fresh folder `dir` with a storage opened on `dir/store`. */
+function storageSuite(name: string) {
+  const test = suite(name, { dir: '', root: '', storage: undefined as unknown as Storage });
+  test.before.each(async (ctx) => {
+    ctx.dir = tmpDir('neon-storage-file-');
+    ctx.root = path.join(ctx.dir, 'store');
+    ctx.storage = await open(ctx.root);
+  });
+  test.after.each((ctx) => cleanup(ctx.dir));
+  return test;
+}
+
+const contract = storageSuite('storage-file contract');
+
+contract('Buffer, string and stream bodies come back byte-identical, with their sizes', async ({ root, storage }) => {
+  assert.is(storage.url, pathToFileURL(root).href);
+  const binary = Buffer.from([0, 255, 10, 13, 0, 128]);
+  const big = randomBytes(4 * 1024 * 1024 + 123);
+  let pulled = 0;
+  function* chunks() {
+    for (let at = 0; at < big.length; at += 64 * 1024, pulled++) yield big.subarray(at, at + 64 * 1024);
+  }
+  await storage.put('bin', binary);
+  await storage.put('text', 'héllo wörld\n');
+  await storage.put('deep/big', Readable.from(chunks()));
+  await storage.put('strings', Readable.from(['ab', 'cd', 'é']));
+  assert.is(pulled, 65, 'the whole stream was consumed');
+  assert.ok((await readObject(storage, 'bin')).equals(binary));
+  assert.is(await text(storage, 'text'), 'héllo wörld\n');
+  assert.ok((await readObject(storage, 'deep/big')).equals(big), 'the streamed object is byte-identical');
+  assert.is(await text(storage, 'strings'), 'abcdé');
+  assert.is((await storage.head('deep/big'))?.size, big.length);
+  assert.is((await storage.head('text'))?.size, Buffer.byteLength('héllo wörld\n'));
+  assert.instance((await storage.head('bin'))?.mtime, Date);
+  assert.equal(filesOnDisk(root), ['bin', 'deep/big', 'strings', 'text'], 'no temp files are left behind');
+});
+
+contract('a missing key: head is undefined, get is not_found, also for folders and paths through an object', async ({ storage }) => {
+  await storage.put('obj', 'x');
+  await storage.put('wal/seg', 'y');
+  for (const key of ['nope', 'wal/nope', 'wal', 'obj/child']) {
+    assert.is(await storage.head(key), undefined, `head ${key}`);
+    assert.is(await codeOf(storage.get(key)), 'not_found', `get ${key}`);
+  }
+});
+
+contract('delete removes; deleting a missing key, a folder or a path through an object is a no-op', async ({ root, storage }) => {
+  await storage.put('a', 'x');
+  await storage.put('wal/seg', 'y');
+  await storage.delete('a');
+  assert.is(await storage.head('a'), undefined);
+  assert.is(await codeOf(storage.get('a')), 'not_found');
+  for (const key of ['a', 'never', 'wal', 'wal/seg/x']) await storage.delete(key);
+  assert.is(await text(storage, 'wal/seg'), 'y', 'deleting the folder key left its objects alone');
+  assert.equal(filesOnDisk(root), ['wal/seg']);
+});
+
+contract('put replaces an existing object, also with a shorter one', async ({ root, storage }) => {
+  await storage.put('k', 'a long first version');
+  await storage.put('k', Buffer.from('short'));
+  assert.is(await text(storage, 'k'), 'short');
+  assert.is((await storage.head('k'))?.size, 5);
+  assert.equal(filesOnDisk(root), ['k']);
+});
+
+contract('a put whose stream fails leaves the old object and no temp file', async ({ root, storage }) => {
+  await storage.put('k', 'old');
+  const failing = new Readable({
+    read() {
+      this.push(Buffer.alloc(1024, 'n'));
+      this.destroy(new Error('source broke'));
+    },
+  });
+  const error = await storage.put('k', failing).catch((e: Error) => e);
+  assert.match(String((error as Error)?.message), /source broke/);
+  assert.is(await text(storage, 'k'), 'old');
+  assert.equal(filesOnDisk(root), ['k']);
+});
+
+const listing = storageSuite('storage-file list');
+
+listing('lists keys in order, into nested folders, filtered by any prefix', async ({ storage }) => {
+  const all = [
+    'a-z',
+    'a/b',
+    'base/2024/x',
+    'base/2024/y',
+    'base/b',
+    'wal.bak',
+    'wal/000000010000000000000001',
+    'wal/000000010000000000000002',
+    'wal/00000002.history',
+    'wal/000000020000000000000001',
+    'zeta',
+  ];
+  for (const key of [...all].reverse()) await storage.put(key, key);
+  assert.equal(await keys(storage), all);
+  assert.equal(await keys(storage, ''), all);
+  assert.equal(await keys(storage, 'wal/0000000100'), ['wal/000000010000000000000001', 'wal/000000010000000000000002']);
+  assert.equal(await keys(storage, 'wal/00000002'), ['wal/00000002.history', 'wal/000000020000000000000001']);
+  assert.equal(
+    await keys(storage, 'wal'),
+    all.filter((k) => k.startsWith('wal')),
+    'wal matches wal.bak and wal/…',
+  );
+  assert.equal(
+    await keys(storage, 'wal/'),
+    all.filter((k) => k.startsWith('wal/')),
+  );
+  assert.equal(await keys(storage, 'ba'), ['base/2024/x', 'base/2024/y', 'base/b']);
+  assert.equal(await keys(storage, 'base/2024/'), ['base/2024/x', 'base/2024/y']);
+  assert.equal(await keys(storage, 'a'), ['a-z', 'a/b']);
+  for (const missing of ['nope', 'nope/', 'wal/9', 'base/2025/', 'zeta/x', 'zeta/']) {
+    assert.equal(await keys(storage, missing), [], `prefix ${missing}`);
+  }
+  for await (const object of storage.list('base/2024/x')) assert.equal([object.key, object.size], ['base/2024/x', 11]);
+});
+
+listing('a prefix that climbs out of the root is refused', async ({ storage }) => {
+  assert.is(await codeOf(keys(storage, '../')), 'bad_key');
+  assert.is(await codeOf(keys(storage, 'a/../../x')), 'bad_key');
+});
+
+const conditional = storageSuite('storage-file ifAbsent');
+
+conditional('ifAbsent on an existing key is a conflict and keeps the old content', async ({ root, storage }) => {
+  await storage.put('k', 'old');
+  assert.is(await codeOf(storage.put('k', 'new', { ifAbsent: true })), 'conflict');
+  assert.is(await codeOf(storage.put('k', Readable.from([Buffer.from('new')]), { ifAbsent: true })), 'conflict');
+  assert.is(await text(storage, 'k'), 'old');
+  assert.equal(filesOnDisk(root), ['k'], 'the refused temp files are gone');
+});
+
+conditional('ifAbsent on a new key stores it', async ({ storage }) => {
+  await storage.put('fresh', 'v1', { ifAbsent: true });
+  await storage.put('deep/er/fresh', Readable.from(['v', '2']), { ifAbsent: true });
+  assert.is(await text(storage, 'fresh'), 'v1');
+  assert.is(await text(storage, 'deep/er/fresh'), 'v2');
+});
+
+conditional('of two concurrent ifAbsent puts of one key, exactly one wins', async ({ root, storage }) => {
+  const names = Array.from({ length: 20 }, (_, i) => `race/${i}`);
+  for (const key of names) {
+    const results = await Promise.allSettled(['A', 'B'].map((body) => storage.put(key, body.repeat(10_000), { ifAbsent: true })));
+    const won = results.findIndex((r) => r.status === 'fulfilled');
+    const lost = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    assert.is(lost.length, 1, `${key}: exactly one put fails`);
+    assert.is((lost[0].reason as NeonError).code, 'conflict');
+    assert.is(await text(storage, key), ['A', 'B'][won].repeat(10_000), `${key} holds the winner's body`);
+  }
+  assert.equal(filesOnDisk(root), [...names].sort());
+});
+
+const validation = storageSuite('storage-file key validation');
+
+validation('bad keys are refused by every operation and nothing lands outside the root', async ({ dir, root, storage }) => {
+  const bad = ['../x', '../../x', '/abs', 'a//b', 'a/./b', '', 'a/', './a', 'a/..', 'a\0b'];
+  for (const key of bad) {
+    assert.is(await codeOf(storage.put(key, 'evil')), 'bad_key', `put ${JSON.stringify(key)}`);
+    assert.is(await codeOf(storage.put(key, 'evil', { ifAbsent: true })), 'bad_key');
+    assert.is(await codeOf(storage.get(key)), 'bad_key', `get ${JSON.stringify(key)}`);
+    assert.is(await codeOf(storage.head(key)), 'bad_key', `head ${JSON.stringify(key)}`);
+    assert.is(await codeOf(storage.delete(key)), 'bad_key', `delete ${JSON.stringify(key)}`);
+  }
+  assert.equal(fs.readdirSync(dir), ['store']);
+  assert.equal(filesOnDisk(root), []);
+  assert.is(fs.existsSync('/abs'), false);
+});
+
+const crash = storageSuite('storage-file crash between temp write and rename');
+
+/** Kill `child` if it still runs and wait for it to be gone. */
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const gone = once(child, 'exit');
+  child.kill('SIGKILL');
+  await gone;
+}
+
+crash('a killed writer leaves the old object, no new one, and no visible temp file', async ({ dir, root, storage }) => {
+  await storage.put('base/old', 'old content');
+  const script = path.join(dir, 'writer.mjs');
+  fs.writeFileSync(
+    script,
+    `
+    import { Readable } from 'node:stream';
+    import { pathToFileURL } from 'node:url';
+    import storageFile from ${JSON.stringify(pathToFileURL(path.join(ROOT, 'plugins/storage-file/index.ts')).href)};
+    const root = process.argv[2];
+    const storage = await storageFile().resolveStorage.handler({ scheme: 'file', url: pathToFileURL(root).href, raw: root });
+    // Writes 64 KiB, then never ends: the put stays between its temp write and its rename.
+    const stalled = () => { let sent = false; return new Readable({ read() { if (!sent) { sent = true; this.push(Buffer.alloc(65536, 'n')); } } }); };
+    setInterval(() => {}, 1000);
+    await Promise.all([storage.put('base/old', stalled()), storage.put('base/new', stalled())]);
+    process.exit(3);
+  `,
+  );
+  const child = spawn(process.execPath, ['--import', 'tsx', script, root], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (chunk) => (stderr += chunk));
+  const temps = () => fs.readdirSync(path.join(root, 'base')).filter(isTempName);
+  try {
+    const deadline = Date.now() + 20_000;
+    const written = () => temps().filter((name) => fs.statSync(path.join(root, 'base', name)).size >= 65536);
+    while (written().length < 2) {
+      if (child.exitCode !== null) assert.unreachable(`the writer exited early (${child.exitCode}): ${stderr}`);
+      if (Date.now() > deadline) assert.unreachable(`no temp files appeared: ${stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    await stop(child);
+    assert.is(child.signalCode, 'SIGKILL');
+  } finally {
+    await stop(child);
+  }
+  assert.is(temps().length, 2, 'the crash really left two temp files');
+  assert.is(await text(storage, 'base/old'), 'old content');
+  assert.is((await storage.head('base/old'))?.size, 'old content'.length);
+  assert.is(await storage.head('base/new'), undefined);
+  assert.is(await codeOf(storage.get('base/new')), 'not_found');
+  assert.equal(await keys(storage), ['base/old']);
+  assert.equal(await keys(storage, 'base/'), ['base/old']);
+  await storage.put('base/new', 'after the crash', { ifAbsent: true });
+  await storage.put('base/old', 'replaced');
+  assert.is(await text(storage, 'base/new'), 'after the crash');
+  assert.is(await text(storage, 'base/old'), 'replaced');
+  assert.equal(await keys(storage), ['base/new', 'base/old']);
+});
+
+const urls = suite('parseStorageUrl');
+
+const parse = (raw: string) => parseStorageUrl(raw, '/srv/work');
+const urlOf = (raw: string) => parse(raw).url;
+const refusal = (raw: string): string => {
+  try {
+    parse(raw);
+  } catch (error) {
+    assert.instance(error, NeonError);
+    return `${(error as NeonError).code}: ${(error as Error).message}`;
+  }
+  assert.unreachable(`${JSON.stringify(raw)} was accepted`);
+  throw new Error('unreachable');
+};
+
+urls('bare paths resolve against cwd into file URLs; file:/// URLs are kept', () => {
+  assert.equal(parse('data/repo'), { scheme: 'file', url: 'file:///srv/work/data/repo', raw: 'data/repo' });
+  assert.is(urlOf('../up'), 'file:///srv/up');
+  assert.is(urlOf('/abs/path'), 'file:///abs/path');
+  assert.equal(parse('file:///abs/path'), { scheme: 'file', url: 'file:///abs/path', raw: 'file:///abs/path' });
+  assert.is(urlOf('FILE:///abs'), 'file:///abs');
+  assert.is(fileURLToPath(urlOf('my dir')), '/srv/work/my dir');
+  assert.is(parseStorageUrl('rel').url, pathToFileURL(path.resolve('rel')).href, 'cwd defaults to process.cwd()');
+});
+
+urls('trailing slashes are removed, and the root still maps to /', () => {
+  assert.is(urlOf('/x/y/'), 'file:///x/y');
+  assert.is(urlOf('file:///x/y//'), 'file:///x/y');
+  assert.is(urlOf('s3://b/p/'), 's3://b/p');
+  assert.is(urlOf('S3_PREFIX=s3://b/p/'), 's3://b/p');
+  assert.is(urlOf('/'), 'file:///');
+  assert.is(fileURLToPath(urlOf('file:///')), '/');
+});
+
+urls('WAL-G style FILE_PREFIX / S3_PREFIX map to URLs and keep what the user wrote', () => {
+  assert.equal(parse('FILE_PREFIX=/x'), { scheme: 'file', url: 'file:///x', raw: 'FILE_PREFIX=/x' });
+  assert.equal(parse('WALG_FILE_PREFIX=/x'), { scheme: 'file', url: 'file:///x', raw: 'WALG_FILE_PREFIX=/x' });
+  assert.is(urlOf('WALG_FILE_PREFIX=rel'), 'file:///srv/work/rel');
+  assert.equal(parse('S3_PREFIX=s3://b/p'), { scheme: 's3', url: 's3://b/p', raw: 'S3_PREFIX=s3://b/p' });
+  assert.equal(parse('WALG_S3_PREFIX=s3://b/p'), { scheme: 's3', url: 's3://b/p', raw: 'WALG_S3_PREFIX=s3://b/p' });
+  assert.equal(parse('WALG_S3_PREFIX=b/p'), { scheme: 's3', url: 's3://b/p', raw: 'WALG_S3_PREFIX=b/p' });
+});
+
+urls('empty input and file URLs with a host are refused', () => {
+  assert.match(refusal(''), /^bad_storage_url: storage URL is empty/);
+  assert.match(refusal('   '), /^bad_storage_url: /);
+  assert.match(refusal('FILE_PREFIX='), /^bad_storage_url: /);
+  assert.match(refusal('file://host/x'), /^bad_storage_url: "file:\/\/host\/x" names a host/);
+});
+
+const plugin = storageSuite('storage-file plugin');
+
+plugin('an unknown option is refused, naming the plugin and the option', () => {
+  assert.throws(() => storageFile({ bogus: 1 } as any), /\[plugin storage-file\] unknown option "bogus"/);
+  assert.not.throws(() => storageFile({ fsync: false }));
+});
+
+plugin('a missing root is created; fsync: false still stores', async ({ dir }) => {
+  const storage = await open(path.join(dir, 'a/b/c'), storageFile({ fsync: false }));
+  assert.ok(fs.statSync(path.join(dir, 'a/b/c')).isDirectory());
+  await storage.put('k', 'v');
+  assert.is(await text(storage, 'k'), 'v');
+});
+
+plugin('a root it cannot write (under a regular file) is storage_unwritable', async ({ dir }) => {
+  fs.writeFileSync(path.join(dir, 'file'), 'not a folder');
+  const root = path.join(dir, 'file/store');
+  const error = await open(root).catch((e: unknown) => e);
+  assert.instance(error, NeonError);
+  assert.is((error as NeonError).code, 'storage_unwritable');
+  assert.match((error as Error).message, root);
+  assert.is(fs.readFileSync(path.join(dir, 'file'), 'utf8'), 'not a folder');
+});
+
+contract.run();
+listing.run();
+conditional.run();
+validation.run();
+crash.run();
+urls.run();
+plugin.run();
