@@ -96,4 +96,3 @@ export async function changedPages(
   if (result.error) throw result.error;
   return changes;
 }
-

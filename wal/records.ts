@@ -158,7 +158,14 @@ const align8 = (n: number) => BigInt((n + 7) & ~7);
 const hex4 = (n: number) => n.toString(16).toUpperCase().padStart(4, '0');
 
 /** Validate the header of the WAL page at `pageLsn` whose bytes start at `bytes[offset]`, as Postgres does. */
-export function checkPageHeader(bytes: Uint8Array, offset: number, pageLsn: Lsn, segmentSize: number, segment: string, known: PageContext = {}): PageHeader {
+export function checkPageHeader(
+  bytes: Uint8Array,
+  offset: number,
+  pageLsn: Lsn,
+  segmentSize: number,
+  segment: string,
+  known: PageContext = {},
+): PageHeader {
   const fail = (reason: WalErrorReason, detail: string) => new WalDecodeError(reason, pageLsn, segment, detail);
   const info = u16(bytes, offset + 2);
   const header: PageHeader = {
@@ -170,7 +177,8 @@ export function checkPageHeader(bytes: Uint8Array, offset: number, pageLsn: Lsn,
     size: info & XLP_LONG_HEADER ? LONG_PAGE_HEADER : SHORT_PAGE_HEADER,
   };
   if (!PAGE_MAGIC[header.magic]) throw fail('page-magic', `invalid page magic ${hex4(header.magic)} (Postgres 14–17 expected)`);
-  if (known.magic !== undefined && header.magic !== known.magic) throw fail('page-magic', `page magic ${hex4(header.magic)} after ${hex4(known.magic)}`);
+  if (known.magic !== undefined && header.magic !== known.magic)
+    throw fail('page-magic', `page magic ${hex4(header.magic)} after ${hex4(known.magic)}`);
   if (info & ~XLP_ALL_FLAGS) throw fail('page-info', `invalid page info bits ${hex4(info)}`);
   if (info & XLP_LONG_HEADER) {
     header.systemId = u64(bytes, offset + 24);
@@ -179,15 +187,18 @@ export function checkPageHeader(bytes: Uint8Array, offset: number, pageLsn: Lsn,
     if (known.systemId !== undefined && header.systemId !== known.systemId) {
       throw fail('page-long-header', `WAL from another database system (${header.systemId}, expected ${known.systemId})`);
     }
-    if (header.segmentSize !== segmentSize) throw fail('page-long-header', `segment size ${header.segmentSize} in the page header, expected ${segmentSize}`);
-    if (header.blockSize !== WAL_PAGE_SIZE) throw fail('page-long-header', `WAL block size ${header.blockSize}, only ${WAL_PAGE_SIZE} is supported`);
+    if (header.segmentSize !== segmentSize)
+      throw fail('page-long-header', `segment size ${header.segmentSize} in the page header, expected ${segmentSize}`);
+    if (header.blockSize !== WAL_PAGE_SIZE)
+      throw fail('page-long-header', `WAL block size ${header.blockSize}, only ${WAL_PAGE_SIZE} is supported`);
     known.systemId = header.systemId;
   } else if (pageLsn % BigInt(segmentSize) === 0n) {
     throw fail('page-info', `the first page of a segment has no long header (info ${hex4(info)})`);
   }
   if (header.pageAddr !== pageLsn) throw fail('page-addr', `unexpected page address ${formatLsn(header.pageAddr)}`);
   if (known.lastPage === undefined || pageLsn > known.lastPage) {
-    if (known.tli !== undefined && header.tli < known.tli) throw fail('page-timeline', `out-of-sequence timeline ${header.tli} (after ${known.tli})`);
+    if (known.tli !== undefined && header.tli < known.tli)
+      throw fail('page-timeline', `out-of-sequence timeline ${header.tli} (after ${known.tli})`);
     known.lastPage = pageLsn;
     known.tli = header.tli;
   }
@@ -200,6 +211,8 @@ class Pages {
   readonly known: PageContext = {};
   private segno = -1n;
   private current?: WalSegment;
+  private lastLsn = -1n;
+  private last?: { h: PageHeader; data: Uint8Array; off: number };
   constructor(readonly source: WalSource) {}
 
   get version(): number | undefined {
@@ -212,6 +225,7 @@ class Pages {
 
   /** The validated page at `pageLsn`, with its bytes at `data[off]`. */
   page(pageLsn: Lsn): { h: PageHeader; data: Uint8Array; off: number } {
+    if (pageLsn === this.lastLsn && this.last) return this.last; // most records share their page with the one before
     const size = BigInt(this.source.segmentSize);
     const segno = pageLsn / size;
     if (segno !== this.segno) {
@@ -224,7 +238,9 @@ class Pages {
     }
     const data = this.current!.data;
     const off = Number(pageLsn % size);
-    return { h: this.header(pageLsn, data, off), data, off };
+    this.last = { h: this.header(pageLsn, data, off), data, off };
+    this.lastLsn = pageLsn;
+    return this.last;
   }
 
   private header(pageLsn: Lsn, data: Uint8Array, off: number): PageHeader {
@@ -275,7 +291,10 @@ export function* readRecords(source: WalSource, start: Lsn, options: ReadOptions
     if (!validRmgr(b[i + 17], pages.version)) throw fail('record-rmgr', `invalid resource manager id ${b[i + 17]}`);
     const xlPrev = u64(b, i + 8);
     if (prev === undefined ? xlPrev >= pos : xlPrev !== prev) {
-      throw fail('record-prev', `record with incorrect prev-link ${formatLsn(xlPrev)}${prev === undefined ? '' : ` (expected ${formatLsn(prev)})`}`);
+      throw fail(
+        'record-prev',
+        `record with incorrect prev-link ${formatLsn(xlPrev)}${prev === undefined ? '' : ` (expected ${formatLsn(prev)})`}`,
+      );
     }
   };
   try {
@@ -288,7 +307,8 @@ export function* readRecords(source: WalSource, start: Lsn, options: ReadOptions
         pos += BigInt(page.h.size);
         off = page.h.size;
       } else if (off < page.h.size) throw fail('record-offset', `record offset ${off} inside the page header`);
-      if (page.h.info & XLP_FIRST_IS_CONTRECORD && off === page.h.size) throw fail('contrecord-unexpected', 'a record was expected, the page continues one');
+      if (page.h.info & XLP_FIRST_IS_CONTRECORD && off === page.h.size)
+        throw fail('contrecord-unexpected', 'a record was expected, the page continues one');
       if (end !== undefined && pos >= end) return stop('end');
       const at = page.off + off;
       const totalLength = u32(page.data, at);
@@ -319,7 +339,8 @@ export function* readRecords(source: WalSource, start: Lsn, options: ReadOptions
             pos = p;
             break;
           }
-          if (!(cont.h.info & XLP_FIRST_IS_CONTRECORD)) throw fail('contrecord-missing', `the record's continuation page ${formatLsn(p)} has no contrecord flag`);
+          if (!(cont.h.info & XLP_FIRST_IS_CONTRECORD))
+            throw fail('contrecord-missing', `the record's continuation page ${formatLsn(p)} has no contrecord flag`);
           if (cont.h.remLen === 0 || cont.h.remLen + got !== totalLength) {
             throw fail('contrecord-length', `continuation length ${cont.h.remLen} on page ${formatLsn(p)}, expected ${totalLength - got}`);
           }
@@ -335,7 +356,8 @@ export function* readRecords(source: WalSource, start: Lsn, options: ReadOptions
       }
       let crc = crc32cUpdate(CRC32C_INIT, record, RECORD_HEADER, totalLength);
       crc = crc32cFinish(crc32cUpdate(crc, record, 0, 20));
-      if (crc !== u32(record, 20)) throw fail('record-crc', `record CRC ${u32(record, 20).toString(16)} does not match its data (${crc.toString(16)})`);
+      if (crc !== u32(record, 20))
+        throw fail('record-crc', `record CRC ${u32(record, 20).toString(16)} does not match its data (${crc.toString(16)})`);
       const body = decodeRecordBody(record, pages.version ?? 17);
       if (typeof body === 'string') throw fail('record-blocks', body);
       const rmid = record[17];
@@ -435,8 +457,10 @@ export function decodeRecordBody(
           }
         }
         dataTotal += length;
-        if (hasHole && (holeOffset === 0 || holeLength === 0 || length === BLCKSZ)) return `block ${id}: image hole flag set, but hole ${holeOffset}+${holeLength}, length ${length}`;
-        if (!hasHole && (holeOffset !== 0 || holeLength !== 0)) return `block ${id}: image without hole flag, but hole ${holeOffset}+${holeLength}`;
+        if (hasHole && (holeOffset === 0 || holeLength === 0 || length === BLCKSZ))
+          return `block ${id}: image hole flag set, but hole ${holeOffset}+${holeLength}, length ${length}`;
+        if (!hasHole && (holeOffset !== 0 || holeLength !== 0))
+          return `block ${id}: image without hole flag, but hole ${holeOffset}+${holeLength}`;
         if (compression && length === BLCKSZ) return `block ${id}: compressed image of length ${length}`;
         image = { length, holeOffset, holeLength, apply, compression };
       }
@@ -448,7 +472,17 @@ export function decodeRecordBody(
       if (!need(4)) return 'record too short for a block number';
       const block = u32(record, p);
       p += 4;
-      blocks.push({ id, rel: lastRel, fork: flags & 0x0f, block, hasImage: !!image, hasData, willInit: (flags & BKPBLOCK_WILL_INIT) !== 0, dataLength, image });
+      blocks.push({
+        id,
+        rel: lastRel,
+        fork: flags & 0x0f,
+        block,
+        hasImage: !!image,
+        hasData,
+        willInit: (flags & BKPBLOCK_WILL_INIT) !== 0,
+        dataLength,
+        image,
+      });
     } else return `invalid block_id ${id}`;
   }
   if (total - p !== dataTotal) return `record length ${total} does not match its fragments (${p} bytes of headers, ${dataTotal} of data)`;

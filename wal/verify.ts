@@ -24,9 +24,15 @@ export interface WalFileSource extends WalSource {
  */
 export function walFileSource(input: string | string[], options: { timeline?: number } = {}): WalFileSource {
   const paths = typeof input === 'string' ? fs.readdirSync(input).map((name) => path.join(input, name)) : input;
-  const candidates = paths.filter((p) => SEGMENT_FILE.test(path.basename(p))).sort((a, b) => (path.basename(a) < path.basename(b) ? -1 : 1));
+  const candidates = paths
+    .filter((p) => SEGMENT_FILE.test(path.basename(p)))
+    .sort((a, b) => (path.basename(a) < path.basename(b) ? -1 : 1));
   const segmentSize = candidates.length ? readSegmentSize(candidates[0]) : DEFAULT_SEGMENT_SIZE;
-  const parsed = candidates.map((file) => ({ file, partial: file.endsWith('.partial'), ...parseSegmentName(path.basename(file).slice(0, 24), segmentSize)! }));
+  const parsed = candidates.map((file) => ({
+    file,
+    partial: file.endsWith('.partial'),
+    ...parseSegmentName(path.basename(file).slice(0, 24), segmentSize)!,
+  }));
   const timeline = options.timeline ?? Math.max(1, ...parsed.map((p) => p.timeline));
   const files = new Map<bigint, string>();
   const chosen = new Map<bigint, { timeline: number; partial: boolean }>();
@@ -118,7 +124,14 @@ export async function verifyWal(input: string | string[] | WalSource, options: V
   let records = 0;
   let firstLsn: Lsn | undefined;
   let lastValidLsn = options.from ?? (first !== undefined ? segmentStart(first, source.segmentSize) : 0n);
-  const result = (extra: Partial<VerifyResult>): VerifyResult => ({ ok: true, records, firstLsn, lastValidLsn, incomplete: false, ...extra });
+  const result = (extra: Partial<VerifyResult>): VerifyResult => ({
+    ok: true,
+    records,
+    firstLsn,
+    lastValidLsn,
+    incomplete: false,
+    ...extra,
+  });
   try {
     if (first === undefined && options.from === undefined) {
       throw new WalDecodeError('segment-missing', 0n, '(none)', 'no WAL segments');

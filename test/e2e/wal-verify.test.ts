@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { formatLsn, parseLsn, type Lsn } from '../../core/wal.js';
+import { formatLsn, type Lsn, parseLsn } from '../../core/wal.js';
 import { freePort } from '../../lib/net.js';
 import { embeddedBinaries, reachableBinaries } from '../../postgres/binaries.js';
 import { asUser, chownTo, pgUserFor } from '../../postgres/user.js';
@@ -45,14 +45,21 @@ async function startCluster(binDir: string, initdbArgs: string[]): Promise<Clust
   const socket = path.join(dir, 'sock');
   fs.mkdirSync(socket, { mode: 0o755 });
   await chownTo(pgUser, dir, true);
-  const run = (bin: string, args: string[]) => execa(path.join(binDir, bin), args, { ...asUser(pgUser), env: { LC_ALL: 'C' }, stdin: 'ignore' });
+  const run = (bin: string, args: string[]) =>
+    execa(path.join(binDir, bin), args, { ...asUser(pgUser), env: { LC_ALL: 'C' }, stdin: 'ignore' });
   await run('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8', '--locale=C', ...initdbArgs]);
   const port = await freePort();
   await run('pg_ctl', ['-D', data, '-l', path.join(dir, 'log'), '-w', '-o', `-p ${port} -k ${socket} -c listen_addresses=''`, 'start']);
-  const cluster: Cluster = { version: 0, dir, data, binDir, client: new pg.Client({ host: socket, port, user: 'postgres', database: 'postgres' }) };
+  const cluster: Cluster = {
+    version: 0,
+    dir,
+    data,
+    binDir,
+    client: new pg.Client({ host: socket, port, user: 'postgres', database: 'postgres' }),
+  };
   clusters.push(cluster);
   await cluster.client.connect();
-  cluster.version = Number((await cluster.client.query('show server_version_num')).rows[0].server_version_num) / 10000 | 0;
+  cluster.version = (Number((await cluster.client.query('show server_version_num')).rows[0].server_version_num) / 10000) | 0;
   return cluster;
 }
 
@@ -117,12 +124,23 @@ async function check(cluster: Cluster, facts: Facts, segmentSize: number): Promi
     assert.is(records[i].prev, records[i - 1].lsn, `xl_prev of the record at ${formatLsn(records[i].lsn)}`);
     assert.ok(records[i].lsn >= records[i - 1].endLsn);
   }
-  assert.ok(records.some((r) => r.blocks.some((b) => b.hasImage)), 'full-page images after the checkpoint');
-  assert.ok(records.some((r) => r.lsn / BigInt(segmentSize) !== r.endLsn / BigInt(segmentSize) || r.totalLength > WAL_PAGE_SIZE), 'records across pages');
+  assert.ok(
+    records.some((r) => r.blocks.some((b) => b.hasImage)),
+    'full-page images after the checkpoint',
+  );
+  await compareWithWaldump(cluster, records, facts.upTo);
+  assert.ok(
+    records.some((r) => r.lsn / BigInt(segmentSize) !== r.endLsn / BigInt(segmentSize) || r.totalLength > WAL_PAGE_SIZE),
+    'records across pages',
+  );
 
   // The UPDATE references t's relfilenode and the block of the updated row.
   const update = records.filter(
-    (r) => r.lsn >= facts.before && r.lsn < facts.after && r.rmid === RM_HEAP_ID && r.blocks.some((b) => b.rel.rel === facts.filenode && b.block === facts.ctidBlock),
+    (r) =>
+      r.lsn >= facts.before &&
+      r.lsn < facts.after &&
+      r.rmid === RM_HEAP_ID &&
+      r.blocks.some((b) => b.rel.rel === facts.filenode && b.block === facts.ctidBlock),
   );
   assert.is(update.length, 1, 'one heap record of the update touches the row’s block');
   const ref = update[0].blocks.find((b) => b.block === facts.ctidBlock)!;
@@ -139,8 +157,14 @@ async function check(cluster: Cluster, facts: Facts, segmentSize: number): Promi
   const changes = await changedPages(wal, { from: update[0].lsn, upTo: facts.upTo });
   assert.ok(changes.forks.get(`${ref.rel.spc}/${facts.db}/${facts.filenode}/0`)?.blocks.has(facts.ctidBlock));
   const all = await changedPages(wal, { from: records[0].lsn, upTo: facts.upTo });
-  assert.ok(all.truncated.some((t) => t.rel.rel === facts.truncatedNode && t.block === 0 && t.forks.includes(0)), 'vacuum truncated v');
-  assert.ok(all.created.some((c) => c.rel.rel === facts.truncatedNode && c.fork === 0), 'create table v');
+  assert.ok(
+    all.truncated.some((t) => t.rel.rel === facts.truncatedNode && t.block === 0 && t.forks.includes(0)),
+    'vacuum truncated v',
+  );
+  assert.ok(
+    all.created.some((c) => c.rel.rel === facts.truncatedNode && c.fork === 0),
+    'create table v',
+  );
 
   // One flipped byte inside a record: a CRC error at that record, everything before it valid.
   const victim = records.find((r) => r.lsn > facts.after && r.totalLength > 40 && (r.lsn % 8192n) + BigInt(r.totalLength) < 8192n)!;
@@ -156,7 +180,10 @@ async function check(cluster: Cluster, facts: Facts, segmentSize: number): Promi
   // A damaged page header (magic, then page address) on a page that a record starts on.
   const onPage = records.find((r) => r.lsn > facts.after && r.lsn % BigInt(segmentSize) > 8192n && r.lsn % 8192n > 100n)!;
   const page = onPage.lsn - (onPage.lsn % 8192n);
-  for (const [offset, reason] of [[0n, 'page-magic'], [8n, 'page-addr']] as const) {
+  for (const [offset, reason] of [
+    [0n, 'page-magic'],
+    [8n, 'page-addr'],
+  ] as const) {
     const dir = copyWal(cluster);
     flipByte(dir, page + offset, 0x10);
     const bad = await verifyWal(dir, { upTo: facts.upTo });
@@ -177,12 +204,38 @@ async function check(cluster: Cluster, facts: Facts, segmentSize: number): Promi
   assert.is(inside.lastValidLsn, records[records.length - 2].endLsn);
 }
 
+/** Where the cluster's own pg_waldump exists (Debian ships it, the embedded package does not): the same records and block references. */
+async function compareWithWaldump(cluster: Cluster, records: WalRecord[], upTo: Lsn): Promise<void> {
+  const waldump = path.join(cluster.binDir, 'pg_waldump');
+  if (!fs.existsSync(waldump)) return;
+  const { stdout } = await execa(
+    waldump,
+    ['--path', path.join(cluster.data, 'pg_wal'), '--start', formatLsn(records[0].lsn), '--end', formatLsn(upTo)],
+    { reject: false },
+  );
+  const theirs = [...stdout.matchAll(/lsn: ([0-9A-F]+\/[0-9A-F]+)/g)].map((m) => parseLsn(m[1]));
+  assert.equal(
+    theirs.map(formatLsn),
+    records.map((r) => formatLsn(r.lsn)),
+    'the same records as pg_waldump',
+  );
+  const refs = [...stdout.matchAll(/blkref #(\d+): rel (\d+\/\d+\/\d+)(?: fork (\w+))? blk (\d+)/g)].map(
+    (m) => `${m[1]} ${m[2]} ${m[3] ?? 'main'} ${m[4]}`,
+  );
+  const forks = ['main', 'fsm', 'vm', 'init'];
+  const ours = records.flatMap((r) => r.blocks.map((b) => `${b.id} ${b.rel.spc}/${b.rel.db}/${b.rel.rel} ${forks[b.fork]} ${b.block}`));
+  assert.equal(ours, refs, 'the same block references as pg_waldump');
+}
+
 const wal = suite('WAL decoding against real Postgres');
 
 wal.after(async () => {
   for (const cluster of clusters) {
     await cluster.client.end().catch(() => {});
-    await execa(path.join(cluster.binDir, 'pg_ctl'), ['-D', cluster.data, '-m', 'immediate', '-w', 'stop'], { ...asUser(pgUser), reject: false });
+    await execa(path.join(cluster.binDir, 'pg_ctl'), ['-D', cluster.data, '-m', 'immediate', '-w', 'stop'], {
+      ...asUser(pgUser),
+      reject: false,
+    });
     fs.rmSync(cluster.dir, { recursive: true, force: true });
   }
 });
