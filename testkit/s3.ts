@@ -46,7 +46,13 @@ export const S3RVER_KEYS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } 
 export async function startS3(options: StartS3Options = {}): Promise<S3Fixture> {
   const bucket = options.bucket ?? 'neon-test';
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'neon-s3rver-'));
-  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: process.env.S3RVER_DEBUG !== "1", directory, configureBuckets: [{ name: bucket }] });
+  const server = new S3rver({
+    address: '127.0.0.1',
+    port: 0,
+    silent: process.env.S3RVER_DEBUG !== '1',
+    directory,
+    configureBuckets: [{ name: bucket }],
+  });
   sortListings(server);
   // Before s3rver's router (the last middleware), inside its XML encoder: bodies are still plain objects here.
   const extra = [listV2Pages, ...(options.conditionalWrites !== false ? [ifNoneMatch(server)] : [])];

@@ -28,7 +28,15 @@ export function codeOf(error: unknown): string {
   return e.Code ?? e.code ?? e.name ?? '';
 }
 
-const NETWORK_TRANSIENT = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ESOCKETTIMEDOUT', 'ECONNABORTED', 'TimeoutError', 'RequestTimeout']);
+const NETWORK_TRANSIENT = new Set([
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ESOCKETTIMEDOUT',
+  'ECONNABORTED',
+  'TimeoutError',
+  'RequestTimeout',
+]);
 // Refused or unresolvable: usually a wrong endpoint, sometimes a store that is restarting. Retried only a few times.
 const NETWORK_UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 const THROTTLED = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'RequestLimitExceeded', 'TooManyRequests', 'InternalError']);
@@ -42,7 +50,8 @@ export function retryKind(error: unknown): 'no' | 'yes' | 'few' {
   if (status === 429 || (status !== undefined && status >= 500)) return 'yes';
   if (THROTTLED.has(code) || NETWORK_TRANSIENT.has(code) || NETWORK_TRANSIENT.has(causeCode(error))) return 'yes';
   // A dropped connection, as Node words it when no code is set.
-  if (status === undefined && /socket hang up|ECONNRESET|EPIPE|aborted|premature close/i.test(String((error as Error)?.message))) return 'yes';
+  if (status === undefined && /socket hang up|ECONNRESET|EPIPE|aborted|premature close/i.test(String((error as Error)?.message)))
+    return 'yes';
   return 'no';
 }
 
@@ -62,7 +71,14 @@ export function isConditionFailed(error: unknown): boolean {
   return code === 'PreconditionFailed' || code === 'ConditionalRequestConflict' || statusOf(error) === 412;
 }
 
-const CREDENTIAL_CODES = new Set(['InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken', 'ExpiredToken', 'TokenRefreshRequired', 'CredentialsProviderError']);
+const CREDENTIAL_CODES = new Set([
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'InvalidToken',
+  'ExpiredToken',
+  'TokenRefreshRequired',
+  'CredentialsProviderError',
+]);
 
 /**
  * Turn an SDK error into a one-line `NeonError` naming what to set. Credentials never appear: the SDK's
@@ -73,7 +89,12 @@ export function toNeonError(error: unknown, target: S3Target, what: string): Neo
   const status = statusOf(error);
   const code = codeOf(error);
   const where = target.endpoint ? `S3 endpoint ${target.endpoint}` : `AWS S3 (region ${target.region})`;
-  if (CREDENTIAL_CODES.has(code) || code === 'AccessDenied' || status === 403 || /Could not load credentials/i.test(String((error as Error)?.message))) {
+  if (
+    CREDENTIAL_CODES.has(code) ||
+    code === 'AccessDenied' ||
+    status === 403 ||
+    /Could not load credentials/i.test(String((error as Error)?.message))
+  ) {
     const reason = code && !/^\d+$/.test(code) && code !== 'UnknownError' && code !== 'Unknown' ? code : `HTTP ${status ?? '403'}`;
     return new NeonError(
       's3_credentials',
@@ -87,7 +108,7 @@ export function toNeonError(error: unknown, target: S3Target, what: string): Neo
     const net = NETWORK_UNREACHABLE.has(code) ? code : causeCode(error) || code || 'no answer';
     return new NeonError(
       's3_unreachable',
-      `cannot reach ${where} for ${what} (${net}): check AWS_ENDPOINT (or the endpoint option of storageS3()) and the network`,
+      `cannot reach ${where} (${net}): check AWS_ENDPOINT (or the endpoint option of storageS3()) and the network`,
       { status: 502, cause: error },
     );
   }
@@ -101,8 +122,12 @@ export function toNeonError(error: unknown, target: S3Target, what: string): Neo
 /** The bucket does not exist: name it and where we looked. */
 export function noBucket(target: S3Target, cause?: unknown): NeonError {
   const where = target.endpoint ? `at ${target.endpoint}` : `in AWS S3 (region ${target.region})`;
-  return new NeonError('s3_no_bucket', `bucket "${target.bucket}" does not exist ${where}: create it, or fix the bucket in the storage URL`, {
-    status: 404,
-    cause,
-  });
+  return new NeonError(
+    's3_no_bucket',
+    `bucket "${target.bucket}" does not exist ${where}: create it, or fix the bucket in the storage URL`,
+    {
+      status: 404,
+      cause,
+    },
+  );
 }

@@ -92,7 +92,10 @@ export function parseS3Url(url: string): { bucket: string; prefix: string; url: 
     throw new NeonError('bad_storage_url', 's3:// URLs must not carry credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY instead');
   }
   if (!match || !/^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$/i.test(match[1])) {
-    throw new NeonError('bad_storage_url', `"${url}" is not s3://bucket/prefix with a valid bucket name (3-63 letters, digits, dots, dashes)`);
+    throw new NeonError(
+      'bad_storage_url',
+      `"${url}" is not s3://bucket/prefix with a valid bucket name (3-63 letters, digits, dots, dashes)`,
+    );
   }
   const prefix = match[2].replace(/\/+$/, '');
   if (prefix && prefix.split('/').some((part) => part === '' || part === '.' || part === '..')) {
@@ -112,7 +115,8 @@ function normaliseEndpoint(value: string | undefined): string | undefined {
   } catch {
     throw bad(`endpoint "${value}" is not a URL (expected e.g. http://127.0.0.1:9000)`);
   }
-  if (parsed.username || parsed.password) throw bad('the endpoint must not carry credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY');
+  if (parsed.username || parsed.password)
+    throw bad('the endpoint must not carry credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY');
   return withScheme.replace(/\/+$/, '');
 }
 
@@ -129,7 +133,8 @@ function flag(value: string | undefined): boolean | undefined {
 
 function integer(name: string, value: number | undefined, fallback: number, min: number, max: number): number {
   if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < min || value > max) throw bad(`${name} must be an integer from ${min} to ${max}, not ${String(value)}`);
+  if (!Number.isInteger(value) || value < min || value > max)
+    throw bad(`${name} must be an integer from ${min} to ${max}, not ${String(value)}`);
   return value;
 }
 

@@ -5,7 +5,8 @@ import { checkKey, type PutOptions, type Storage, type StorageObject } from '../
 import { isNotFound, toNeonError, type S3Target } from './errors.js';
 import type { S3Settings } from './options.js';
 import { withRetry } from './retry.js';
-import { ConditionFailed, PartReader, putMultipart, putSingle, SourceError, type UploadTarget } from './upload.js';
+import { PartReader, SourceError } from './part-reader.js';
+import { ConditionFailed, putMultipart, putSingle, type UploadTarget } from './upload.js';
 
 /**
  * A {@link Storage} over one bucket and key prefix: key `k` is the object `prefix/k`.
@@ -30,7 +31,13 @@ export class S3Storage implements Storage {
   }
 
   async put(key: string, body: Buffer | string | Readable, options: PutOptions = {}): Promise<void> {
-    const upload: UploadTarget = { ...this.settings, client: this.client, bucket: this.bucket, key: this.full(key), ifAbsent: !!options.ifAbsent };
+    const upload: UploadTarget = {
+      ...this.settings,
+      client: this.client,
+      bucket: this.bucket,
+      key: this.full(key),
+      ifAbsent: !!options.ifAbsent,
+    };
     try {
       // If-None-Match is the real guard, but some stores ignore it: a HEAD first refuses the common case on
       // those too (two writers racing between HEAD and PUT can still both succeed there), and spares

@@ -28,13 +28,6 @@ export interface UploadTarget {
 /** The conditional write lost: the object existed (or another conditional write won). */
 export class ConditionFailed extends Error {}
 
-/** The caller's stream failed; rethrown as it was, since it is not a storage error. */
-export class SourceError extends Error {
-  constructor(readonly error: unknown) {
-    super('source stream failed');
-  }
-}
-
 /** Send an in-memory body with one PutObject; the Buffer can be resent, so every failure is retried. */
 export async function putSingle(target: UploadTarget, data: Buffer): Promise<void> {
   const { client, bucket, key, ifAbsent } = target;
@@ -84,7 +77,17 @@ export async function putMultipart(
       size += data.length;
       if (ifAbsent) digests[number - 1] = md5(data);
       const upload = withRetry(
-        () => client.send(new UploadPartCommand({ Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: number, Body: data, ContentLength: data.length })),
+        () =>
+          client.send(
+            new UploadPartCommand({
+              Bucket: bucket,
+              Key: key,
+              UploadId: uploadId,
+              PartNumber: number,
+              Body: data,
+              ContentLength: data.length,
+            }),
+          ),
         target,
       ).then(
         (answer) => void (parts[number - 1] = { PartNumber: number, ETag: answer.ETag }),
@@ -149,58 +152,4 @@ async function landed(target: UploadTarget, etag: string | undefined, size?: num
 
 function md5(data: Buffer): Buffer {
   return createHash('md5').update(data).digest();
-}
-
-/**
- * Cuts a stream into parts without holding more than one part of it: the remainder of a chunk that did not fit
- * is kept for the next call. Errors of the stream come out as {@link SourceError}.
- */
-export class PartReader {
-  private rest: Buffer | undefined;
-  private done = false;
-
-  constructor(private readonly source: AsyncIterator<unknown>) {}
-
-  /** Up to `max` bytes in a buffer of just that size, so that a small stream costs a small buffer. */
-  async take(max: number): Promise<Buffer> {
-    const chunks: Buffer[] = [];
-    let total = 0;
-    for (let chunk = await this.chunk(); chunk && total < max; chunk = total < max ? await this.chunk() : undefined) {
-      const piece = chunk.subarray(0, max - total);
-      this.rest = chunk.subarray(piece.length);
-      chunks.push(piece);
-      total += piece.length;
-    }
-    return Buffer.concat(chunks, total);
-  }
-
-  /** Fill `buffer` from the stream; returns the bytes written (less than its length only at the end). */
-  async fill(buffer: Buffer): Promise<number> {
-    let filled = 0;
-    for (let chunk = await this.chunk(); chunk; chunk = filled < buffer.length ? await this.chunk() : undefined) {
-      const n = chunk.copy(buffer, filled);
-      this.rest = chunk.subarray(n);
-      filled += n;
-    }
-    return filled;
-  }
-
-  /** The kept remainder, else the next chunk of the stream as a Buffer; undefined at the end. */
-  private async chunk(): Promise<Buffer | undefined> {
-    if (this.rest?.length) return this.rest;
-    if (this.done) return undefined;
-    let step: IteratorResult<unknown>;
-    try {
-      step = await this.source.next();
-    } catch (error) {
-      throw new SourceError(error);
-    }
-    if (step.done) {
-      this.done = true;
-      return undefined;
-    }
-    const value = step.value;
-    if (typeof value === 'string') return Buffer.from(value);
-    return Buffer.isBuffer(value) ? value : Buffer.from(value as Uint8Array);
-  }
 }

@@ -85,9 +85,11 @@ const text = (storage: Storage, key: string) => readObject(storage, key).then((b
 /** Run `fn` over `items` with at most `limit` at once. */
 async function parallel<T>(items: T[], limit: number, fn: (item: T) => Promise<unknown>): Promise<void> {
   const queue = [...items];
-  await Promise.all(Array.from({ length: limit }, async () => {
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
-  }));
+  await Promise.all(
+    Array.from({ length: limit }, async () => {
+      for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
+    }),
+  );
 }
 
 type Ctx = { storage: Storage; url: string; close(): void };
@@ -97,7 +99,9 @@ for (const backend of [fileBackend, s3Backend]) {
   /** A suite whose tests each get a fresh, empty storage of this backend. */
   const storageSuite = (name: string) => {
     const test = suite<Ctx>(`${backend.name}: ${name}`, {} as Ctx);
-    test.before.each(async (ctx) => Object.assign(ctx, await backend.open()));
+    test.before.each(async (ctx) => {
+      Object.assign(ctx, await backend.open());
+    });
     test.after.each((ctx) => ctx.close());
     suites.push(test);
     return test;
@@ -159,7 +163,7 @@ for (const backend of [fileBackend, s3Backend]) {
     assert.equal(await keys(storage), ['k']);
   });
 
-  bodies('a put whose stream fails leaves the old object, with the stream\'s own error', async ({ storage }) => {
+  bodies("a put whose stream fails leaves the old object, with the stream's own error", async ({ storage }) => {
     await storage.put('k', 'old');
     const failing = new Readable({
       read() {
@@ -174,7 +178,18 @@ for (const backend of [fileBackend, s3Backend]) {
   });
 
   bodies('keys with spaces, unicode and URL-special characters round-trip and list in order', async ({ storage }) => {
-    const special = ['a b/c d', 'plus+sign', 'q?x=1&y=2', 'hash#frag', 'pct%20lit', 'ünï/cødé ✓', 'semi;colon,comma', "quote'\"", 'tilde~star*(paren)', 'x=1@host:9'];
+    const special = [
+      'a b/c d',
+      'plus+sign',
+      'q?x=1&y=2',
+      'hash#frag',
+      'pct%20lit',
+      'ünï/cødé ✓',
+      'semi;colon,comma',
+      'quote\'"',
+      'tilde~star*(paren)',
+      'x=1@host:9',
+    ];
     for (const key of special) await storage.put(key, `body of ${key}`);
     for (const key of special) {
       assert.is(await text(storage, key), `body of ${key}`, key);
@@ -209,8 +224,15 @@ for (const backend of [fileBackend, s3Backend]) {
     assert.equal(await keys(storage, ''), all);
     assert.equal(await keys(storage, 'wal/0000000100'), ['wal/000000010000000000000001', 'wal/000000010000000000000002']);
     assert.equal(await keys(storage, 'wal/00000002'), ['wal/00000002.history', 'wal/000000020000000000000001']);
-    assert.equal(await keys(storage, 'wal'), all.filter((k) => k.startsWith('wal')), 'wal matches wal.bak and wal/…');
-    assert.equal(await keys(storage, 'wal/'), all.filter((k) => k.startsWith('wal/')));
+    assert.equal(
+      await keys(storage, 'wal'),
+      all.filter((k) => k.startsWith('wal')),
+      'wal matches wal.bak and wal/…',
+    );
+    assert.equal(
+      await keys(storage, 'wal/'),
+      all.filter((k) => k.startsWith('wal/')),
+    );
     assert.equal(await keys(storage, 'ba'), ['base/2024/x', 'base/2024/y', 'base/b']);
     assert.equal(await keys(storage, 'base/2024/'), ['base/2024/x', 'base/2024/y']);
     assert.equal(await keys(storage, 'a'), ['a-z', 'a/b']);
