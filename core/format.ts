@@ -207,3 +207,89 @@ export async function checkEmptyTarget(dir: string): Promise<void> {
   if (names.length) throw new NeonError('target_not_empty', `cannot import into ${dir}: it is not empty (${names.slice(0, 3).join(', ')}…)`);
   await fs.chmod(dir, 0o700);
 }
+
+// ---- data directory layout -------------------------------------------------------------------------------
+
+/**
+ * Folders a data directory needs that backups often leave empty or out (pg_basebackup and WAL-G skip the
+ * contents of several): {@link ensurePgDirs} recreates them after an import.
+ */
+export const PGDATA_DIRS = [
+  'base', 'global', 'pg_commit_ts', 'pg_dynshmem', 'pg_logical', 'pg_logical/mappings', 'pg_logical/snapshots',
+  'pg_multixact', 'pg_multixact/members', 'pg_multixact/offsets', 'pg_notify', 'pg_replslot', 'pg_serial',
+  'pg_snapshots', 'pg_stat', 'pg_stat_tmp', 'pg_subtrans', 'pg_tblspc', 'pg_twophase', 'pg_wal',
+  'pg_wal/archive_status', 'pg_xact',
+];
+
+/** Create the folders of {@link PGDATA_DIRS} (and `pg_wal/summaries` from PostgreSQL 17) that are missing. */
+export async function ensurePgDirs(dataDir: string, pgVersion: number): Promise<void> {
+  const dirs = pgVersion >= 17 ? [...PGDATA_DIRS, 'pg_wal/summaries'] : PGDATA_DIRS;
+  for (const dir of dirs) await fs.mkdir(path.join(dataDir, dir), { recursive: true, mode: 0o700 });
+}
+
+/** One entry of a data directory walk. */
+export interface DataDirEntry {
+  /** `/`-separated, relative to the data directory. */
+  rel: string;
+  abs: string;
+  type: 'directory' | 'file';
+  size: number;
+  mtime: Date;
+}
+
+/**
+ * Every folder and file under `dataDir`, parents first, in name order. `pg_wal` may be a symbolic link (initdb
+ * -X) and is followed; any other symbolic link (tablespaces in pg_tblspc) is an error, since a backup would not
+ * hold what it points to. `skip(rel, isDir)` leaves an entry out (a skipped folder's contents too).
+ */
+export async function walkDataDir(dataDir: string, skip: (rel: string, isDir: boolean) => boolean = () => false): Promise<DataDirEntry[]> {
+  const out: DataDirEntry[] = [];
+  const visit = async (relDir: string) => {
+    const absDir = path.join(dataDir, relDir);
+    const names = (await fs.readdir(absDir)).sort();
+    for (const name of names) {
+      const rel = relDir ? `${relDir}/${name}` : name;
+      const abs = path.join(absDir, name);
+      let stat = await fs.lstat(abs);
+      if (stat.isSymbolicLink()) {
+        if (rel !== 'pg_wal') {
+          throw new NeonError('unsupported_datadir', `${abs} is a symbolic link${rel.startsWith('pg_tblspc/') ? ' (a tablespace)' : ''}: tablespaces and linked files are not supported`);
+        }
+        stat = await fs.stat(abs);
+      }
+      if (stat.isDirectory()) {
+        if (skip(rel, true)) continue;
+        out.push({ rel, abs, type: 'directory', size: 0, mtime: stat.mtime });
+        await visit(rel);
+      } else if (stat.isFile()) {
+        if (!skip(rel, false)) out.push({ rel, abs, type: 'file', size: stat.size, mtime: stat.mtime });
+      }
+      // sockets and other special files (none belong in a data directory) are left out
+    }
+  };
+  await visit('');
+  return out;
+}
+
+/** The WAL files a cleanly stopped cluster needs to start: the segments from redo to checkpoint, and the history of its timeline. */
+export function neededWal(control: ControlData): string[] {
+  const names = new Set<string>();
+  const seg = BigInt(control.walSegmentSize);
+  for (let lsn = (control.redo / seg) * seg; lsn <= control.checkpoint; lsn += seg) names.add(walSegmentName(control.timeline, lsn, control.walSegmentSize));
+  if (control.timeline > 1) names.add(control.timeline.toString(16).toUpperCase().padStart(8, '0') + '.history');
+  return [...names];
+}
+
+/** Find a WAL file in `walDir`, else in `dataDir/pg_wal`; a missing segment is an error naming both. */
+export async function findWalFile(name: string, dataDir: string, walDir?: string): Promise<string> {
+  for (const dir of [walDir, path.join(dataDir, 'pg_wal')]) {
+    if (!dir) continue;
+    const file = path.join(dir, name);
+    try {
+      if ((await fs.stat(file)).isFile()) return file;
+    } catch {
+      // try the next folder
+    }
+  }
+  throw new NeonError('wal_missing', `WAL file ${name} (needed to start the exported cluster) is in neither ${walDir ?? '(no WAL folder)'} nor ${path.join(dataDir, 'pg_wal')}`);
+}
