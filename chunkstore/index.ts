@@ -8,7 +8,6 @@ import { collectGarbage, type GcResult } from './gc.js';
 import { PackTable, type PackSlot } from './table.js';
 import { verifyChunks, type VerifyResult } from './verify.js';
 
-export { pullPacks, pushPacks, type PullResult, type PushResult } from './sync.js';
 export type { GcResult } from './gc.js';
 export type { VerifyResult } from './verify.js';
 

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { callDaemon, notRunning } from './client.js';
-import type { DaemonMessage } from '../daemon/daemon.js';
+import type { DaemonMessage } from '../daemon/main.js';
 import { NeonError } from '../core/errors.js';
 import { isDaemonOf } from '../daemon/lock.js';
 import { signal, waitGone } from '../lib/proc.js';

@@ -218,7 +218,7 @@ export function createCli(script: string) {
 /** Run the CLI; expected errors print one line, others their stack; both exit non-zero. */
 export async function main(argv: string[], script: string): Promise<void> {
   if (argv[2] === '__daemon') {
-    const { runDaemon } = await import('../daemon/daemon.js');
+    const { runDaemon } = await import('../daemon/main.js');
     return runDaemon(argv[argv.indexOf('--repo') + 1], script);
   }
   if (argv[2] === '__safekeeper') {

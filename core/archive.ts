@@ -207,7 +207,7 @@ class Lz4FrameEncoder extends Transform {
 }
 
 class Lz4FrameDecoder extends Transform {
-  private buffer = Buffer.alloc(0);
+  private buffer: Buffer = Buffer.alloc(0);
   private state: 'magic' | 'blocks' | 'checksum' = 'magic';
   private flags = 0;
   private maxBlock = LZ4_BLOCK;
@@ -368,6 +368,8 @@ export interface ExtractOptions {
   onFile?: (relPath: string, entry: ReadEntry, absPath: string) => ((data: AsyncIterable<Buffer>) => Promise<void>) | undefined;
   /** Called with the bytes of every file as they are written. */
   onBytes?: (bytes: number) => void;
+  /** Called with each chunk of a regular file written the default way (for checksums). */
+  onChunk?: (relPath: string, chunk: Buffer) => void;
 }
 
 /** What {@link extractTar} wrote. */
@@ -484,6 +486,7 @@ export async function extractTar(source: Readable, target: string, options: Extr
     entry.on('data', (chunk: Buffer) => {
       written += chunk.length;
       bytes += chunk.length;
+      options.onChunk?.(rel, chunk);
       options.onBytes?.(chunk.length);
     });
     entry.pipe(out);

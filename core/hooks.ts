@@ -2,13 +2,38 @@ import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, HookMap } from
 import type { BackupFormat, FormatRequest } from './format.js';
 import type { Launcher, LauncherRequest } from './launcher.js';
 import type { Logger } from './log.js';
-import type { Repository } from '../daemon/repository.js';
 import type { Storage, StorageRequest } from './storage.js';
-import type { WalStore } from '../wal/store.js';
+
+/** The repository as plugins see it: its folder (plugins keep their own state in files under it). */
+export interface RepositoryInfo {
+  readonly dir: string;
+}
+
+/**
+ * WAL by file name as plugins see it (the daemon's WAL store implements it): which branches stream now and the
+ * newest unfinished segment of each.
+ */
+export interface WalSource {
+  /** The branches the safekeepers stream now, the main compute's first. */
+  activeBranches(): string[];
+  /** The newest unfinished segment of a branch, from the safekeeper that has the most of it. */
+  partial(branch: string): PartialSegment | undefined;
+}
+
+/** The newest unfinished segment of a branch, on the safekeeper that has the most of it. */
+export interface PartialSegment {
+  branch: string;
+  segment: string;
+  /** Its file on that safekeeper's disk. */
+  path: string;
+  /** How far its bytes are durable (the rest of the file is zeros). */
+  flushLsn: string;
+  safekeeper: string;
+}
 
 /** Passed to every lifecycle hook: where the repository is and how to log. */
 export interface HookContext {
-  repo: Repository;
+  repo: RepositoryInfo;
   log: Logger;
 }
 
@@ -25,7 +50,7 @@ export interface StartContext extends HookContext {
   /** The storage at storage_dest, opened through its plugin; undefined when none is configured. */
   storage?: Storage;
   /** WAL by name, and the newest unfinished segment of each branch. */
-  wal: WalStore;
+  wal: WalSource;
   /** Sections a plugin adds to `GET /status` (e.g. `offload`), keyed by section name. */
   status: Map<string, () => unknown>;
 }

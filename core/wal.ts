@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { gunzip, gzip } from 'node:zlib';
 import { NeonError } from './errors.js';
@@ -89,12 +90,12 @@ const gunzipAsync = promisify(gunzip);
 
 /** Key of a finished segment (or history file) of a branch: `wal/main/000000010000000000000003.gz`. */
 export function walObjectKey(branch: string, fileName: string): string {
-  return `wal/${branch}/${fileName}.gz`;
+  return `${walObjectPrefix(branch)}${fileName}.gz`;
 }
 
 /** Key of the newest unfinished segment of a branch, replaced as it grows. */
 export function partialObjectKey(branch: string, segmentName: string): string {
-  return `wal/${branch}/${segmentName}.partial.gz`;
+  return `${walObjectPrefix(branch)}${segmentName}${PARTIAL_SUFFIX}.gz`;
 }
 
 /** Compress a segment for upload (level 1: WAL compresses well even so, and offload must keep up). */
@@ -109,4 +110,33 @@ export async function unpackWal(key: string, packed: Buffer): Promise<Buffer> {
   } catch (error) {
     throw new NeonError('corrupt', `WAL object ${key} is corrupt (${(error as Error).message})`, { status: 500 });
   }
+}
+
+/** Suffix of a segment a safekeeper is still writing (the rest of the file is zeros). */
+export const PARTIAL_SUFFIX = '.partial';
+
+const WAL_FILE_NAME = /^(?:[0-9A-F]{24}|[0-9A-F]{8}\.history)$/;
+
+/** True for a segment (`000000010000000000000003`) or timeline history file (`00000002.history`) name. */
+export function isWalFileName(name: string): boolean {
+  return WAL_FILE_NAME.test(name);
+}
+
+/** Where a safekeeper keeps a branch's WAL: `<safekeeper folder>/wal/<branch>/<segment>[.partial]`. */
+export function safekeeperWalDir(safekeeperDir: string, branch: string): string {
+  return path.join(safekeeperDir, 'wal', branch);
+}
+
+/** The prefix of every WAL object of a branch in a storage. */
+export function walObjectPrefix(branch: string): string {
+  return `wal/${branch}/`;
+}
+
+/** The WAL file an object key of `branch` holds, and whether it is the unfinished copy; undefined for other keys. */
+export function walFileOfKey(branch: string, key: string): { name: string; partial: boolean } | undefined {
+  const prefix = walObjectPrefix(branch);
+  if (!key.startsWith(prefix)) return undefined;
+  const match = /^(.+?)(\.partial)?\.gz$/.exec(key.slice(prefix.length));
+  if (!match || !isWalFileName(match[1])) return undefined;
+  return { name: match[1], partial: !!match[2] };
 }

@@ -1,10 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Daemon } from './daemon.js';
+import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
 import { markPoint, primaryOfBranch, resolveTarget } from './snapshots.js';
 import { checkName, type Branch } from '../pageserver/history.js';
-import { formatLsn } from '../core/wal.js';
+import { formatLsn, safekeeperWalDir } from '../core/wal.js';
 
 /** `POST /branches`: a new line of history. */
 export interface CreateBranchRequest {
@@ -18,7 +18,7 @@ export interface CreateBranchRequest {
  * present. No data is copied; the new branch's history before the fork point is its parent's. A fork at the present
  * is taken at a point the safekeepers already hold, so that no committed WAL is missed.
  */
-export async function createBranch(daemon: Daemon, request: CreateBranchRequest): Promise<Branch> {
+export async function createBranch(daemon: DaemonContext, request: CreateBranchRequest): Promise<Branch> {
   const { history } = daemon.pageserver;
   const name = checkName('branch', request.name);
   if (history.hasBranch(name)) throw new NeonError('branch_exists', `a branch named "${name}" already exists`, { status: 409 });
@@ -52,7 +52,7 @@ export async function createBranch(daemon: Daemon, request: CreateBranchRequest)
 }
 
 /** `DELETE /branches/:name`: refused while a compute, a child branch or a snapshot still uses it. */
-export async function deleteBranch(daemon: Daemon, name: string): Promise<void> {
+export async function deleteBranch(daemon: DaemonContext, name: string): Promise<void> {
   const { history } = daemon.pageserver;
   const branch = history.branch(name);
   if (!branch.parent) throw new NeonError('branch_root', `${name} is the root branch: every other branch starts from it`, { status: 409 });
@@ -74,7 +74,7 @@ export async function deleteBranch(daemon: Daemon, name: string): Promise<void> 
   await history.deleteBranch(name);
   daemon.safekeepers.detach(name);
   // Its own history goes with it: WAL on the safekeepers and in storage, and its base images.
-  for (const node of daemon.safekeepers.nodes) fs.rmSync(path.join(node.dir, 'wal', name), { recursive: true, force: true });
+  for (const node of daemon.safekeepers.nodes) fs.rmSync(safekeeperWalDir(node.dir, name), { recursive: true, force: true });
   fs.rmSync(path.join(daemon.pageserver.dir, 'images', name), { recursive: true, force: true });
   if (daemon.storage) {
     for (const prefix of [`wal/${name}/`, `images/${name}/`]) {

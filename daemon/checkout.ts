@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Daemon } from './daemon.js';
+import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
 import { resolveTarget, createSnapshot } from './snapshots.js';
 import { formatLsn } from '../core/wal.js';
@@ -20,7 +20,7 @@ export interface CheckoutResult {
 }
 
 /** A free name for a branch forked from `parent`: main-1, main-2, … */
-function newBranchName(daemon: Daemon, parent: string): string {
+function newBranchName(daemon: DaemonContext, parent: string): string {
   let n = 1;
   while (daemon.pageserver.history.hasBranch(`${parent}-${n}`)) n++;
   return `${parent}-${n}`;
@@ -31,7 +31,7 @@ function newBranchName(daemon: Daemon, parent: string): string {
  * automatic snapshot, and its branch ends there. The target becomes a new branch forked at that point, unless
  * it is exactly where a checkout left a branch: then the main compute continues that branch from its tip.
  */
-export async function checkout(daemon: Daemon, text: unknown): Promise<CheckoutResult> {
+export async function checkout(daemon: DaemonContext, text: unknown): Promise<CheckoutResult> {
   const main = daemon.compute('main');
   if (main.record.readOnly) throw new NeonError('read_only', 'the main compute is read-only and cannot be checked out');
   const from = main.record.branch;

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createBranch } from './branches.js';
 import type { Compute, ComputeInfo } from './compute.js';
-import type { Daemon } from './daemon.js';
+import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
 import { freePort } from '../lib/net.js';
 import { sql } from '../postgres/sql.js';
@@ -11,8 +11,7 @@ import type { ComputeRecord } from './repository.js';
 import { primaryOfBranch, resolveTarget } from './snapshots.js';
 import { checkName } from '../pageserver/history.js';
 import type { RecoveryTarget } from '../pageserver/recovery.js';
-import { parseLsn } from '../core/wal.js';
-import { parseSegmentName } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, parseLsn, parseSegmentName } from '../core/wal.js';
 
 /** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export interface CreateComputeRequest {
@@ -38,7 +37,7 @@ function optionalString(request: CreateComputeRequest, key: 'branch' | 'at' | 's
  * - otherwise a primary: of `branch` at its tip, or of a new branch named like the compute, forked from the
  *   branch (default: the main compute's) at `at` or at its present. At most one primary per branch.
  */
-export async function createCompute(daemon: Daemon, request: CreateComputeRequest): Promise<ComputeInfo> {
+export async function createCompute(daemon: DaemonContext, request: CreateComputeRequest): Promise<ComputeInfo> {
   const name = checkName('compute', request.name);
   if (daemon.computes.has(name)) throw new NeonError('pg_exists', `a compute named "${name}" already exists`, { status: 409 });
   const storage = optionalString(request, 'storage_name');
@@ -101,8 +100,8 @@ export async function createCompute(daemon: Daemon, request: CreateComputeReques
 }
 
 /** Where a primary starts on a branch: its tip when it has WAL of its own, else its fork point. */
-async function tipTarget(daemon: Daemon, branch: string): Promise<RecoveryTarget> {
-  const own = [...(await daemon.wal.names(branch))].some((name) => parseSegmentName(name, 16 * 1024 * 1024));
+async function tipTarget(daemon: DaemonContext, branch: string): Promise<RecoveryTarget> {
+  const own = [...(await daemon.wal.names(branch))].some((name) => parseSegmentName(name, DEFAULT_SEGMENT_SIZE));
   if (own) return { action: 'promote' };
   const { forkLsn, forkTime } = daemon.pageserver.history.branch(branch);
   return { lsn: forkLsn ? parseLsn(forkLsn) : undefined, time: forkTime ? new Date(forkTime) : undefined, action: 'promote' };
@@ -112,7 +111,7 @@ type Kind = Pick<ComputeRecord, 'readOnly' | 'replica' | 'at'>;
 
 /** Restore the branch's history into the compute's folder, start it there, and make it a compute of the repository. */
 async function materialise(
-  daemon: Daemon,
+  daemon: DaemonContext,
   name: string,
   branch: string,
   target: RecoveryTarget | { action: 'standby'; primary: ComputeRecord },
@@ -163,7 +162,7 @@ async function materialise(
 }
 
 /** A compute that just became a primary: its branch learns where it forked, and it gets a password of its own. */
-async function becomePrimary(daemon: Daemon, compute: Compute): Promise<void> {
+async function becomePrimary(daemon: DaemonContext, compute: Compute): Promise<void> {
   const { history } = daemon.pageserver;
   const branch = history.branch(compute.record.branch);
   if (!branch.forkLsn && branch.parent && compute.reachedLsn) await history.updateBranch(branch.name, { forkLsn: compute.reachedLsn });
@@ -186,7 +185,7 @@ function quoteIdent(name: string): string {
  * branch forked where it had replayed to (the old primary keeps the old branch); when that primary is gone, it
  * takes over the same branch.
  */
-export async function promoteCompute(daemon: Daemon, name: string): Promise<ComputeInfo & { forked: boolean; from: string }> {
+export async function promoteCompute(daemon: DaemonContext, name: string): Promise<ComputeInfo & { forked: boolean; from: string }> {
   const compute = daemon.compute(name);
   if (!compute.record.replica) {
     throw new NeonError(
@@ -220,7 +219,7 @@ export async function promoteCompute(daemon: Daemon, name: string): Promise<Comp
 }
 
 /** `DELETE /pgs/:name`: stop a compute and remove its data directory; its branch and history stay. */
-export async function destroyCompute(daemon: Daemon, name: string, options: { force?: boolean } = {}): Promise<void> {
+export async function destroyCompute(daemon: DaemonContext, name: string, options: { force?: boolean } = {}): Promise<void> {
   if (name === 'main')
     throw new NeonError('pg_main', 'the main compute cannot be destroyed (neon pg stop -n main stops it)', { status: 400 });
   const compute = daemon.computes.get(name);

@@ -20,21 +20,17 @@ import type { Launcher } from '../core/launcher.js';
 import { Pageserver } from '../pageserver/pageserver.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { RestServer } from '../core/rest.js';
-import { registerRoutes, statusOf, type Status } from './routes.js';
+import type { DaemonContext } from './context.js';
 import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
 
-/** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
-export type DaemonMessage =
-  { type: 'ready'; port: number; notice?: string; status: Status; pgs: ComputeInfo[] } | { type: 'error'; code: string; message: string };
-
 /**
  * The neon daemon: owns the components of one repository (the computes for now), supervises them and answers
  * the REST API on 127.0.0.1. Stopping it (`neon stop`, SIGTERM, SIGINT) stops everything it started.
  */
-export class Daemon {
+export class Daemon implements DaemonContext {
   readonly computes = new Map<string, Compute>();
   readonly startedAt = new Date();
   port = 0;
@@ -69,7 +65,7 @@ export class Daemon {
   ) {}
 
   /** Start everything; resolves with a notice for the user (a port that had to change), if any. */
-  async start(): Promise<string | undefined> {
+  async start(routes: (rest: RestServer) => RestServer): Promise<string | undefined> {
     const { repo, meta, log } = this;
     this.releaseLock = await acquireDaemonLock(repo.pidFile, repo.dir);
     await fs.rm(repo.daemonFile, { force: true });
@@ -127,7 +123,7 @@ export class Daemon {
       this.sync.schedule();
     }
 
-    this.rest = registerRoutes(new RestServer(token, log.child('rest')), this);
+    this.rest = routes(new RestServer(token, log.child('rest')));
     const notice = await this.listen();
     await writeFileAtomic(
       repo.daemonFile,
@@ -273,36 +269,4 @@ export class Daemon {
     })();
     return this.shuttingDown;
   }
-}
-
-/** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
-export async function runDaemon(repoDir: string, cli: string): Promise<void> {
-  const repo = new Repository(repoDir);
-  const log = createLogger('daemon');
-  const tell = (message: DaemonMessage) => process.send?.(message);
-  let daemon: Daemon | undefined;
-  const onSignal = () => (daemon ? void daemon.shutdown('signal') : process.exit(1));
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  process.on('SIGHUP', () => undefined);
-  process.on('uncaughtException', (error) => {
-    log.error('uncaught: %s', error.stack ?? error.message);
-    process.exitCode = 1;
-    onSignal();
-  });
-  try {
-    daemon = new Daemon(repo, await repo.readMeta(), log, cli);
-    daemon.onStopped = () => process.exit();
-    log.info('starting daemon pid %d for %s', process.pid, repo.dir);
-    const notice = await daemon.start();
-    // The answer to `neon start` travels with the ready message: no HTTP round trips before it can print.
-    tell({ type: 'ready', port: daemon.port, notice, status: statusOf(daemon), pgs: daemon.pgs() });
-  } catch (error) {
-    log.error('start failed: %s', isExpected(error) ? messageOf(error) : (error as Error).stack);
-    tell({ type: 'error', code: error instanceof NeonError ? error.code : 'internal', message: messageOf(error) });
-    process.exitCode = 1;
-    await daemon?.shutdown('signal');
-    process.exit();
-  }
-  if (process.connected) process.disconnect();
 }

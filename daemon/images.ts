@@ -1,5 +1,5 @@
 import type { PageserverConfig } from '../core/config.js';
-import type { Daemon } from './daemon.js';
+import type { DaemonContext } from './context.js';
 import { NeonError, messageOf } from '../core/errors.js';
 import { isPrimary } from './repository.js';
 import { formatLsn } from '../core/wal.js';
@@ -28,7 +28,7 @@ export class ImageService {
   private readonly intervalMs: number;
 
   constructor(
-    private readonly daemon: Daemon,
+    private readonly daemon: DaemonContext,
     config: PageserverConfig = {},
   ) {
     this.afterBytes = BigInt(Math.round((config.imageAfterMb ?? 64) * 1024 * 1024));

@@ -8,6 +8,7 @@ import type { Logger } from '../core/log.js';
 import type { Repository } from './repository.js';
 import type { FromSafekeeper, ToSafekeeper } from '../safekeeper/main.js';
 import type { PrimaryInfo, SafekeeperStatus } from '../safekeeper/safekeeper.js';
+import { parseLsn } from '../core/wal.js';
 
 /** One WAL stream of a safekeeper: a branch and how far its WAL is durable here. */
 export interface StreamInfo {
@@ -292,7 +293,7 @@ export class Safekeepers {
   /** The furthest position any safekeeper holds of a branch, or undefined. */
   flushedOf(branch: string): bigint | undefined {
     const flushed = this.nodes.map((n) => n.statusOf(branch).flushLsn).filter((l): l is string => !!l);
-    return flushed.length ? flushed.map(lsnValue).reduce((a, b) => (a > b ? a : b)) : undefined;
+    return flushed.length ? flushed.map(parseLsn).reduce((a, b) => (a > b ? a : b)) : undefined;
   }
 
   async dropStaleSlots(primary: PrimaryInfo): Promise<string[]> {
@@ -318,7 +319,3 @@ export class Safekeepers {
   }
 }
 
-function lsnValue(text: string): bigint {
-  const [hi, lo] = text.split('/');
-  return (BigInt('0x' + hi) << 32n) | BigInt('0x' + lo);
-}

@@ -1,10 +1,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Daemon } from './daemon.js';
+import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
 import { sql } from '../postgres/sql.js';
 import { isPrimary } from './repository.js';
 import type { Compute } from './compute.js';
-import { formatLsn, parseLsn, type Lsn } from '../core/wal.js';
+import { formatLsn, type Lsn, parseLsn } from '../core/wal.js';
 import { checkName, type Snapshot } from '../pageserver/history.js';
 
 /** A point of history as the user named it, resolved. */
@@ -21,12 +21,12 @@ export interface Target {
 const LSN = /^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/;
 
 /** The compute that writes a branch's WAL now, if it has one (stopped or running). */
-export function primaryOfBranch(daemon: Daemon, branch: string): Compute | undefined {
+export function primaryOfBranch(daemon: DaemonContext, branch: string): Compute | undefined {
   return [...daemon.computes.values()].find((c) => c.record.branch === branch && isPrimary(c.record) && !c.record.retired);
 }
 
 /** A branch's primary, running: what a point of its present is taken from. */
-function runningPrimary(daemon: Daemon, branch: string): Compute {
+function runningPrimary(daemon: DaemonContext, branch: string): Compute {
   const primary = primaryOfBranch(daemon, branch);
   if (!primary || primary.state !== 'running') {
     throw new NeonError(
@@ -45,7 +45,7 @@ function runningPrimary(daemon: Daemon, branch: string): Compute {
  * to an LSN stops before the first record starting there, so a record must exist after the point; the commit
  * (which waits for the safekeepers) makes everything before it durable too.
  */
-export async function markPoint(daemon: Daemon, branch: string, label: string): Promise<{ lsn: Lsn; timeline: number }> {
+export async function markPoint(daemon: DaemonContext, branch: string, label: string): Promise<{ lsn: Lsn; timeline: number }> {
   const primary = runningPrimary(daemon, branch);
   // A point must come after an image it can be reached from (right after init, the first one is being taken).
   await daemon.pageserver.firstImageReady();
@@ -64,7 +64,7 @@ function quoteLiteral(text: string): string {
 }
 
 /** The newest LSN of a branch: its primary's position when it runs, else where its WAL ends. */
-async function tipOf(daemon: Daemon, branch: string): Promise<Lsn | undefined> {
+async function tipOf(daemon: DaemonContext, branch: string): Promise<Lsn | undefined> {
   const primary = primaryOfBranch(daemon, branch);
   if (primary?.state === 'running') {
     const [row] = await sql(primary.record, 'select pg_current_wal_flush_lsn()::text as lsn');
@@ -75,7 +75,7 @@ async function tipOf(daemon: Daemon, branch: string): Promise<Lsn | undefined> {
 }
 
 /** Resolve a snapshot name, an LSN (on `branch`, default the main compute's), or a time. */
-export async function resolveTarget(daemon: Daemon, text: unknown, branch?: string): Promise<Target> {
+export async function resolveTarget(daemon: DaemonContext, text: unknown, branch?: string): Promise<Target> {
   if (typeof text !== 'string' || !text.trim()) {
     throw new NeonError('bad_target', 'a target is needed: a snapshot name, an LSN (like 0/16B3748) or a time (like 2026-11-21T10:00:00Z)');
   }
@@ -109,7 +109,7 @@ export async function resolveTarget(daemon: Daemon, text: unknown, branch?: stri
 }
 
 /** A default snapshot name from the time: `snap-20261121-103000`, with a suffix when taken. */
-function defaultName(daemon: Daemon, prefix: string): string {
+function defaultName(daemon: DaemonContext, prefix: string): string {
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
   let name = `${prefix}-${stamp}`;
   for (let i = 2; daemon.pageserver.history.hasSnapshot(name); i++) name = `${prefix}-${stamp}-${i}`;
@@ -120,7 +120,7 @@ function defaultName(daemon: Daemon, prefix: string): string {
  * Record a snapshot of the main compute's branch at the primary's flushed position. No data is copied: once the
  * safekeepers hold the WAL up to that point (a commit waits for them anyway), the point can always be reached.
  */
-export async function createSnapshot(daemon: Daemon, options: { name?: unknown; auto?: boolean } = {}): Promise<Snapshot> {
+export async function createSnapshot(daemon: DaemonContext, options: { name?: unknown; auto?: boolean } = {}): Promise<Snapshot> {
   const name = options.name === undefined ? defaultName(daemon, options.auto ? 'auto' : 'snap') : checkName('snapshot', options.name);
   if (daemon.pageserver.history.hasSnapshot(name))
     throw new NeonError('snapshot_exists', `a snapshot named "${name}" already exists`, { status: 409 });
@@ -140,7 +140,7 @@ export async function createSnapshot(daemon: Daemon, options: { name?: unknown; 
 }
 
 /** Wait until a quorum of safekeepers has flushed `lsn` (it is then durable outside the compute). */
-async function waitForSafekeepers(daemon: Daemon, branch: string, lsn: Lsn, timeoutMs = 10_000): Promise<void> {
+async function waitForSafekeepers(daemon: DaemonContext, branch: string, lsn: Lsn, timeoutMs = 10_000): Promise<void> {
   const nodes = daemon.safekeepers.nodes;
   if (!nodes.length) return;
   const deadline = Date.now() + timeoutMs;
@@ -172,7 +172,7 @@ export interface LogEntry {
 }
 
 /** History as a time line: branches created, snapshots taken, base images stored. */
-export async function historyLog(daemon: Daemon): Promise<LogEntry[]> {
+export async function historyLog(daemon: DaemonContext): Promise<LogEntry[]> {
   const { history } = daemon.pageserver;
   const entries: LogEntry[] = [];
   for (const branch of history.branches()) {

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { pullPacks, pushPacks } from '../chunkstore/index.js';
+import { pullPacks, pushPacks } from '../chunkstore/sync.js';
 import type { Pageserver } from '../pageserver/pageserver.js';
 import { NeonError, messageOf } from '../core/errors.js';
 import type { Logger } from '../core/log.js';

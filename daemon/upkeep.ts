@@ -1,14 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Daemon } from './daemon.js';
+import type { DaemonContext } from './context.js';
 import { messageOf } from '../core/errors.js';
 import { readObject } from '../core/storage.js';
-import { unpackWal, walObjectKey, partialObjectKey } from '../core/wal.js';
-import { parseLsn, parseSegmentName, segmentOf, type Lsn } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE as SEGMENT_SIZE, type Lsn, parseLsn, parseSegmentName, PARTIAL_SUFFIX, partialObjectKey, safekeeperWalDir, segmentOf, unpackWal, walFileOfKey, walObjectKey, walObjectPrefix } from '../core/wal.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
 import { imageKey } from '../pageserver/manifest.js';
 
-const SEGMENT_SIZE = 16 * 1024 * 1024;
 
 /** A point of history that must stay reachable: a snapshot, or the tip of a branch. */
 interface Point {
@@ -31,7 +29,7 @@ export interface VerifyReport {
   problems: Problem[];
 }
 
-function points(daemon: Daemon, snapshots?: string[]): Point[] {
+function points(daemon: DaemonContext, snapshots?: string[]): Point[] {
   const { history } = daemon.pageserver;
   const chosen = snapshots?.length ? snapshots.map((name) => history.snapshot(name)) : history.snapshots();
   const list: Point[] = chosen.map((s) => ({ label: `snapshot ${s.name}`, branch: s.branch, lsn: parseLsn(s.lsn) }));
@@ -40,7 +38,7 @@ function points(daemon: Daemon, snapshots?: string[]): Point[] {
 }
 
 /** The WAL segment numbers a point needs on each branch of its line: from its image's start up to the point. */
-function walNeeds(daemon: Daemon, point: Point, image: ImageManifest): { branch: string; from: bigint; to?: bigint }[] {
+function walNeeds(daemon: DaemonContext, point: Point, image: ImageManifest): { branch: string; from: bigint; to?: bigint }[] {
   const start = parseLsn(image.startLsn);
   return daemon.pageserver.history
     .chain(point.branch)
@@ -60,7 +58,7 @@ function walNeeds(daemon: Daemon, point: Point, image: ImageManifest): { branch:
  * every chunk those name (re-read and re-hashed), and the WAL from each image to its point (present; offloaded
  * copies decompressed, which checks their CRC).
  */
-export async function verifyRepository(daemon: Daemon, snapshots?: string[]): Promise<VerifyReport> {
+export async function verifyRepository(daemon: DaemonContext, snapshots?: string[]): Promise<VerifyReport> {
   const { pageserver, wal } = daemon;
   const problems: Problem[] = [];
   const images = new Map<string, ImageManifest>();
@@ -111,10 +109,10 @@ export async function verifyRepository(daemon: Daemon, snapshots?: string[]): Pr
 }
 
 // A local file is checked for its size (a safekeeper's files are fsynced in place); an offloaded one by its CRC.
-async function checkWal(daemon: Daemon, branch: string, name: string): Promise<string | undefined> {
+async function checkWal(daemon: DaemonContext, branch: string, name: string): Promise<string | undefined> {
   for (const node of daemon.safekeepers.nodes) {
-    for (const file of [name, `${name}.partial`]) {
-      const full = path.join(node.dir, 'wal', branch, file);
+    for (const file of [name, `${name}${PARTIAL_SUFFIX}`]) {
+      const full = path.join(safekeeperWalDir(node.dir, branch), file);
       if (fs.existsSync(full))
         return fs.statSync(full).size === SEGMENT_SIZE ? undefined : `${full} is ${fs.statSync(full).size} bytes, not ${SEGMENT_SIZE}`;
     }
@@ -147,7 +145,7 @@ export interface GcReport {
  * kept image names, and WAL before the oldest point still needed on each branch, unless it is younger than the
  * retention (`keepWalDays`, so that recent history stays reachable by time).
  */
-export async function collectGarbage(daemon: Daemon, keepWalDays = 7): Promise<GcReport> {
+export async function collectGarbage(daemon: DaemonContext, keepWalDays = 7): Promise<GcReport> {
   const { pageserver, storage } = daemon;
   const keep = new Map<string, ImageManifest>();
   const firstNeeded = new Map<string, bigint>();
@@ -177,11 +175,11 @@ export async function collectGarbage(daemon: Daemon, keepWalDays = 7): Promise<G
     const before = firstNeeded.get(branch.name);
     if (before === undefined) continue;
     for (const node of daemon.safekeepers.nodes) {
-      const dir = path.join(node.dir, 'wal', branch.name);
+      const dir = safekeeperWalDir(node.dir, branch.name);
       const files = fs.existsSync(dir) ? fs.readdirSync(dir).sort() : [];
       // The newest file stays: a safekeeper resumes after it.
       for (const file of files.slice(0, -1)) {
-        const segment = parseSegmentName(file.replace('.partial', ''), SEGMENT_SIZE);
+        const segment = parseSegmentName(file.replace(PARTIAL_SUFFIX, ''), SEGMENT_SIZE);
         const full = path.join(dir, file);
         if (segment && segment.segno < before && fs.statSync(full).mtimeMs < cutoff) {
           fs.rmSync(full);
@@ -190,9 +188,9 @@ export async function collectGarbage(daemon: Daemon, keepWalDays = 7): Promise<G
       }
     }
     if (!storage) continue;
-    for await (const object of storage.list(`wal/${branch.name}/`)) {
-      const name = object.key.slice(`wal/${branch.name}/`.length).replace(/(\.partial)?\.gz$/, '');
-      const segment = parseSegmentName(name, SEGMENT_SIZE);
+    for await (const object of storage.list(walObjectPrefix(branch.name))) {
+      const file = walFileOfKey(branch.name, object.key);
+      const segment = file && parseSegmentName(file.name, SEGMENT_SIZE);
       if (segment && segment.segno < before && (object.mtime?.getTime() ?? 0) < cutoff) {
         await storage.delete(object.key);
         walRemoved++;

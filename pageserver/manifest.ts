@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { gunzip, gzip } from 'node:zlib';
 import { NeonError } from '../core/errors.js';
-import type { Lsn } from '../core/wal.js';
+import { type Lsn } from '../core/wal.js';
 
 /** One entry of a base image: a folder, a symlink, or a file and the chunks (sha256 of 8 KiB pages) it is made of. */
 export interface ImageFile {

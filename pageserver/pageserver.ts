@@ -7,7 +7,7 @@ import type { NeonHooks } from '../core/hooks.js';
 import type { Logger } from '../core/log.js';
 import type { PgUser } from '../postgres/user.js';
 import type { WalStore } from '../wal/store.js';
-import { formatLsn, parseLsn, type Lsn } from '../core/wal.js';
+import { formatLsn, type Lsn, parseLsn } from '../core/wal.js';
 import { History, type Branch } from './history.js';
 import { decodeManifest, encodeManifest, imageKey, lsnOfImageKey, type ImageManifest } from './manifest.js';
 import { recoverySettings, stageWal, type RecoveryTarget } from './recovery.js';

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { WalStore } from '../wal/store.js';
 import { NeonError } from '../core/errors.js';
 import type { PgUser } from '../postgres/user.js';
-import { formatLsn, parseSegmentName, segmentOf, type Lsn } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, formatLsn, type Lsn, parseSegmentName, segmentOf } from '../core/wal.js';
 
 /** Which branch's WAL serves which part of history: a branch up to its child's fork point. */
 export interface WalSpan {
@@ -14,7 +14,7 @@ export interface WalSpan {
   to?: Lsn;
 }
 
-const SEGMENT_SIZE = 16 * 1024 * 1024;
+const SEGMENT_SIZE = DEFAULT_SEGMENT_SIZE;
 
 /**
  * Gather the WAL a recovery needs into `dir`: every segment from `start` on, taken from the branch whose span holds

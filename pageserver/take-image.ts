@@ -5,7 +5,7 @@ import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
 import { WireConnection } from '../replication/connection.js';
 import { baseBackup } from '../replication/base-backup.js';
-import { formatLsn, segmentName, segmentOf } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, formatLsn, segmentName, segmentOf } from '../core/wal.js';
 import { identifySystem } from '../replication/stream.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { ImageBuilder } from './image-builder.js';
@@ -144,7 +144,7 @@ export async function takeOfflineImage(source: ImageSource & { dataDir: string }
   if (!isCleanShutdown(control)) {
     throw new NeonError('not_shut_down', `${dataDir} was not shut down cleanly: an offline image needs a stopped server`);
   }
-  const segmentSize = 16 * 1024 * 1024;
+  const segmentSize = DEFAULT_SEGMENT_SIZE;
   const keepWal = new Set<string>();
   for (let segno = segmentOf(control.redo, segmentSize); segno <= segmentOf(control.checkpoint, segmentSize); segno++) {
     keepWal.add(path.join('pg_wal', segmentName(control.timeline, segno, segmentSize)));

@@ -1,5 +1,5 @@
 import { PgError, textRows, type WireConnection } from './connection.js';
-import { parseLsn, type Lsn } from '../core/wal.js';
+import { type Lsn, parseLsn } from '../core/wal.js';
 
 /** What the archive stream delivers, in order: a new archive begins, its bytes, the backup manifest. */
 export interface BaseBackupSink {

@@ -1,5 +1,5 @@
 import { textRows, type WireConnection } from './connection.js';
-import { parseLsn, pgNow, type Lsn } from '../core/wal.js';
+import { type Lsn, parseLsn, pgNow } from '../core/wal.js';
 
 /** WAL bytes from the server (XLogData): `data` belongs at `start`; `walEnd` is the server's flush position. */
 export interface XLogData {

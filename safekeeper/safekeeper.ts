@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PgError, textRows, WireConnection } from '../replication/connection.js';
-import { formatLsn, historyFileName, parseLsn, segmentOf, segmentStart, type Lsn } from '../core/wal.js';
+import { formatLsn, historyFileName, type Lsn, parseLsn, safekeeperWalDir, segmentOf, segmentStart } from '../core/wal.js';
 import {
   ensurePhysicalSlot,
   identifySystem,
@@ -86,7 +86,7 @@ export class Safekeeper {
 
   /** Folder of the branch's segments. */
   get walDir(): string {
-    return path.join(this.config.dir, 'wal', this.config.branch);
+    return safekeeperWalDir(this.config.dir, this.config.branch);
   }
 
   /** The current status. */

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseSegmentName, segmentName, segmentOf, segmentStart, type Lsn } from '../core/wal.js';
+import { type Lsn, parseSegmentName, segmentName, segmentOf, segmentStart } from '../core/wal.js';
 
 /** A segment that was completed: its bytes are all written, fsynced, and it has its final name. */
 export interface CompletedSegment {

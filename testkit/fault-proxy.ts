@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** What the proxy can do to a request instead of (or before) forwarding it. */
-export type Fault = 'error500' | 'slowdown503' | 'throttle429' | 'reset' | 'delay';
+export type Fault = 'error500' | 'slowdown503' | 'throttle429' | 'reset' | 'delay' | 'cut';
 
 /** Options of {@link startFaultProxy}. */
 export interface FaultProxyOptions {
@@ -41,7 +41,7 @@ export interface FaultProxy {
   close(): Promise<void>;
 }
 
-const ALL: Fault[] = ['error500', 'slowdown503', 'throttle429', 'reset', 'delay'];
+const ALL: Fault[] = ['error500', 'slowdown503', 'throttle429', 'reset', 'delay', 'cut'];
 
 const ERRORS: Record<'error500' | 'slowdown503' | 'throttle429', CannedAnswer> = {
   error500: { status: 500, code: 'InternalError', message: 'We encountered an internal error. Please try again.' },
@@ -51,8 +51,9 @@ const ERRORS: Record<'error500' | 'slowdown503' | 'throttle429', CannedAnswer> =
 
 /**
  * An HTTP proxy on 127.0.0.1 in front of an S3 endpoint that breaks a share of requests the way real networks and
- * stores do: 500 InternalError, 503 SlowDown, 429, a connection reset before any answer, or a delay. Faults hit
- * requests before they reach the store, so a faulted request changes nothing there.
+ * stores do: 500 InternalError, 503 SlowDown, 429, a connection reset before any answer, a delay, or a `cut`:
+ * a GET whose answer is dropped halfway through its body. Other faults hit requests before they reach the store,
+ * so they change nothing there.
  */
 export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
   const target = new URL(options.target);
@@ -67,15 +68,27 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     proxy.requests++;
     if (canned) return reply(req, res, canned);
     const fault = random() < share ? faults[Math.floor(random() * faults.length)] : undefined;
-    if (fault) injected[fault]++;
+    // A cut is counted when it happens: only GETs with a body can be cut.
+    if (fault && fault !== 'cut') injected[fault]++;
     if (fault === 'reset') return req.socket.destroy();
     if (fault === 'delay') await sleep(delayMs);
-    else if (fault) return reply(req, res, ERRORS[fault]);
+    else if (fault && fault !== 'cut') return reply(req, res, ERRORS[fault]);
     const upstream = http.request(
       { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
       (answer) => {
         res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
+        const length = Number(answer.headers['content-length'] ?? 0);
+        if (fault !== 'cut' || req.method !== 'GET' || length < 2) return void answer.pipe(res);
+        // Send the first half of the body, then drop the connection.
+        injected.cut++;
+        let sent = 0;
+        answer.on('data', (chunk: Buffer) => {
+          const room = Math.floor(length / 2) - sent;
+          if (room <= 0) return;
+          res.write(chunk.subarray(0, room));
+          sent += Math.min(room, chunk.length);
+          if (sent >= Math.floor(length / 2)) setTimeout(() => res.socket?.destroy(), 20);
+        });
       },
     );
     upstream.on('error', () => res.destroy());

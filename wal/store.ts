@@ -1,22 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseLsn, segmentName, segmentOf } from '../core/wal.js';
-import type { SafekeeperNode } from '../daemon/safekeepers.js';
 import { readObject, type Storage } from '../core/storage.js';
-import { partialObjectKey, unpackWal, walObjectKey } from '../core/wal.js';
+import { type PartialSegment, type WalSource } from '../core/hooks.js';
+import { isWalFileName, parseLsn, PARTIAL_SUFFIX as PARTIAL, partialObjectKey, safekeeperWalDir, segmentName, segmentOf, unpackWal, walFileOfKey, walObjectKey, walObjectPrefix } from '../core/wal.js';
 
-/** The newest unfinished segment of a branch, on the safekeeper that has the most of it. */
-export interface PartialSegment {
-  branch: string;
-  segment: string;
-  path: string;
-  /** How far its bytes are durable (the rest of the file is zeros). */
-  flushLsn: string;
-  safekeeper: string;
-}
-
-const PARTIAL = '.partial';
-const WAL_NAME = /^(?:[0-9A-F]{24}|[0-9A-F]{8}\.history)$/;
 
 /** Offset just past the last non-zero byte: how much of a pre-zeroed partial segment holds WAL. */
 function filledLength(file: string): number {
@@ -26,23 +13,30 @@ function filledLength(file: string): number {
   return end;
 }
 
+/** A safekeeper as the WAL store sees it: its folder, and how far it has flushed each branch. */
+export interface WalHolder {
+  readonly name: string;
+  readonly dir: string;
+  statusOf(branch: string): { flushLsn?: string | null; timeline?: number | null };
+}
+
 /**
  * WAL by file name, wherever it is: on a safekeeper's disk (finished segments, history files and the newest
  * unfinished segment), else in storage_dest (offloaded, verified on read). Recovery is served from here.
  */
-export class WalStore {
+export class WalStore implements WalSource {
   constructor(
-    private readonly safekeepers: () => SafekeeperNode[],
+    private readonly safekeepers: () => WalHolder[],
     private readonly storage?: Storage,
     /** The branches the safekeepers stream now. */
     readonly activeBranches: () => string[] = () => ['main'],
   ) {}
 
-  private dirOf(node: SafekeeperNode, branch: string): string {
-    return path.join(node.dir, 'wal', branch);
+  private dirOf(node: WalHolder, branch: string): string {
+    return safekeeperWalDir(node.dir, branch);
   }
 
-  private segmentSize(node: SafekeeperNode): number | undefined {
+  private segmentSize(node: WalHolder): number | undefined {
     try {
       return (JSON.parse(fs.readFileSync(path.join(node.dir, 'system.json'), 'utf8')) as { segmentSize: number }).segmentSize;
     } catch {
@@ -76,13 +70,13 @@ export class WalStore {
       const dir = this.dirOf(node, branch);
       for (const file of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
         const name = file.endsWith(PARTIAL) ? file.slice(0, -PARTIAL.length) : file;
-        if (WAL_NAME.test(name)) names.add(name);
+        if (isWalFileName(name)) names.add(name);
       }
     }
     if (this.storage) {
-      for await (const object of this.storage.list(`wal/${branch}/`)) {
-        const name = object.key.slice(`wal/${branch}/`.length).replace(/(\.partial)?\.gz$/, '');
-        if (WAL_NAME.test(name)) names.add(name);
+      for await (const object of this.storage.list(walObjectPrefix(branch))) {
+        const file = walFileOfKey(branch, object.key);
+        if (file) names.add(file.name);
       }
     }
     return names;

@@ -4,9 +4,8 @@ import { messageOf, NeonError } from '../../core/errors.js';
 import type { BaseImageEvent, WalSegmentEvent } from '../../core/hooks.js';
 import type { Logger } from '../../core/log.js';
 import { readObject, type Storage } from '../../core/storage.js';
-import { packWal, partialObjectKey, unpackWal, walObjectKey } from '../../core/wal.js';
-import type { WalStore } from '../../wal/store.js';
-import { historyFileName, parseLsn } from '../../core/wal.js';
+import { historyFileName, packWal, parseLsn, partialObjectKey, unpackWal, walObjectKey } from '../../core/wal.js';
+import type { WalSource } from '../../core/hooks.js';
 import { UploadQueue } from './queue.js';
 import { newestPartialFile, removeOffloaded, walFilesIn, walFolders, type LocalWalFile, type OffloadState } from './state.js';
 
@@ -18,7 +17,7 @@ const isPartialJob = (key: string) => key.startsWith('partial:');
 /** What an {@link Offloader} works with, taken from the daemon's start context. */
 export interface OffloadContext {
   storage: Storage;
-  wal: WalStore;
+  wal: WalSource;
   repoDir: string;
   log: Logger;
 }

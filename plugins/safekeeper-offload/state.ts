@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { readJson, writeFileAtomic } from '../../core/fs-atomic.js';
-import { parseSegmentName, type Lsn } from '../../core/wal.js';
+import { type Lsn, parseSegmentName, safekeeperWalDir } from '../../core/wal.js';
 
 /** Finished segment files: 24 hex digits, no suffix. History files: `0000000N.history`. */
 export const SEGMENT_NAME = /^[0-9A-F]{24}$/;
@@ -101,7 +101,7 @@ export async function walFolders(repoDir: string, branch?: string): Promise<{ br
   const root = path.join(repoDir, 'safekeepers');
   for (const sk of await readdir(root)) {
     for (const name of branch ? [branch] : await readdir(path.join(root, sk, 'wal'))) {
-      folders.push({ branch: name, dir: path.join(root, sk, 'wal', name) });
+      folders.push({ branch: name, dir: safekeeperWalDir(path.join(root, sk), name) });
     }
   }
   return folders;

@@ -3,6 +3,7 @@ import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2
 import { NeonError } from '../../core/errors.js';
 import { checkKey, type PutOptions, type Storage, type StorageObject } from '../../core/storage.js';
 import { isNotFound, toNeonError, type S3Target } from './errors.js';
+import { resumable } from './resume.js';
 import type { S3Settings } from './options.js';
 import { withRetry } from './retry.js';
 import { PartReader, SourceError } from './part-reader.js';
@@ -76,8 +77,14 @@ export class S3Storage implements Storage {
     const Key = this.full(key);
     try {
       const answer = await withRetry(() => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key })), this.settings);
-      // In Node the SDK's body is the HTTP response itself: a stream, nothing is buffered here.
-      return answer.Body as Readable;
+      // In Node the SDK's body is the HTTP response itself: a stream, nothing is buffered here. A connection
+      // lost mid-body resumes with a ranged GET of the same version (If-Match on its ETag).
+      const reopen = async (from: number) => {
+        const range = new GetObjectCommand({ Bucket: this.bucket, Key, Range: `bytes=${from}-`, IfMatch: answer.ETag });
+        return (await withRetry(() => this.client.send(range), this.settings)).Body as Readable;
+      };
+      const fail = (error: unknown) => toNeonError(error, this.target, `the get of "${key}"`);
+      return resumable(answer.Body as Readable, answer.ContentLength, reopen, this.settings.retries, fail);
     } catch (error) {
       if (isNotFound(error)) throw this.notFound(key);
       throw toNeonError(error, this.target, `the get of "${key}"`);

@@ -9,11 +9,10 @@ import { applyPlugins } from '../../core/plugin.js';
 import { createLogger } from '../../core/log.js';
 import { Repository } from '../../daemon/repository.js';
 import { readObject } from '../../core/storage.js';
-import { packWal, unpackWal, walObjectKey } from '../../core/wal.js';
+import { packWal, parseLsn, parseSegmentName, unpackWal, walObjectKey } from '../../core/wal.js';
 import { WalStore } from '../../wal/store.js';
 import { FileStorage } from '../../plugins/storage-file/index.js';
 import safekeeperOffload from '../../plugins/safekeeper-offload/index.js';
-import { parseLsn, parseSegmentName } from '../../core/wal.js';
 import { cleanup, neon, neonJson, processesOf, tmpDir } from '../../testkit/env.js';
 
 const SEGMENT = 16 * 1024 * 1024;

@@ -134,6 +134,23 @@ faults(
   },
 );
 
+faults('a download dropped halfway resumes where it stopped and returns identical content', async ({ s3, proxy }) => {
+  const storage = await open(`s3://${s3.bucket}/cut`, { ...s3.options, endpoint: proxy.endpoint, partSizeMb: 5 });
+  try {
+    const body = randomBytes(7 * MiB + 11);
+    await storage.put('obj', body);
+    proxy.configure(1, ['cut']);
+    const before = proxy.injected.cut;
+    const got = await readObject(storage, 'obj');
+    proxy.configure(0);
+    assert.ok(proxy.injected.cut - before >= 2, `the body was cut more than once (${proxy.injected.cut - before})`);
+    assert.is(got.length, body.length);
+    assert.is(sha(got), sha(body), 'the resumed download is byte-identical');
+  } finally {
+    storage.destroy();
+  }
+});
+
 faults('credentials refused in the middle of work (403 InvalidAccessKeyId) are s3_credentials, not retried', async ({ s3, proxy }) => {
   const storage = await open(`s3://${s3.bucket}/creds`, { ...s3.options, endpoint: proxy.endpoint });
   try {

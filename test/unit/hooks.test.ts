@@ -5,11 +5,10 @@ import { createHooks, type StartContext } from '../../core/hooks.js';
 import { applyPlugins, checkPluginOptions, resolvePlugins, type NeonPlugin, type PluginOption } from '../../core/plugin.js';
 import { resolveLauncher, resolveStorage } from '../../core/resolve.js';
 import type { Storage } from '../../core/storage.js';
-import { Repository } from '../../daemon/repository.js';
 import { silentLogger } from '../../core/log.js';
 import { rejects } from '../../testkit/assert.js';
 
-const context = { repo: new Repository('/tmp/unused'), log: silentLogger, pgVersion: 17 };
+const context = { repo: { dir: '/tmp/unused' }, log: silentLogger, pgVersion: 17 };
 
 function hostWith(plugins: PluginOption[], command = 'start') {
   const hooks = createHooks();
@@ -128,7 +127,7 @@ stamping('an error thrown in a lifecycle hook carries the plugin name and the ho
     },
   ]);
   try {
-    await hooks.start.promise({ repo: context.repo, log: silentLogger } as StartContext);
+    await hooks.start.promise({ repo: context.repo, log: silentLogger } as unknown as StartContext);
     assert.unreachable('should have thrown');
   } catch (error) {
     assert.instance(error, PluginError);

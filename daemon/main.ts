@@ -1,0 +1,42 @@
+import { NeonError, isExpected, messageOf } from '../core/errors.js';
+import { createLogger } from '../core/log.js';
+import type { ComputeInfo } from './compute.js';
+import { Daemon } from './daemon.js';
+import { Repository } from './repository.js';
+import { registerRoutes, statusOf, type Status } from './routes.js';
+
+/** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
+export type DaemonMessage =
+  { type: 'ready'; port: number; notice?: string; status: Status; pgs: ComputeInfo[] } | { type: 'error'; code: string; message: string };
+
+/** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
+export async function runDaemon(repoDir: string, cli: string): Promise<void> {
+  const repo = new Repository(repoDir);
+  const log = createLogger('daemon');
+  const tell = (message: DaemonMessage) => process.send?.(message);
+  let daemon: Daemon | undefined;
+  const onSignal = () => (daemon ? void daemon.shutdown('signal') : process.exit(1));
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', () => undefined);
+  process.on('uncaughtException', (error) => {
+    log.error('uncaught: %s', error.stack ?? error.message);
+    process.exitCode = 1;
+    onSignal();
+  });
+  try {
+    daemon = new Daemon(repo, await repo.readMeta(), log, cli);
+    daemon.onStopped = () => process.exit();
+    log.info('starting daemon pid %d for %s', process.pid, repo.dir);
+    const notice = await daemon.start((rest) => registerRoutes(rest, daemon!));
+    // The answer to `neon start` travels with the ready message: no HTTP round trips before it can print.
+    tell({ type: 'ready', port: daemon.port, notice, status: statusOf(daemon), pgs: daemon.pgs() });
+  } catch (error) {
+    log.error('start failed: %s', isExpected(error) ? messageOf(error) : (error as Error).stack);
+    tell({ type: 'error', code: error instanceof NeonError ? error.code : 'internal', message: messageOf(error) });
+    process.exitCode = 1;
+    await daemon?.shutdown('signal');
+    process.exit();
+  }
+  if (process.connected) process.disconnect();
+}
