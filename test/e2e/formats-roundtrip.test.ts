@@ -4,6 +4,7 @@ import path from 'node:path';
 import { suite } from 'uvu';
 import { execa } from 'execa';
 import formatPgdata from '../../plugins/format-pgdata/index.js';
+import { tarFormat } from '../../plugins/format-tar/index.js';
 import type { BackupFormat } from '../../core/format.js';
 import { FileStorage } from '../../plugins/storage-file/index.js';
 
@@ -223,3 +224,108 @@ test('imports pg_basebackup -Fp output (needsRecovery) and validates before writ
 });
 
 test.run();
+
+// ---- tar --------------------------------------------------------------------------------------------------
+
+const tar = tarFormat();
+const tarSuite = suite('format-tar');
+const tarRoots: string[] = [];
+tarSuite.after(async () => {
+  await stopAll();
+  for (const dir of tarRoots) fs.rmSync(dir, { recursive: true, force: true });
+});
+const tarWork = () => {
+  const dir = tmp('neon-fmt-tar-');
+  tarRoots.push(dir);
+  return dir;
+};
+const storageAt = (dir: string) => new FileStorage(dir, 'file://' + dir, false);
+
+/** Unpack an export as a user would: tar -xf base.tar; tar -xf pg_wal.tar -C pg_wal. */
+async function untar(from: string, to: string): Promise<void> {
+  fs.mkdirSync(to, { mode: 0o700 });
+  await execa('tar', ['-xf', path.join(from, 'base.tar'), '-C', to]);
+  await execa('tar', ['-xf', path.join(from, 'pg_wal.tar'), '-C', path.join(to, 'pg_wal')]);
+  fs.copyFileSync(path.join(from, 'backup_manifest'), path.join(to, 'backup_manifest'));
+}
+
+for (const version of [17, 15] as const) {
+  tarSuite(`PG ${version}: export base.tar + pg_wal.tar + backup_manifest → pg_verifybackup → import → same rows`, async () => {
+    const root = tarWork();
+    const source = await Cluster.create(BINS[version], path.join(root, 'src'));
+    await source.start();
+    await source.fill();
+    const before = await source.fingerprint();
+    await source.stop();
+    const out = path.join(root, 'export');
+    await tar.exportTo!({ dataDir: source.dataDir, storage: storageAt(out), pgVersion: version });
+    assert.deepEqual(fs.readdirSync(out).sort(), ['backup_manifest', 'base.tar', 'pg_wal.tar']);
+    // pg_verifybackup of the same major (the embedded 17 ships none; a system install may).
+    const verifier = [path.join(BINS[version], 'pg_verifybackup'), `/usr/lib/postgresql/${version}/bin/pg_verifybackup`].find((f) => fs.existsSync(f));
+    const extracted = path.join(root, 'extracted');
+    await untar(out, extracted);
+    if (verifier) {
+      const result = await execa(verifier, [extracted], { reject: false, env: { PATH: `${path.dirname(verifier)}:${process.env.PATH}` } });
+      assert.equal(result.exitCode, 0, `pg_verifybackup: ${result.stdout} ${result.stderr}`);
+      assert.match(result.stdout, /successfully verified/);
+    }
+    fs.rmSync(path.join(extracted, 'backup_manifest'));
+    const vanilla = await Cluster.adopt(BINS[version], extracted);
+    await vanilla.start();
+    assert.equal(await vanilla.fingerprint(), before);
+    await vanilla.stop();
+
+    const result = await tar.importFrom!({ storage: storageAt(out), dataDir: path.join(root, 'imported') });
+    assert.equal(result.needsRecovery, false);
+    assert.match(result.description, /verified against backup_manifest/);
+    const copy = await Cluster.adopt(BINS[version], path.join(root, 'imported'));
+    await copy.start();
+    assert.equal(await copy.fingerprint(), before);
+    await copy.stop();
+
+    if (version === 17) {
+      // Compressed exports read back too.
+      for (const codec of ['lz4', 'zstd'] as const) {
+        const packed = path.join(root, `export-${codec}`);
+        await tarFormat(codec).exportTo!({ dataDir: source.dataDir, storage: storageAt(packed), pgVersion: version });
+        assert.ok(fs.existsSync(path.join(packed, `base.tar.${codec === 'zstd' ? 'zst' : 'lz4'}`)));
+        const again = await tar.importFrom!({ storage: storageAt(packed), dataDir: path.join(root, `imported-${codec}`) });
+        assert.equal(again.systemId, result.systemId);
+      }
+    }
+  });
+}
+
+tarSuite('imports real pg_basebackup -Ft -X stream output (CRC32C and SHA256 manifests, zstd) and refuses a tampered one', async () => {
+  const root = tarWork();
+  const source = await Cluster.create(BINS[15], path.join(root, 'src'));
+  await source.start();
+  await source.fill();
+  const before = await source.fingerprint();
+  const runs = { plain: ['-Ft'], zstd: ['-Ft', '--compress=zstd', '--manifest-checksums=SHA256'] };
+  for (const [name, flags] of Object.entries(runs)) {
+    await execa(path.join(BINS[15], 'pg_basebackup'), ['-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres', '-D', path.join(root, name), ...flags, '-X', 'stream', '-c', 'fast'], { uid: pgUser?.uid, gid: pgUser?.gid });
+  }
+  await source.stop();
+  for (const name of Object.keys(runs)) {
+    const result = await tar.importFrom!({ storage: storageAt(path.join(root, name)), dataDir: path.join(root, `restored-${name}`) });
+    assert.equal(result.needsRecovery, true);
+    assert.match(result.description, /verified against backup_manifest/);
+    const copy = await Cluster.adopt(BINS[15], path.join(root, `restored-${name}`));
+    await copy.start();
+    assert.equal(await copy.fingerprint(), before);
+    await copy.stop();
+  }
+  // One byte of PG_VERSION's data changed inside base.tar: the manifest catches it, the target is left empty.
+  const baseTar = path.join(root, 'plain', 'base.tar');
+  const bytes = fs.readFileSync(baseTar);
+  const at = bytes.indexOf(Buffer.from('PG_VERSION\0'));
+  assert.ok(at >= 0 && at % 512 === 0);
+  bytes[at + 512] = '9'.charCodeAt(0);
+  fs.writeFileSync(baseTar, bytes);
+  const target = path.join(root, 'tampered');
+  await assert.rejects(tar.importFrom!({ storage: storageAt(path.join(root, 'plain')), dataDir: target }), /PG_VERSION fails its CRC32C checksum/);
+  assert.deepEqual(fs.readdirSync(target), []);
+});
+
+tarSuite.run();
