@@ -62,7 +62,7 @@ async function neonRun(scale: number): Promise<Metrics> {
 
     // 2. The first base image with data (neon init took a tiny offline one of the empty cluster).
     const [imageMs, image] = await timed(() => neonJson(['image', 'create'], cwd));
-    Object.assign(m, { imageMs, imageRaw: image.rawBytes, imageNew: image.newBytes });
+    Object.assign(m, { imageMs, imageRaw: image.raw_bytes, imageNew: image.new_bytes });
 
     // 1. Snapshots: through the CLI, and the same REST call without the CLI's process start.
     [m.snapCliMs] = await timed(() => neonJson(['snapshot', 'create', 'base'], cwd));
@@ -81,10 +81,10 @@ async function neonRun(scale: number): Promise<Metrics> {
     await lib.changeOnePercent(url, scale);
     const [incrMs, incr] = await timed(() => neonJson(['image', 'create'], cwd));
     const { changed } = await lib.newChunks(repo);
-    Object.assign(m, { incrMs, incrNew: incr.newBytes, changedBytes: changed * 8192 });
+    Object.assign(m, { incrMs, incrNew: incr.new_bytes, changedBytes: changed * 8192 });
 
     // 5. 100 MB of WAL past that image, a snapshot there, a compute at it.
-    await lib.writeWal(url, incr.endLsn, WAL_PAST_IMAGE);
+    await lib.writeWal(url, incr.end_lsn, WAL_PAST_IMAGE);
     const far = await neonJson(['snapshot', 'create', 'far'], cwd);
     m.farWal = await lib.walBetween(url, incr.startLsn, far.lsn);
     requestedAt = Date.now();

@@ -2,10 +2,12 @@ import { callDaemon } from './client.js';
 import type { ComputeInfo } from '../daemon/compute.js';
 import { runningDaemonPid, spawnDaemon } from './daemon-control.js';
 import { NeonError } from '../core/errors.js';
+import type { StorageRequest } from '../core/storage.js';
 import { branchTree, keyValues, table, type Column } from './output.js';
 import type { SafekeeperInfo } from '../daemon/safekeepers.js';
 import type { Repository } from '../daemon/repository.js';
 import type { Status } from '../daemon/routes.js';
+import type { Wire } from '../core/rest.js';
 import type { Branch } from '../pageserver/history.js';
 
 /** An action a command knows, or a clear error listing the ones it does. */
@@ -79,7 +81,7 @@ function statusText(status: Status & { offload?: OffloadStatus }): string {
 export async function startCommand(
   repo: Repository,
   cli: string,
-  options: { json?: boolean; storageDest?: string },
+  options: { json?: boolean; storageDest?: StorageRequest },
   print: Print,
 ): Promise<void> {
   let initialised = false;
@@ -89,8 +91,8 @@ export async function startCommand(
     initialised = true;
   } else if (options.storageDest) {
     // Harmless when it names the storage the repository already uses; anything else would be ignored silently.
-    const [{ parseStorageUrl }, meta] = await Promise.all([import('../core/storage.js'), repo.readMeta()]);
-    if (parseStorageUrl(options.storageDest).url !== meta.storageDest) {
+    const meta = await repo.readMeta();
+    if (options.storageDest.url !== meta.storageDest) {
       throw new NeonError(
         'already_initialized',
         `${repo.dir} already exists with storage_dest ${meta.storageDest ?? '(none)'}; --storage_dest only applies when neon start creates the repository`,
@@ -236,7 +238,7 @@ const SNAPSHOT_COLUMNS: Column[] = [
   ['name', 'name'],
   ['branch', 'branch'],
   ['lsn', 'lsn'],
-  ['createdAt', 'created'],
+  ['created_at', 'created'],
   ['auto', 'auto'],
 ];
 
@@ -284,14 +286,14 @@ export async function logCommand(call: Call, options: { json?: boolean }, print:
 export async function imageCommand(action: string, call: Call, options: { json?: boolean; name?: string }, print: Print): Promise<void> {
   if (action === 'create') {
     const image = await call<Record<string, unknown>>('POST', '/images', options.name ? { compute: options.name } : {});
-    print(options, image, () => `base image of ${image.branch} at ${image.endLsn}: ${Math.round(Number(image.newBytes) / 1024)} kB new`);
+    print(options, image, () => `base image of ${image.branch} at ${image.end_lsn}: ${Math.round(Number(image.new_bytes) / 1024)} kB new`);
   } else if (action === 'list') {
     const images = await call<Record<string, unknown>[]>('GET', '/images');
     print(options, images, () =>
       table(images, [
         ['branch', 'branch'],
-        ['endLsn', 'lsn'],
-        ['createdAt', 'created'],
+        ['end_lsn', 'lsn'],
+        ['created_at', 'created'],
         ['key', 'key'],
       ]),
     );
@@ -312,14 +314,14 @@ export async function branchCommand(
 ): Promise<void> {
   checkAction('branch', action, BRANCH_ACTIONS);
   if (action === 'list') {
-    const branches = await call<Branch[]>('GET', '/branches');
+    const branches = await call<Wire<Branch>[]>('GET', '/branches');
     print(options, branches, () => branchTree(branches));
     return;
   }
   if (!name) throw new NeonError('missing_name', `neon branch ${action} needs a branch name`);
   if (action === 'create') {
-    const branch = await call<Branch>('POST', '/branches', { name, parent: options.parent, at: options.at });
-    print(options, branch, () => `branch ${branch.name} forked from ${branch.parent} at ${branch.forkLsn ?? branch.forkTime}`);
+    const branch = await call<Wire<Branch>>('POST', '/branches', { name, parent: options.parent, at: options.at });
+    print(options, branch, () => `branch ${branch.name} forked from ${branch.parent} at ${branch.fork_lsn ?? branch.fork_time}`);
   } else {
     const done = await call<Record<string, unknown>>('DELETE', `/branches/${encodeURIComponent(name)}`);
     print(options, done, () => `branch ${name} deleted`);

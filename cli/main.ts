@@ -29,6 +29,16 @@ async function call<T>(options: GlobalOptions, method: string, path: string, bod
   return callDaemon<T>(repoOf(options), method, path, body);
 }
 
+/** `--storage_dest` parsed once, here where it was typed (relative paths are relative to this folder). */
+async function storageDestOf(options: { storage_dest?: unknown }) {
+  if (options.storage_dest === undefined) return undefined;
+  const { parseStorageUrl } = await import('../core/storage.js');
+  return parseStorageUrl(String(options.storage_dest));
+}
+
+// The seed spells these options with an underscore; a hyphen is what people type by habit, so accept both.
+const SNAKE_OPTIONS = /^--(storage|snapshot)-(dest|path|format)(?==|$)/;
+
 function checkPgVersion(value: unknown): number | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== 'number' || !Number.isInteger(value)) {
@@ -56,17 +66,16 @@ export function createCli(script: string) {
 
   cli
     .command('init', "Create a repository: the main compute's data directory, token and settings")
-    .option('--storage_dest <url>', 'Durable storage: a path, file:///path or s3://bucket/prefix')
-    .option('--storage-dest <url>', 'Same as --storage_dest')
+    .option('--storage_dest <url>', 'Durable storage: a path, file:///path, s3://bucket/prefix, FILE_PREFIX=… or S3_PREFIX=…')
     .option('--pg-version <major>', 'PostgreSQL major version (default: the embedded one)')
     .option('--force', 'Delete an existing repository and create a new one')
-    .action(async (options: GlobalOptions & { storage_dest?: string; storageDest?: string; pgVersion?: unknown; force?: boolean }) => {
+    .action(async (options: GlobalOptions & { storage_dest?: string; pgVersion?: unknown; force?: boolean }) => {
       const { initRepository } = await import('../daemon/init.js');
       const { silentLogger } = await import('../core/log.js');
       const { meta, repo } = await initRepository({
         repoDir: repoDirFrom(options.repo),
         projectDir: process.cwd(),
-        storageDest: options.storage_dest ?? options.storageDest,
+        storageDest: await storageDestOf(options),
         pgVersion: checkPgVersion(options.pgVersion),
         force: options.force,
         log: silentLogger,
@@ -84,13 +93,12 @@ export function createCli(script: string) {
   cli
     .command('start', 'Start the daemon and the computes (creates the repository on first use)')
     .option('--storage_dest <url>', 'On first use: durable storage; one that holds a repository brings it back')
-    .option('--storage-dest <url>', 'Same as --storage_dest')
-    .action(async (options: GlobalOptions & { storage_dest?: string; storageDest?: string }) => {
+    .action(async (options: GlobalOptions & { storage_dest?: string }) => {
       const { startCommand } = await import('./commands.js');
       await startCommand(
         repoOf(options),
         script,
-        { ...options, storageDest: options.storage_dest ?? options.storageDest },
+        { ...options, storageDest: await storageDestOf(options) },
         print,
       );
     });
@@ -227,7 +235,10 @@ export async function main(argv: string[], script: string): Promise<void> {
   }
   const cli = createCli(script);
   try {
-    cli.parse(argv, { run: false });
+    cli.parse(
+      argv.map((arg) => arg.replace(SNAKE_OPTIONS, '--$1_$2')),
+      { run: false },
+    );
     if (!cli.matchedCommand) {
       if (cli.args.length) throw new NeonError('unknown_command', `unknown command "${cli.args[0]}": see \`neon --help\``);
       if (!cli.options.help && !cli.options.version) cli.outputHelp();
@@ -235,7 +246,12 @@ export async function main(argv: string[], script: string): Promise<void> {
     }
     await cli.runMatchedCommand();
   } catch (error) {
-    if (isExpected(error) || (error as Error)?.name === 'CACError') {
+    const expected = isExpected(error) || (error as Error)?.name === 'CACError';
+    if (argv.includes('--json')) {
+      // Scripts parse stderr too: the same { code, message } the REST API answers with.
+      const code = error instanceof NeonError ? error.code : expected ? 'bad_usage' : 'internal';
+      console.error(JSON.stringify({ code, message: messageOf(error) }));
+    } else if (expected) {
       console.error(`neon: ${messageOf(error)}`);
     } else {
       console.error((error as Error)?.stack ?? error);

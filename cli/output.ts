@@ -1,3 +1,4 @@
+import type { Wire } from '../core/rest.js';
 import type { Branch } from '../pageserver/history.js';
 
 /** A column of a table: the row key and its heading. */
@@ -22,13 +23,13 @@ export function keyValues(pairs: [string, unknown][]): string {
 }
 
 /** Branches as a tree, for `neon branch list`: each under its parent, with its fork point. */
-export function branchTree(branches: Branch[]): string {
+export function branchTree(branches: Wire<Branch>[]): string {
   const lines: string[] = [];
   const walk = (parent: string | null, indent: string) => {
-    const children = branches.filter((b) => b.parent === parent).sort((a, b) => (a.createdAt < b.createdAt ? -1 : 1));
+    const children = branches.filter((b) => b.parent === parent).sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
     children.forEach((branch, i) => {
       const last = i === children.length - 1;
-      const at = branch.forkLsn ? ` (at ${branch.forkLsn})` : branch.forkTime ? ` (at ${branch.forkTime})` : '';
+      const at = branch.fork_lsn ? ` (at ${branch.fork_lsn})` : branch.fork_time ? ` (at ${branch.fork_time})` : '';
       lines.push(parent === null ? branch.name + at : `${indent}${last ? '└─' : '├─'} ${branch.name}${at}`);
       walk(branch.name, parent === null ? '' : indent + (last ? '   ' : '│  '));
     });

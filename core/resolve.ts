@@ -2,17 +2,20 @@ import { UnhandledSchemeError } from './errors.js';
 import type { BackupFormat } from './format.js';
 import type { NeonHooks } from './hooks.js';
 import type { Launcher } from './launcher.js';
-import { KNOWN_STORAGE_PLUGINS, parseStorageUrl, type Storage } from './storage.js';
+import { KNOWN_STORAGE_PLUGINS, parseStorageUrl, type Storage, type StorageRequest } from './storage.js';
 
 // The bail hooks answer "which plugin handles this?"; these wrappers turn silence into an error that says
 // which plugin to add.
 
-/** Open the storage for a URL or path, through the plugin that claims its scheme. */
-export async function resolveStorage(hooks: NeonHooks, raw: string, cwd?: string): Promise<Storage> {
-  const request = parseStorageUrl(raw, cwd);
+/**
+ * Open a storage through the plugin that claims its scheme. Takes what {@link parseStorageUrl} made of the user's
+ * `--storage_dest` (parsed once, where it was typed) or a URL already normalised (from the repository's config).
+ */
+export async function resolveStorage(hooks: NeonHooks, target: StorageRequest | string): Promise<Storage> {
+  const request = typeof target === 'string' ? parseStorageUrl(target) : target;
   const storage = await hooks.resolveStorage.get(request.scheme)?.promise(request);
   if (!storage) {
-    throw new UnhandledSchemeError('storage', request.scheme, `storage "${raw}"`, KNOWN_STORAGE_PLUGINS[request.scheme]);
+    throw new UnhandledSchemeError('storage', request.scheme, `storage "${request.raw}"`, KNOWN_STORAGE_PLUGINS[request.scheme]);
   }
   return storage;
 }

@@ -130,13 +130,41 @@ async function readBody(req: http.IncomingMessage): Promise<Record<string, unkno
   return value as Record<string, unknown>;
 }
 
+/**
+ * The wire form of a response: every object key in snake_case, the seed's casing (`storage_name`,
+ * `connection_string`), whatever the TypeScript field was called (`forkLsn` → `fork_lsn`). One casing for every
+ * route, converted here rather than remembered in each one.
+ */
+export function toWire(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(toWire);
+  if (value === null || typeof value !== 'object' || value instanceof Date) return value;
+  const out: Record<string, unknown> = {};
+  for (const [key, inner] of Object.entries(value)) out[snakeCase(key)] = toWire(inner);
+  return out;
+}
+
+type SnakeKey<S extends string> = S extends `${infer H}${infer T}`
+  ? `${H extends Lowercase<H> ? H : `_${Lowercase<H>}`}${SnakeKey<T>}`
+  : S;
+
+/** The type of {@link toWire}'s result: what a REST client receives for a `T`. */
+export type Wire<T> = T extends (infer U)[]
+  ? Wire<U>[]
+  : T extends Date | Buffer
+    ? T
+    : T extends object
+      ? { [K in keyof T as K extends string ? SnakeKey<K> : K]: Wire<T[K]> }
+      : T;
+
+const snakeCase = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toLowerCase();
+
 function send(res: http.ServerResponse, status: number, body: unknown): void {
   if (Buffer.isBuffer(body)) {
     res.writeHead(status, { 'content-type': 'application/octet-stream', 'content-length': body.length });
     res.end(body);
     return;
   }
-  const text = JSON.stringify(body, null, 2) + '\n';
+  const text = JSON.stringify(toWire(body), null, 2) + '\n';
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }

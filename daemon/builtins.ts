@@ -2,6 +2,7 @@ import launcherCompute from '../plugins/launcher-compute/index.js';
 import launcherSafekeeper from '../plugins/launcher-safekeeper/index.js';
 import safekeeperOffload from '../plugins/safekeeper-offload/index.js';
 import storageFile from '../plugins/storage-file/index.js';
+import storageS3 from '../plugins/storage-s3/index.js';
 import type { PluginOption } from '../core/plugin.js';
 
 /**
@@ -9,5 +10,5 @@ import type { PluginOption } from '../core/plugin.js';
  * replaces one: that is how they get options). The core knows none of them: they are handed to `loadConfig`.
  */
 export function builtinPlugins(): PluginOption[] {
-  return [storageFile(), launcherCompute(), launcherSafekeeper(), safekeeperOffload()];
+  return [storageFile(), storageS3(), launcherCompute(), launcherSafekeeper(), safekeeperOffload()];
 }

@@ -17,7 +17,7 @@ import { Pageserver } from '../pageserver/pageserver.js';
 import { takeOfflineImage } from '../pageserver/take-image.js';
 import type { PgBinaries } from '../postgres/binaries.js';
 import type { PgUser } from '../postgres/user.js';
-import type { Storage } from '../core/storage.js';
+import { parseStorageUrl, type Storage, type StorageRequest } from '../core/storage.js';
 import { pullRepository, pushRepository, readStoredRepository } from './storage-sync.js';
 import { WalStore } from '../wal/store.js';
 
@@ -26,7 +26,8 @@ export interface InitOptions {
   repoDir: string;
   /** Folder whose neon.config.* applies (the current folder). */
   projectDir: string;
-  storageDest?: string;
+  /** `--storage_dest` as parsed where it was typed; else `storage_dest` of the config applies. */
+  storageDest?: StorageRequest;
   pgVersion?: number;
   /** Recreate an existing repository (its data is deleted). */
   force?: boolean;
@@ -110,8 +111,8 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
   const { config, plugins } = await loadConfig(options.projectDir, { command: 'init' }, builtinPlugins());
   const hooks = createHooks();
   applyPlugins(hooks, plugins);
-  const storageDestRaw = options.storageDest ?? config.storage_dest;
-  const storage = storageDestRaw ? await resolveStorage(hooks, storageDestRaw, options.projectDir) : undefined;
+  const storageDest = options.storageDest ?? (config.storage_dest ? parseStorageUrl(config.storage_dest, options.projectDir) : undefined);
+  const storage = storageDest ? await resolveStorage(hooks, storageDest) : undefined;
   // A storage that already holds a repository is where this one comes back from (seed 003, scenario 2).
   const stored = storage ? await readStoredRepository(storage) : undefined;
   if (stored && options.pgVersion !== undefined && options.pgVersion !== stored.pgVersion) {

@@ -1,5 +1,6 @@
 import { NeonError, isExpected, messageOf } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
+import { toWire } from '../core/rest.js';
 import type { ComputeInfo } from './compute.js';
 import { Daemon } from './daemon.js';
 import { Repository } from './repository.js';
@@ -30,7 +31,7 @@ export async function runDaemon(repoDir: string, cli: string): Promise<void> {
     log.info('starting daemon pid %d for %s', process.pid, repo.dir);
     const notice = await daemon.start((rest) => registerRoutes(rest, daemon!));
     // The answer to `neon start` travels with the ready message: no HTTP round trips before it can print.
-    tell({ type: 'ready', port: daemon.port, notice, status: statusOf(daemon), pgs: daemon.pgs() });
+    tell(toWire({ type: 'ready', port: daemon.port, notice, status: statusOf(daemon), pgs: daemon.pgs() }) as DaemonMessage);
   } catch (error) {
     log.error('start failed: %s', isExpected(error) ? messageOf(error) : (error as Error).stack);
     tell({ type: 'error', code: error instanceof NeonError ? error.code : 'internal', message: messageOf(error) });

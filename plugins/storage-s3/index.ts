@@ -1,13 +1,7 @@
-import { HeadBucketCommand } from '@aws-sdk/client-s3';
 import { checkPluginOptions, type NeonPlugin } from '../../core/plugin.js';
-import { createClient } from './client.js';
-import { noBucket, statusOf, codeOf, toNeonError, type S3Target } from './errors.js';
-import { OPTION_NAMES, parseS3Url, resolveSettings, type StorageS3Options } from './options.js';
-import { withRetry } from './retry.js';
-import { S3Storage } from './storage.js';
+import { OPTION_NAMES, type StorageS3Options } from './options.js';
 
 export type { StorageS3Options } from './options.js';
-export { S3Storage } from './storage.js';
 
 /**
  * Storage in S3 or any S3-compatible store (MinIO, Ceph, R2, …), for `s3://bucket/prefix` URLs (WAL-G's
@@ -33,19 +27,9 @@ export default function storageS3(options?: StorageS3Options): NeonPlugin {
     resolveStorage: {
       schemes: ['s3'],
       async handler(request) {
-        const { bucket, prefix, url } = parseS3Url(request.url);
-        const settings = resolveSettings(checked);
-        const target: S3Target = { bucket, endpoint: settings.endpoint, region: settings.region };
-        const client = createClient(settings);
-        try {
-          await withRetry(() => client.send(new HeadBucketCommand({ Bucket: bucket })), settings);
-        } catch (error) {
-          client.destroy();
-          // HEAD answers carry no body, so a missing bucket is a bare 404.
-          if (statusOf(error) === 404 || codeOf(error) === 'NoSuchBucket') throw noBucket(target, error);
-          throw toNeonError(error, target, 'access');
-        }
-        return new S3Storage(url, client, bucket, prefix, settings, target);
+        // The AWS SDK is loaded only when an s3:// storage is opened: every command loads the built-in plugins.
+        const { openS3 } = await import('./open.js');
+        return openS3(request.url, checked);
       },
     },
   };

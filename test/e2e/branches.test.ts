@@ -57,7 +57,7 @@ branching('a branch at a past LSN and one at a time show exactly the data of tha
   assert.equal(await ids(byTime.connection_string), before);
   const branches = await neonJson(['branch', 'list'], { cwd: dir });
   assert.match(
-    branches.find((b: { name: string }) => b.name === 'at-time').forkLsn,
+    branches.find((b: { name: string }) => b.name === 'at-time').fork_lsn,
     /^[0-9A-F]+\/[0-9A-F]+$/,
     'a fork at a time learns its LSN',
   );

@@ -147,7 +147,7 @@ images('an image after 1% of a tens-of-MB table changed stores far fewer bytes t
   await query(iurl, 'update big set payload = payload || $$!$$ where id <= 1200');
   await query(iurl, 'checkpoint');
   const second = await neonJson(['image', 'create'], { cwd: idir });
-  assert.ok(second.newBytes < first.newBytes * 0.25, `incremental ${second.newBytes} bytes vs first ${first.newBytes}`);
+  assert.ok(second.new_bytes < first.new_bytes * 0.25, `incremental ${second.new_bytes} bytes vs first ${first.new_bytes}`);
   await neonJson(['snapshot', 'create', 'after-update'], { cwd: idir });
 });
 
