@@ -271,7 +271,7 @@ class Lz4FrameDecoder extends Transform {
           const sized = Buffer.alloc(4 + size);
           sized.writeUInt32LE(this.maxBlock);
           data.copy(sized, 4);
-          this.push(uncompressSync(sized));
+          this.push(Buffer.from(uncompressSync(sized)));
         }
         this.buffer = b.subarray(total);
       } else {
@@ -408,7 +408,9 @@ export async function extractTar(source: Readable, target: string, options: Extr
     }
   };
 
+  let entries = 0;
   const onEntry = (entry: ReadEntry) => {
+    entries++;
     if (failure) return entry.resume();
     try {
       handle(entry);
@@ -468,7 +470,12 @@ export async function extractTar(source: Readable, target: string, options: Extr
     const expected = entry.size ?? 0;
     const custom = options.onFile?.(rel, entry, abs);
     if (custom) {
-      pending.push(custom(entry as unknown as AsyncIterable<Buffer>).catch((error) => void (failure ??= error)));
+      pending.push(
+        custom(entry as unknown as AsyncIterable<Buffer>).catch((error) => {
+          failure ??= error;
+          entry.resume(); // drain what the consumer left, or the parser waits forever
+        }),
+      );
       return;
     }
     const { O_WRONLY, O_CREAT, O_TRUNC, O_EXCL, O_NOFOLLOW } = fs.constants;
@@ -483,13 +490,17 @@ export async function extractTar(source: Readable, target: string, options: Extr
     }
     let written = 0;
     const out = fs.createWriteStream('', { fd, highWaterMark: 1 << 20 });
-    entry.on('data', (chunk: Buffer) => {
-      written += chunk.length;
-      bytes += chunk.length;
-      options.onChunk?.(rel, chunk);
-      options.onBytes?.(chunk.length);
+    // Count in a stage of the pipe: a 'data' listener beside pipe() would race it for the entry's buffered bytes.
+    const counter = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        written += chunk.length;
+        bytes += chunk.length;
+        options.onChunk?.(rel, chunk);
+        options.onBytes?.(chunk.length);
+        callback(null, chunk);
+      },
     });
-    entry.pipe(out);
+    entry.pipe(counter).pipe(out);
     pending.push(
       new Promise<void>((resolve, reject) => {
         out.on('error', reject);
@@ -507,7 +518,8 @@ export async function extractTar(source: Readable, target: string, options: Extr
   parser.on('eof' as never, () => (sawEnd = true));
   await new Promise<void>((resolve, reject) => {
     const fail = (error: Error) => reject(error instanceof NeonError ? error : new NeonError('corrupt_archive', `${options.name}: truncated or corrupt tar (${error.message})`));
-    parser.on('error', fail);
+    // An archive of no entries (just the end-of-archive blocks) is valid, though tar's parser calls it unrecognized.
+    parser.on('error', (error: Error) => (sawEnd && !entries && /Unrecognized archive format/.test(error.message) ? resolve() : fail(error)));
     source.on('error', fail);
     parser.on('end', () => resolve());
     source.pipe(parser);

@@ -5,6 +5,7 @@ import { suite } from 'uvu';
 import { execa } from 'execa';
 import formatPgdata from '../../plugins/format-pgdata/index.js';
 import { tarFormat } from '../../plugins/format-tar/index.js';
+import { walgFormat } from '../../plugins/format-walg/index.js';
 import type { BackupFormat } from '../../core/format.js';
 import { FileStorage } from '../../plugins/storage-file/index.js';
 
@@ -329,3 +330,53 @@ tarSuite('imports real pg_basebackup -Ft -X stream output (CRC32C and SHA256 man
 });
 
 tarSuite.run();
+
+// ---- walg -------------------------------------------------------------------------------------------------
+
+const walgSuite = suite('format-walg');
+const walgRoots: string[] = [];
+walgSuite.after(async () => {
+  await stopAll();
+  for (const dir of walgRoots) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+for (const [version, codec] of [[17, 'lz4'], [15, 'zstd']] as const) {
+  walgSuite(`PG ${version}: export (${codec}) → WAL-G layout → import LATEST → same rows; a second export becomes LATEST`, async () => {
+    const root = tmp('neon-fmt-walg-');
+    walgRoots.push(root);
+    const source = await Cluster.create(BINS[version], path.join(root, 'src'));
+    await source.start();
+    await source.fill();
+    const first = await source.fingerprint();
+    await source.stop();
+    const store = path.join(root, 'walg');
+    const format = walgFormat(codec, 4 << 20); // small partitions: several part_NNN tars
+    await format.exportTo!({ dataDir: source.dataDir, storage: objectOnly(storageAt(store)), pgVersion: version });
+    const backups = fs.readdirSync(path.join(store, 'basebackups_005'));
+    const [name] = backups.filter((n) => !n.endsWith('.json'));
+    assert.ok(backups.includes(`${name}_backup_stop_sentinel.json`));
+    assert.ok(fs.readdirSync(path.join(store, 'basebackups_005', name, 'tar_partitions')).filter((f) => f.startsWith('part_')).length > 1);
+    assert.ok(fs.readdirSync(path.join(store, 'wal_005')).some((f) => f.endsWith(codec === 'lz4' ? '.lz4' : '.zst')));
+
+    await source.start();
+    await source.query('insert into t1 values (100001, $$later$$, null)');
+    await source.query('select pg_switch_wal()'); // a new segment, so a new backup name
+    const second = await source.fingerprint();
+    await source.stop();
+    await new Promise((resolve) => setTimeout(resolve, 20)); // distinct sentinel times
+    await walgFormat('brotli').exportTo!({ dataDir: source.dataDir, storage: storageAt(store), pgVersion: version });
+
+    const latest = await format.importFrom!({ storage: storageAt(store), dataDir: path.join(root, 'latest') });
+    assert.equal(latest.needsRecovery, false);
+    const older = await format.importFrom!({ storage: storageAt(store), dataDir: path.join(root, 'older'), backup: name });
+    assert.match(older.description, new RegExp(name));
+    for (const [dir, expected] of [['latest', second], ['older', first]] as const) {
+      const copy = await Cluster.adopt(BINS[version], path.join(root, dir));
+      await copy.start();
+      assert.equal(await copy.fingerprint(), expected, dir);
+      await copy.stop();
+    }
+  });
+}
+
+walgSuite.run();
