@@ -1,8 +1,19 @@
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { PgUser } from '../postgres/user.js';
 import type { ImageManifest } from './manifest.js';
 import { checkPath, createTree } from './restore.js';
+import { BLCKSZ, checkPage, firstBlockOf, storedChecksum } from './page-checksum.js';
+
+/** A damaged file of an image's cached copy: the first bad page (or a wrong size). */
+export interface CacheDamage {
+  file: string;
+  block?: number;
+  detail: string;
+}
+
+const READ_PAGES = 128; // 1 MiB reads: files of up to 1 GB without holding them in memory
 
 /** Receives the files of an image as they are chunked, and writes them out as plain files too. */
 export interface ImageMirror {
@@ -74,6 +85,28 @@ export class ImageCache {
     fs.rmSync(this.folderOf(key), { recursive: true, force: true });
   }
 
+  /**
+   * Take the copy of image `key` out of the cache to advance it in place into a newer image (an incremental:
+   * Postgres replays WAL in it). It stops being the copy of `key` at once (computes made meanwhile restore from
+   * chunks); commit() files it under the new image's key, abandon() removes it. Undefined when there is no copy.
+   */
+  adopt(key: string): { root: string; commit(key: string): void; abandon(): void } | undefined {
+    if (!this.has(key)) return undefined;
+    const root = path.join(this.dir, `incoming-adopted-${process.pid}-${Date.now()}`);
+    fs.renameSync(this.folderOf(key), root);
+    fs.rmSync(path.join(root, DONE), { force: true });
+    return {
+      root,
+      commit: (next) => {
+        const final = this.folderOf(next);
+        fs.rmSync(final, { recursive: true, force: true });
+        fs.writeFileSync(path.join(root, DONE), '');
+        fs.renameSync(root, final);
+      },
+      abandon: () => fs.rmSync(root, { recursive: true, force: true }),
+    };
+  }
+
   /** Clone the copy of `manifest` (stored as `key`) into `dataDir`, with the manifest's modes; files in parallel. */
   async restore(key: string, manifest: ImageManifest, dataDir: string, owner?: PgUser, concurrency = 8): Promise<number> {
     const source = this.folderOf(key);
@@ -93,4 +126,64 @@ export class ImageCache {
     await Promise.all(Array.from({ length: concurrency }, worker));
     return bytes;
   }
+
+  /**
+   * Check the copy of `manifest` (stored as `key`): it is cloned into every new compute, so a flipped byte here
+   * would be in all of them. Relation pages carry a checksum (data checksums are on, postgres/initdb.ts): each is
+   * checked with its block number, without reading the chunk store. Other files (pg_control, pg_xact, …), and
+   * pages without a checksum (a cluster imported with checksums off has 0 there), are compared with the sha256
+   * of their chunk in the manifest. Returns the damaged files (the first bad page of each) and the bytes read.
+   */
+  async verify(key: string, manifest: ImageManifest): Promise<{ damaged: CacheDamage[]; bytes: number }> {
+    const root = this.folderOf(key);
+    const damaged: CacheDamage[] = [];
+    let bytes = 0;
+    const buffer = Buffer.alloc(READ_PAGES * BLCKSZ);
+    for (const entry of manifest.files) {
+      if (entry.type !== 'file') continue;
+      const file = path.join(root, checkPath(entry));
+      let handle: fs.promises.FileHandle;
+      try {
+        handle = await fs.promises.open(file, 'r');
+      } catch {
+        damaged.push({ file: entry.path, detail: `missing from the cached copy ${root}` });
+        continue;
+      }
+      try {
+        const size = (await handle.stat()).size;
+        if (size !== entry.size) {
+          damaged.push({ file: entry.path, detail: `${size} bytes in the cached copy, ${entry.size} in the image` });
+          continue;
+        }
+        const firstBlock = firstBlockOf(entry.path);
+        const chunks = entry.chunks ?? [];
+        let problem: CacheDamage | undefined;
+        for (let offset = 0; offset < size && !problem;) {
+          const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+          if (bytesRead === 0) break;
+          for (let at = 0; at < bytesRead && !problem; at += BLCKSZ) {
+            const page = buffer.subarray(at, Math.min(at + BLCKSZ, bytesRead));
+            const index = (offset + at) / BLCKSZ;
+            const checked = firstBlock !== undefined && page.length === BLCKSZ && storedChecksum(page) !== 0;
+            const wrong = checked
+              ? checkPage(page, firstBlock + index)
+              : hashOf(page) === chunks[index]
+                ? undefined
+                : `differs from the image (chunk ${chunks[index]?.slice(0, 12)})`;
+            if (wrong) problem = { file: entry.path, block: index, detail: wrong };
+          }
+          offset += bytesRead;
+          bytes += bytesRead;
+        }
+        if (problem) damaged.push(problem);
+      } finally {
+        await handle.close();
+      }
+    }
+    return { damaged, bytes };
+  }
+}
+
+function hashOf(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
 }

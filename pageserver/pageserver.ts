@@ -192,6 +192,7 @@ export class Pageserver {
       owner: this.deps.owner,
       finishedOnly: options.finishedWalOnly,
       until: target.lsn,
+      untilTime: target.time,
     });
     const key = imageKey(image.branch, parseLsn(image.endLsn));
     try {

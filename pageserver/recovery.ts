@@ -3,7 +3,9 @@ import path from 'node:path';
 import type { WalStore } from '../wal/store.js';
 import { NeonError } from '../core/errors.js';
 import type { PgUser } from '../postgres/user.js';
-import { DEFAULT_SEGMENT_SIZE, formatLsn, type Lsn, parseSegmentName, segmentOf } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, formatLsn, type Lsn, parseSegmentName, segmentOf, segmentStart } from '../core/wal.js';
+import { checkReach } from '../wal/reach.js';
+import { walFileSource } from '../wal/verify.js';
 
 /** Which branch's WAL serves which part of history: a branch up to its child's fork point. */
 export interface WalSpan {
@@ -26,12 +28,13 @@ export async function stageWal(
   spans: WalSpan[],
   start: Lsn,
   dir: string,
-  options: { owner?: PgUser; finishedOnly?: boolean; until?: Lsn } = {},
-): Promise<{ files: number }> {
+  options: { owner?: PgUser; finishedOnly?: boolean; until?: Lsn; untilTime?: Date } = {},
+): Promise<{ files: number; end: Lsn }> {
   const { owner } = options;
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   if (owner) fs.chownSync(dir, owner.uid, owner.gid);
   let files = 0;
+  const staged: StagedFile[] = [];
   const first = segmentOf(start, SEGMENT_SIZE);
   for (const span of spans) {
     for (const name of await wal.names(span.branch)) {
@@ -49,10 +52,14 @@ export async function stageWal(
       }
       const target = path.join(dir, name);
       fs.rmSync(target, { force: true });
-      if (await wal.copyTo(span.branch, name, target)) files++;
+      const copied = await wal.copyTo(span.branch, name, target);
+      if (!copied) continue;
+      files++;
+      if (segment) staged.push({ name, ...segment, ...copied });
     }
   }
-  return { files };
+  const end = await checkStagedWal(dir, staged, start, options);
+  return { files, end };
 }
 
 /** A point to recover to: an LSN or a time, on a timeline, and what to do there. */
@@ -82,4 +89,48 @@ export function recoverySettings(walDir: string, target: RecoveryTarget): Record
   // Postgres' recovery_target_time takes "2026-11-21 10:00:00.123+00", not the ISO "T…Z" form.
   if (target.time) settings.recovery_target_time = target.time.toISOString().replace('T', ' ').replace('Z', '+00');
   return settings;
+}
+
+/** A segment staged for a recovery, and where it came from. */
+interface StagedFile {
+  name: string;
+  segno: bigint;
+  timeline: number;
+  /** How far it holds WAL. */
+  end: Lsn;
+  /** The safekeeper (or `storage`) it was copied from, and that file when it is local. */
+  from: string;
+  file?: string;
+}
+
+/**
+ * Before Postgres replays the staged WAL, check it from the image's start up to the target (an LSN; a time: the
+ * first transaction that ended at or after it; else the end of the WAL). Postgres would take damage there for the
+ * end of WAL and come up at an earlier point; here it is an error naming the file and the LSN. Returns the end of
+ * the WAL checked.
+ */
+async function checkStagedWal(dir: string, staged: StagedFile[], start: Lsn, options: { until?: Lsn; untilTime?: Date }): Promise<Lsn> {
+  const source = walFileSource(dir);
+  if (source.last === undefined) return start;
+  // The files recovery follows: per segment, the newest timeline (as recovery_target_timeline 'latest' does).
+  const byName = new Map(staged.map((file) => [file.name, file])); // a file staged twice: the last copy is there
+  const chosen = (segno: bigint) => byName.get(path.basename(source.files.get(segno) ?? ''));
+  const last = chosen(source.last);
+  const walEnd = last?.end || segmentStart(source.last + 1n, source.segmentSize);
+  const upTo = options.until !== undefined && options.until < walEnd ? options.until : walEnd;
+  if (upTo <= start) return walEnd;
+  const reach = await checkReach(source, { from: start, upTo, time: options.untilTime });
+  if (reach.ok) return walEnd;
+  const error = reach.error!;
+  const file = chosen(error.lsn / BigInt(source.segmentSize));
+  const where = file ? `${file.name} (from ${file.file ?? file.from})` : error.segment;
+  const target =
+    options.until !== undefined ? formatLsn(options.until) : options.untilTime ? options.untilTime.toISOString() : 'the end of the WAL';
+  throw new NeonError(
+    'wal_damaged',
+    `the WAL needed to reach ${target} is damaged: WAL segment ${where} at ${formatLsn(error.lsn)}: ` +
+      `${error.message.replace(/ at [0-9A-F]+\/[0-9A-F]+ in WAL segment \S+$/, '')}; recovery would stop at ${formatLsn(reach.reached)}, ` +
+      `and no other copy is good (neon verify repairs it when one is)`,
+    { status: 409 },
+  );
 }

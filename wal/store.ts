@@ -2,22 +2,39 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readObject, type Storage } from '../core/storage.js';
 import { type PartialSegment, type WalSource } from '../core/hooks.js';
-import { isWalFileName, parseLsn, PARTIAL_SUFFIX as PARTIAL, partialObjectKey, safekeeperWalDir, segmentName, segmentOf, unpackWal, walFileOfKey, walObjectKey, walObjectPrefix } from '../core/wal.js';
+import { copyEnd, holderSegmentSize, localCopies, type WalCopy, type WalHolder } from './copies.js';
+import { filledLength, segmentSource, verifySegment, verifyWal } from './verify.js';
+import {
+  isWalFileName,
+  type Lsn,
+  parseLsn,
+  PARTIAL_SUFFIX as PARTIAL,
+  partialObjectKey,
+  safekeeperWalDir,
+  segmentName,
+  segmentOf,
+  segmentStart,
+  unpackWal,
+  walFileOfKey,
+  walObjectKey,
+  walObjectPrefix,
+} from '../core/wal.js';
 
+export type { WalHolder };
 
-/** Offset just past the last non-zero byte: how much of a pre-zeroed partial segment holds WAL. */
-function filledLength(file: string): number {
-  const data = fs.readFileSync(file);
-  let end = data.length;
-  while (end > 0 && data[end - 1] === 0) end--;
-  return end;
-}
+const SEGMENT = /^[0-9A-F]{24}$/;
 
-/** A safekeeper as the WAL store sees it: its folder, and how far it has flushed each branch. */
-export interface WalHolder {
-  readonly name: string;
-  readonly dir: string;
-  statusOf(branch: string): { flushLsn?: string | null; timeline?: number | null };
+/** A copy of a WAL file chosen to serve. */
+export interface BestCopy {
+  bytes: Buffer;
+  /** The local file, when it is one. */
+  file?: string;
+  /** A safekeeper's name, or `storage`. */
+  from: string;
+  /** False when no copy verified and this damaged one is the best there is. */
+  ok: boolean;
+  /** How far a segment holds WAL (its end, or the flush point of an unfinished one); 0 for a history file. */
+  end: Lsn;
 }
 
 /**
@@ -84,15 +101,22 @@ export class WalStore implements WalSource {
 
   /** Where the best local copy of a file is: a finished one, else the fullest unfinished one. */
   private localFile(branch: string, name: string): string | undefined {
-    const partials: string[] = [];
-    for (const node of this.safekeepers()) {
-      const finished = path.join(this.dirOf(node, branch), name);
-      if (fs.existsSync(finished)) return finished;
-      if (fs.existsSync(finished + PARTIAL)) partials.push(finished + PARTIAL);
-    }
+    if (SEGMENT.test(name)) return this.localCopiesOf(branch, name)[0]?.file;
+    // A history file: every safekeeper's is the same.
+    return this.safekeepers()
+      .map((node) => path.join(this.dirOf(node, branch), name))
+      .find((file) => fs.existsSync(file));
+  }
+
+  /** The local copies of a segment, best first: finished ones, then unfinished ones, the fullest first. */
+  private localCopiesOf(branch: string, name: string): WalCopy[] {
+    const copies = localCopies(this.safekeepers(), branch).filter((copy) => copy.name === name);
+    const finished = copies.filter((copy) => !copy.partial);
+    const partials = copies.filter((copy) => copy.partial);
     // Only when safekeepers disagree is it worth reading their 16 MB files to see which holds the most.
-    if (partials.length < 2) return partials[0];
-    return partials.map((file) => ({ file, filled: filledLength(file) })).reduce((a, b) => (b.filled > a.filled ? b : a)).file;
+    if (partials.length < 2) return [...finished, ...partials];
+    const ends = new Map(partials.map((copy) => [copy, copyEnd(copy, branch, holderSegmentSize(copy.holder))]));
+    return [...finished, ...partials.sort((a, b) => (ends.get(b)! > ends.get(a)! ? 1 : -1))];
   }
 
   /** True when a finished copy of a segment exists (on a safekeeper or in storage), not only an unfinished one. */
@@ -102,31 +126,74 @@ export class WalStore implements WalSource {
     return !!this.storage && !!(await this.storage.head(walObjectKey(branch, name)));
   }
 
-  /** The bytes of a WAL file (`000000010000000000000003`, `00000002.history`), or undefined when nobody has it. */
-  async read(branch: string, name: string): Promise<Buffer | undefined> {
-    const local = this.localFile(branch, name);
-    if (local) return fs.readFileSync(local);
-    if (!this.storage) return undefined;
-    for (const key of [walObjectKey(branch, name), partialObjectKey(branch, name)]) {
-      if (await this.storage.head(key)) return unpackWal(key, await readObject(this.storage, key));
+  /**
+   * The best copy of a WAL file: the first local one whose records verify up to where it ends, else the offloaded
+   * one that does (a flipped byte in one safekeeper's file must not end a recovery early when another copy is
+   * good), else the first copy found, damaged as it is (recovery then reports where it breaks).
+   */
+  async best(branch: string, name: string): Promise<BestCopy | undefined> {
+    let fallback: BestCopy | undefined;
+    if (!SEGMENT.test(name)) {
+      const local = this.localFile(branch, name);
+      if (local) return { bytes: fs.readFileSync(local), file: local, from: local, ok: true, end: 0n };
+    } else {
+      for (const copy of this.localCopiesOf(branch, name)) {
+        const size = holderSegmentSize(copy.holder);
+        const end = copyEnd(copy, branch, size); // before reading: the file holds at least this much
+        let bytes: Buffer;
+        try {
+          bytes = fs.readFileSync(copy.file);
+        } catch {
+          continue; // a .partial finished and renamed meanwhile
+        }
+        const ok = (await verifySegment(name, bytes, { upTo: end })).ok;
+        const found = { bytes, file: copy.file, from: copy.holder.name, ok, end };
+        if (ok) return found;
+        fallback ??= found;
+      }
     }
-    return undefined;
+    if (!this.storage) return fallback;
+    for (const key of [walObjectKey(branch, name), partialObjectKey(branch, name)]) {
+      if (!(await this.storage.head(key))) continue;
+      let bytes: Buffer;
+      try {
+        bytes = await unpackWal(key, await readObject(this.storage, key));
+      } catch {
+        continue; // its gzip CRC fails
+      }
+      const partial = key.endsWith(`${PARTIAL}.gz`);
+      const segment = SEGMENT.test(name) ? segmentSource(name, bytes) : undefined;
+      const start = segment ? segmentStart(segment.first!, segment.segmentSize) : 0n;
+      const end = segment ? start + BigInt(partial ? filledLength(bytes) : segment.segmentSize) : 0n;
+      const ok = !segment || (await verifyWal(segment, { upTo: end })).ok;
+      const found = { bytes, from: 'storage', ok, end };
+      if (ok) return found;
+      fallback ??= found;
+    }
+    return fallback;
   }
 
-  /** Put a copy of a WAL file at `target` (hard-linked when it is a finished local segment); false if absent. */
-  async copyTo(branch: string, name: string, target: string): Promise<boolean> {
-    const local = this.localFile(branch, name);
-    if (local && !local.endsWith(PARTIAL)) {
+  /** The bytes of a WAL file (`000000010000000000000003`, `00000002.history`), or undefined when nobody has it. */
+  async read(branch: string, name: string): Promise<Buffer | undefined> {
+    return (await this.best(branch, name))?.bytes;
+  }
+
+  /**
+   * Put a copy of a WAL file at `target` (hard-linked when it is a finished local segment that verifies); returns
+   * where it came from, or undefined when nobody has it.
+   */
+  async copyTo(branch: string, name: string, target: string): Promise<Omit<BestCopy, 'bytes'> | undefined> {
+    const best = await this.best(branch, name);
+    if (!best) return undefined;
+    if (best.file && !best.file.endsWith(PARTIAL)) {
       try {
-        fs.linkSync(local, target);
-        return true;
+        fs.linkSync(best.file, target);
+        return { from: best.from, ok: best.ok, end: best.end, file: best.file };
       } catch {
         // another filesystem: copy below
       }
     }
-    const bytes = await this.read(branch, name);
-    if (!bytes) return false;
-    fs.writeFileSync(target, bytes);
-    return true;
+    fs.writeFileSync(target, best.bytes);
+    return { from: best.from, ok: best.ok, end: best.end, file: best.file };
   }
 }
