@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { codecOfName, decompress, extractTar, streamToBuffer } from '../../core/archive.js';
@@ -176,7 +177,7 @@ async function applyIncrement(data: AsyncIterable<Buffer>, abs: string, archive:
   if (fileSize > 1n << 40n || count > Number(fileSize) / PAGE_SIZE) throw fail(`implausible size ${fileSize} with ${count} changed blocks`);
   const map = await reader.read(4 * count);
   if (!map) throw fail('truncated block list');
-  const { O_RDWR, O_NOFOLLOW } = (await import('node:fs')).constants;
+  const { O_RDWR, O_NOFOLLOW } = constants;
   let handle;
   try {
     handle = await fs.open(abs, O_RDWR | O_NOFOLLOW);

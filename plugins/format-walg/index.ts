@@ -17,7 +17,6 @@ import {
   type ExportResult,
 } from '../../core/format.js';
 import { checkPluginOptions, type NeonPlugin } from '../../core/plugin.js';
-import type { Storage } from '../../core/storage.js';
 import { importWalg } from './import.js';
 import { backupName, BASEBACKUPS, EXCLUDED, FILES_METADATA, METADATA, partName, sentinelKey, stringifyU64, tarKey, WAL, type FileDescription } from './layout.js';
 
@@ -165,4 +164,3 @@ async function exportWalg({ dataDir, walDir, storage, pgVersion, log, onProgress
   return { description, bytes: compressedSize };
 }
 
-export type { Storage };
