@@ -103,6 +103,29 @@ export function createCli(script: string) {
       );
     });
 
+  cli
+    .command('doctor', "Check the repository's own files (config.json, state.json); exit 1 when one is damaged")
+    .action(async (options: GlobalOptions) => {
+      const { diagnose } = await import('../daemon/repair.js');
+      const findings = await diagnose(repoOf(options));
+      print(options, { ok: findings.length === 0, problems: findings }, () =>
+        findings.length ? findings.map((f) => `${f.file}: ${f.problem}`).concat('Run `neon repair` to rebuild them').join('\n') : 'OK',
+      );
+      if (findings.length) process.exitCode = 1;
+    });
+
+  cli
+    .command('repair', 'Rebuild a missing or unreadable config.json / state.json from what is on disk (nothing is deleted)')
+    .option('--storage_dest <url>', 'The storage_dest the repository was created with, when config.json must be rebuilt')
+    .example('neon repair                       # after config.json or state.json was lost')
+    .action(async (options: GlobalOptions & { storage_dest?: string }) => {
+      const { repairRepository } = await import('../daemon/repair.js');
+      const result = await repairRepository(repoOf(options), { projectDir: process.cwd(), storageDest: await storageDestOf(options) });
+      print(options, result, () =>
+        [result.repaired.length ? `rebuilt ${result.repaired.join(', ')}` : 'nothing to repair', ...result.notes].join('\n'),
+      );
+    });
+
   cli.command('stop', 'Stop the daemon and every compute').action(async (options: GlobalOptions) => {
     const { stopDaemon } = await import('./daemon-control.js');
     const repo = repoOf(options);

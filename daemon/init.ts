@@ -12,7 +12,7 @@ import { findBinaries, reachableBinaries } from '../postgres/binaries.js';
 import { initdb } from '../postgres/initdb.js';
 import { checkReachable, pgUserFor } from '../postgres/user.js';
 import { resolveStorage } from '../core/resolve.js';
-import { Repository, type ComputeRecord, type RepoMeta } from './repository.js';
+import { REPO_ENTRIES, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
 import { Pageserver } from '../pageserver/pageserver.js';
 import { takeOfflineImage } from '../pageserver/take-image.js';
 import type { PgBinaries } from '../postgres/binaries.js';
@@ -20,6 +20,7 @@ import type { PgUser } from '../postgres/user.js';
 import { parseStorageUrl, type Storage, type StorageRequest } from '../core/storage.js';
 import { pullRepository, pushRepository, readStoredRepository } from './storage-sync.js';
 import { WalStore } from '../wal/store.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
 
 /** Options of `neon init` (also used by the first `neon start`). */
 export interface InitOptions {
@@ -37,20 +38,6 @@ export interface InitOptions {
 /** Port of the main compute unless configured (taken → a free one at start). */
 export const DEFAULT_PG_PORT = 55432;
 
-// Entries init creates; --force and the clean-up of a half-made repository remove these and nothing else, so
-// that pointing NEON_REPO_DIR at a folder with other files in it never deletes them.
-const REPO_ENTRIES = [
-  'config.json',
-  'state.json',
-  'token',
-  'daemon.json',
-  'daemon.pid',
-  'logs',
-  'computes',
-  'safekeepers',
-  'offload',
-  'pageserver',
-];
 
 /**
  * A new cluster: initdb, then the first base image, of the fresh cluster while it is stopped: every later point of
@@ -90,7 +77,9 @@ async function restoreFromStorage(pageserver: Pageserver, storage: Storage, data
  */
 export async function initRepository(options: InitOptions): Promise<{ repo: Repository; meta: RepoMeta }> {
   const repo = new Repository(options.repoDir);
-  if (await repo.exists()) {
+  const found = await repo.inspect();
+  if (found === 'broken' && !options.force) await repo.readMeta(); // throws: says what is missing and how to repair
+  if (found === 'complete' || found === 'broken') {
     if (!options.force) {
       throw new NeonError(
         'already_initialized',
@@ -128,6 +117,8 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
   const pgUser = pgUserFor(config.postgres?.user);
 
   await Promise.all(REPO_ENTRIES.map((entry) => fs.rm(path.join(repo.dir, entry), { recursive: true, force: true })));
+  await fs.mkdir(repo.dir, { recursive: true });
+  await writeFileAtomic(repo.initMarker, `${process.pid}\n`);
   await fs.mkdir(repo.logsDir, { recursive: true, mode: 0o755 });
   await fs.mkdir(repo.computesDir, { recursive: true, mode: 0o755 });
   const runnable = await reachableBinaries(binaries, pgUser);
@@ -177,6 +168,7 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
     plugins: plugins.map((p) => p.name),
   };
   await repo.writeMeta(meta);
+  await fs.rm(repo.initMarker, { force: true });
   await hooks.init.promise({ repo, log: options.log, storageDest: meta.storageDest, pgVersion: binaries.version });
   return { repo, meta };
 }

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { NeonError } from '../core/errors.js';
+import { messageOf, NeonError } from '../core/errors.js';
 import { readJson, writeFileAtomic } from '../core/fs-atomic.js';
 import type { PgBinaries } from '../postgres/binaries.js';
 
@@ -107,14 +108,33 @@ export class Repository {
     return path.resolve(this.dir, compute.dataDir);
   }
 
+  /** Present while `init` runs: a folder with it and no config.json is a half-made repository, safe to redo. */
+  get initMarker() {
+    return path.join(this.dir, 'init.incomplete');
+  }
+
   /** True once `init` has completed (its last step writes config.json). */
   async exists(): Promise<boolean> {
-    return (await readJson(this.metaFile)) !== undefined;
+    return fsSync.existsSync(this.metaFile);
+  }
+
+  /**
+   * What is in the folder: nothing of neon's (`absent`), a repository `init` never finished (`half-made`: only
+   * init's own files, safe to redo), or content whose config.json is gone (`broken`: never recreated on a guess).
+   */
+  async inspect(): Promise<'absent' | 'half-made' | 'complete' | 'broken'> {
+    if (await this.exists()) return 'complete';
+    const present = REPO_ENTRIES.filter((entry) => fsSync.existsSync(path.join(this.dir, entry)));
+    if (present.length === 0) return 'absent';
+    return fsSync.existsSync(this.initMarker) ? 'half-made' : 'broken';
   }
 
   async readMeta(): Promise<RepoMeta> {
-    const meta = await readJson<RepoMeta>(this.metaFile);
-    if (!meta) throw new NeonError('no_repository', `no neon repository at ${this.dir}: run \`neon init\` or \`neon start\``);
+    const meta = await readState<RepoMeta>(this.metaFile);
+    if (!meta) {
+      if ((await this.inspect()) === 'broken') throw brokenRepository(this.dir, `${this.metaFile} is missing`);
+      throw new NeonError('no_repository', `no neon repository at ${this.dir}: run \`neon init\` or \`neon start\``);
+    }
     if (meta.formatVersion !== 1) {
       throw new NeonError('bad_repository', `${this.metaFile} has format version ${meta.formatVersion}; this neon reads version 1`);
     }
@@ -125,12 +145,27 @@ export class Repository {
     return writeFileAtomic(this.metaFile, JSON.stringify(meta, null, 2) + '\n');
   }
 
+  /** state.json; missing or unreadable is an error that says how to repair it, never an empty repository. */
   async readState(): Promise<RepoState> {
-    return (await readJson<RepoState>(this.stateFile)) ?? { computes: {} };
+    const state = await readState<RepoState>(this.stateFile);
+    if (!state) throw brokenRepository(this.dir, `${this.stateFile} is missing`);
+    if (typeof state.computes !== 'object' || state.computes === null) {
+      throw brokenRepository(this.dir, `${this.stateFile} has no "computes"`);
+    }
+    return state;
   }
 
-  writeState(state: RepoState): Promise<void> {
-    return writeFileAtomic(this.stateFile, JSON.stringify(state, null, 2) + '\n', 0o600);
+  /**
+   * Write state.json, and each compute's record beside its data (`computes/<name>/compute.json`): from those
+   * `neon repair` rebuilds a lost state.json with every password intact.
+   */
+  async writeState(state: RepoState): Promise<void> {
+    await writeFileAtomic(this.stateFile, JSON.stringify(state, null, 2) + '\n', 0o600);
+    for (const record of Object.values(state.computes)) {
+      const dir = path.join(this.computesDir, record.name);
+      // A compute being destroyed has no folder any more: its record must not bring one back.
+      if (fsSync.existsSync(dir)) await writeFileAtomic(path.join(dir, 'compute.json'), JSON.stringify(record, null, 2) + '\n', 0o600);
+    }
   }
 
   /** Create the bearer token the REST API requires (mode 0600, only the owner can read it). */
@@ -150,6 +185,37 @@ export class Repository {
 
   readDaemonInfo(): Promise<DaemonInfo | undefined> {
     return readJson<DaemonInfo>(this.daemonFile);
+  }
+}
+
+/** Entries `init` creates; --force and the clean-up of a half-made repository remove these and nothing else. */
+export const REPO_ENTRIES = [
+  'config.json',
+  'state.json',
+  'token',
+  'daemon.json',
+  'daemon.pid',
+  'logs',
+  'computes',
+  'safekeepers',
+  'offload',
+  'pageserver',
+];
+
+function brokenRepository(dir: string, what: string): NeonError {
+  return new NeonError(
+    'broken_repository',
+    `${what}, but ${dir} holds a neon repository: nothing was changed. Run \`neon repair\` to rebuild it from what is on disk, ` +
+      `or \`neon init --force\` to delete the repository and start over`,
+  );
+}
+
+/** Read a JSON state file: undefined when it does not exist; empty or unparsable is a `broken_repository` error. */
+async function readState<T>(file: string): Promise<T | undefined> {
+  try {
+    return await readJson<T>(file);
+  } catch (error) {
+    throw brokenRepository(path.dirname(file), `${file} cannot be read (${messageOf(error)})`);
   }
 }
 
