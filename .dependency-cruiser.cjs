@@ -4,6 +4,19 @@
  * plugins see only core (the public API a third-party plugin gets from 'neon-local').
  * @type {import('dependency-cruiser').IConfiguration}
  */
+/** A layer may import only the folders listed (and packages, node built-ins). */
+function layer(folder, allowed) {
+  return [
+    {
+      name: `${folder}-imports-only-${allowed.filter((a) => a !== folder).join('-')}`,
+      severity: 'error',
+      comment: `${folder}/ sits below what it must not see; see "How the code is laid out" in README.md.`,
+      from: { path: `^${folder}/` },
+      to: { path: `^(?!(${allowed.join('|')})/)[^/]+/`, dependencyTypesNot: ['npm', 'npm-dev', 'npm-optional', 'core'] },
+    },
+  ];
+}
+
 module.exports = {
   forbidden: [
     { name: 'no-cycles', severity: 'error', comment: 'Import cycles make start-up order and tests fragile.', from: {}, to: { circular: true } },
@@ -53,13 +66,13 @@ module.exports = {
       from: { path: '^daemon/' },
       to: { path: '^cli/' },
     },
-    {
-      name: 'low-layers-stay-low',
-      severity: 'error',
-      comment: 'lib and postgres are generic helpers; replication is the protocol client.',
-      from: { path: '^(lib|postgres|replication)/' },
-      to: { path: '^(pageserver|safekeeper|wal|chunkstore|plugins)/' },
-    },
+    ...layer('lib', ['core', 'lib']),
+    ...layer('replication', ['core', 'replication']),
+    ...layer('postgres', ['core', 'lib', 'replication', 'postgres']),
+    ...layer('chunkstore', ['core', 'lib', 'chunkstore']),
+    ...layer('safekeeper', ['core', 'lib', 'replication', 'postgres', 'wal', 'safekeeper']),
+    ...layer('wal', ['core', 'lib', 'replication', 'postgres', 'wal']),
+    ...layer('pageserver', ['core', 'lib', 'replication', 'postgres', 'wal', 'safekeeper', 'chunkstore', 'pageserver']),
     {
       name: 'no-unresolvable',
       severity: 'error',
