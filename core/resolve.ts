@@ -22,6 +22,7 @@ export async function resolveStorage(hooks: NeonHooks, target: StorageRequest | 
 
 const KNOWN_FORMAT_PLUGINS: Record<string, string> = {
   pgdata: "formatPgdata() from 'neon-local/plugins/format-pgdata'",
+  tar: "formatTar() from 'neon-local/plugins/format-tar'",
   walg: "formatWalg() from 'neon-local/plugins/format-walg'",
 };
 

@@ -27,7 +27,7 @@ const names = (resolved: ResolvedConfig) => resolved.plugins.map((p) => p.name);
 const load = (dir: string, command = 'start') => loadConfig(dir, { command });
 /** Load as the daemon does: with the built-in plugins. */
 const loadWithBuiltins = (dir: string) => loadConfig(dir, { command: 'start' }, builtinPlugins());
-const BUILTINS = ['storage-file', 'storage-s3', 'launcher-compute', 'launcher-safekeeper', 'safekeeper-offload'];
+const BUILTINS = ['storage-file', 'storage-s3', 'launcher-compute', 'launcher-safekeeper', 'safekeeper-offload', 'format-pgdata', 'format-tar', 'format-walg'];
 
 /** Expect loading `dir` to fail with a one-line config_error whose message matches every pattern. */
 async function configError(dir: string, ...patterns: RegExp[]): Promise<string> {
@@ -207,7 +207,7 @@ defaults('a configured built-in replaces the default one, options and all', () =
     { 'neon.config.ts': `import storageFile from '${STORAGE_FILE}';\nexport default { plugins: [storageFile({ fsync: false }), { name: 'x' }] };\n` },
     async (dir) => {
       const resolved = await loadWithBuiltins(dir);
-      assert.equal(names(resolved), ['storage-file', 'x', 'storage-s3', 'launcher-compute', 'launcher-safekeeper', 'safekeeper-offload']);
+      assert.equal(names(resolved), ['storage-file', 'x', 'storage-s3', 'launcher-compute', 'launcher-safekeeper', 'safekeeper-offload', 'format-pgdata', 'format-tar', 'format-walg']);
     },
   ),
 );
