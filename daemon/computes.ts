@@ -12,6 +12,9 @@ import { primaryOfBranch, resolveTarget } from './snapshots.js';
 import { checkName } from '../pageserver/history.js';
 import type { RecoveryTarget } from '../pageserver/recovery.js';
 import { DEFAULT_SEGMENT_SIZE, parseLsn, parseSegmentName } from '../core/wal.js';
+import { KeyedMutex } from '../lib/keyed-mutex.js';
+import { makeComputeHome } from './modes.js';
+import { moveToTrash } from './trash.js';
 
 /** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export interface CreateComputeRequest {
@@ -120,7 +123,7 @@ async function materialise(
   const home = path.join(daemon.repo.computesDir, name);
   const main = daemon.compute('main').record;
   try {
-    fs.mkdirSync(home, { recursive: true, mode: 0o755 });
+    makeComputeHome(home);
     const walDir = path.join(home, 'wal');
     const standby = target.action === 'standby';
     const prepared = await daemon.pageserver.prepare(branch, standby ? { action: 'promote' } : target, path.join(home, 'pgdata'), walDir, {
@@ -218,7 +221,27 @@ export async function promoteCompute(daemon: DaemonContext, name: string): Promi
   return { ...compute.info(), forked: fork, from };
 }
 
-/** `DELETE /pgs/:name`: stop a compute and remove its data directory; its branch and history stay. */
+/** One queue of operations per compute name, per daemon (see {@link withCompute}). */
+const locks = new WeakMap<DaemonContext, KeyedMutex>();
+
+/**
+ * Run an operation on the compute `name` (create, start, stop, promote, destroy) after those already asked for on
+ * it: requests on one compute are served one at a time, in order, while other computes go on. A queue rather than
+ * a 409: the CLI is a thin client, and `pg stop` during a `pg start` should simply stop it once it is up, as a
+ * service manager would; each operation re-reads the compute, so one that follows a destroy answers 404.
+ */
+export function withCompute<T>(daemon: DaemonContext, name: string, work: () => Promise<T>): Promise<T> {
+  let mutex = locks.get(daemon);
+  if (!mutex) locks.set(daemon, (mutex = new KeyedMutex()));
+  return mutex.run(name, work);
+}
+
+/**
+ * `DELETE /pgs/:name`: stop a compute and remove its data directory; its branch and history stay. Call it under
+ * {@link withCompute}. Crash-safe (daemon/trash.ts): the folder is renamed into the trash before the record goes,
+ * and the next daemon start finishes a destroy that a crash interrupted. Destroying a compute that does not exist
+ * (any more) is a 404, so a second destroy tells the caller it was already gone and changes nothing.
+ */
 export async function destroyCompute(daemon: DaemonContext, name: string, options: { force?: boolean } = {}): Promise<void> {
   if (name === 'main')
     throw new NeonError('pg_main', 'the main compute cannot be destroyed (neon pg stop -n main stops it)', { status: 400 });
@@ -226,11 +249,14 @@ export async function destroyCompute(daemon: DaemonContext, name: string, option
   if (!compute && !options.force) daemon.compute(name);
   await compute?.stop();
   daemon.computes.delete(name);
+  const trashed = await moveToTrash(daemon.repo, name);
   const state = await daemon.repo.readState();
-  delete state.computes[name];
-  await daemon.repo.writeState(state);
+  if (Object.hasOwn(state.computes, name)) {
+    delete state.computes[name];
+    await daemon.repo.writeState(state);
+  }
   // Asynchronously: a data directory holds a thousand files, and the daemon keeps answering meanwhile.
-  await fs.promises.rm(path.join(daemon.repo.computesDir, name), { recursive: true, force: true });
+  if (trashed) await fs.promises.rm(trashed, { recursive: true, force: true });
   // A primary's branch keeps its history; the safekeepers stop following it.
   if (compute && !compute.record.readOnly && !compute.record.replica && !primaryOfBranch(daemon, compute.record.branch)) {
     daemon.safekeepers.detach(compute.record.branch);

@@ -22,6 +22,8 @@ import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { RestServer } from '../core/rest.js';
 import type { DaemonContext } from './context.js';
 import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
+import { makePrivate } from './modes.js';
+import { finishDestroys } from './trash.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
@@ -79,6 +81,8 @@ export class Daemon implements DaemonContext {
 
     this.pgUser = pgUserFor(this.config.postgres?.user);
     this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
+    // After the binaries: a copy of them made for the Postgres user must stay readable by it.
+    makePrivate(repo, this.pgUser, log);
     this.computeLauncher = await resolveLauncher(this.hooks, 'compute');
     const token = await repo.readToken();
     this.storage = meta.storageDest ? await resolveStorage(this.hooks, meta.storageDest) : undefined;
@@ -131,6 +135,7 @@ export class Daemon implements DaemonContext {
     );
     log.info('REST API on http://127.0.0.1:%d', this.port);
 
+    await finishDestroys(repo, state, log);
     for (const record of Object.values(state.computes)) this.addCompute(record);
     // The safekeepers follow every primary wherever it runs (its port may change between starts).
     this.hooks.computeStarted.tap('neon:safekeepers', ({ name }) => {
@@ -224,6 +229,8 @@ export class Daemon implements DaemonContext {
   /** Record a changed compute (its port, whether it should run) in state.json. */
   async saveCompute(record: { name: string } & Partial<Compute['record']>): Promise<void> {
     const state = await this.repo.readState();
+    // A change to a compute that was destroyed meanwhile must not bring back a partial record.
+    if (!Object.hasOwn(state.computes, record.name) && !('dataDir' in record)) return;
     state.computes[record.name] = { ...state.computes[record.name], ...record };
     await this.repo.writeState(state);
   }

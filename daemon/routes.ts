@@ -1,33 +1,14 @@
 import { userInfo } from 'node:os';
 import { checkout } from './checkout.js';
 import { createBranch, deleteBranch } from './branches.js';
-import { createCompute, destroyCompute, promoteCompute } from './computes.js';
+import { createCompute, destroyCompute, promoteCompute, withCompute } from './computes.js';
 import { NeonError } from '../core/errors.js';
 import { createSnapshot, historyLog } from './snapshots.js';
 import { collectGarbage, verifyRepository } from './upkeep.js';
 import { formatLsn } from '../core/wal.js';
 import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from '../core/rest.js';
-
-/** The seed's `/pgs` actions, and those of `/safekeepers`. */
-const PG_ACTIONS = ['start', 'stop', 'promote'] as const;
-const SAFEKEEPER_ACTIONS = ['start', 'stop'] as const;
-
-/** The `action` of an actions request, checked against what the resource knows. */
-function actionOf<T extends string>(body: Record<string, unknown>, known: readonly T[], options: readonly string[] = []): T {
-  const action = body.action;
-  if (typeof action !== 'string' || !(known as readonly string[]).includes(action)) {
-    throw new NeonError('bad_action', `"action" must be one of ${known.join(', ')} (got ${JSON.stringify(action ?? null)})`, {
-      status: 400,
-    });
-  }
-  const extra = Object.keys(body).filter((key) => key !== 'action' && !options.includes(key));
-  if (extra.length) throw new NeonError('bad_request', `unknown field(s) ${extra.join(', ')} for action ${action}`, { status: 400 });
-  return action as T;
-}
-
-// WAL file names a client may ask for: segments and timeline history files, nothing that could be a path.
-const WAL_FILE = /^[0-9A-F]{24}$|^[0-9A-F]{8}\.history$/;
+import * as schemas from './schemas.js';
 
 /** The REST API: `/status`, the `/pgs` resource, and `/shutdown` for `neon stop`. */
 export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
@@ -35,51 +16,67 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     .route('GET', '/status', async () => statusOf(daemon))
     .route('GET', '/pgs', async () => daemon.pgs())
     .route('GET', '/pgs/:name', async ({ params }) => daemon.compute(params.name).info())
-    .route('POST', '/pgs/:name/actions', async ({ params, body }) => {
-      const compute = daemon.compute(params.name);
-      const action = actionOf(body, PG_ACTIONS, ['is_replica']);
-      if (action === 'promote') return daemon.serially(() => promoteCompute(daemon, params.name));
-      if (action === 'start') {
-        const { record } = compute;
-        if (record.retired) {
-          throw new NeonError(
-            'retired',
-            `compute ${record.name} was replaced on branch ${record.branch} by ${record.retired}: destroy it`,
-            { status: 409 },
-          );
-        }
-        if (body.is_replica === true && !record.replica) {
-          throw new NeonError(
-            'not_a_replica',
-            `compute ${record.name} is not a replica: create one with neon pg create -n NAME --branch ${record.branch} --replica`,
-          );
-        }
-        await compute.start();
-      } else await compute.stop();
-      await daemon.saveCompute({ name: compute.record.name, running: action === 'start' });
-      return compute.info();
-    })
+    .route(
+      'POST',
+      '/pgs/:name/actions',
+      async ({ params, body }) => {
+        const { action } = body;
+        if (action === 'promote') return daemon.serially(() => withCompute(daemon, params.name, () => promoteCompute(daemon, params.name)));
+        return withCompute(daemon, params.name, async () => {
+          // Looked up in the queue: a compute destroyed by the request before this one is a 404.
+          const compute = daemon.compute(params.name);
+          if (action === 'start') {
+            const { record } = compute;
+            if (record.retired) {
+              throw new NeonError(
+                'retired',
+                `compute ${record.name} was replaced on branch ${record.branch} by ${record.retired}: destroy it`,
+                { status: 409 },
+              );
+            }
+            if (body.is_replica === true && !record.replica) {
+              throw new NeonError(
+                'not_a_replica',
+                `compute ${record.name} is not a replica: create one with neon pg create -n NAME --branch ${record.branch} --replica`,
+              );
+            }
+            await compute.start();
+          } else await compute.stop();
+          await daemon.saveCompute({ name: compute.record.name, running: action === 'start' });
+          return compute.info();
+        });
+      },
+      { body: schemas.PgAction },
+    )
     .route('GET', '/safekeepers', async () => daemon.safekeepers.info())
     .route('GET', '/safekeepers/:name', async ({ params }) => daemon.safekeepers.get(params.name).info())
-    .route('POST', '/safekeepers/:name/actions', async ({ params, body }) => {
-      const node = daemon.safekeepers.get(params.name);
-      if (actionOf(body, SAFEKEEPER_ACTIONS) === 'stop') await node.stop();
-      else await node.start();
-      return node.info();
-    })
-    .route('GET', '/wal/:branch/:file', async ({ params }) => {
-      if (!WAL_FILE.test(params.file)) {
-        throw new NeonError('bad_wal_name', `"${params.file}" is not a WAL segment or history file name`, { status: 400 });
-      }
-      const bytes = await daemon.wal.read(params.branch, params.file);
-      if (!bytes) throw new NeonError('wal_not_found', `no WAL file ${params.file} for branch ${params.branch}`, { status: 404 });
-      return bytes;
-    })
+    .route(
+      'POST',
+      '/safekeepers/:name/actions',
+      async ({ params, body }) => {
+        const node = daemon.safekeepers.get(params.name);
+        if (body.action === 'stop') await node.stop();
+        else await node.start();
+        return node.info();
+      },
+      { body: schemas.SafekeeperAction },
+    )
+    .route(
+      'GET',
+      '/wal/:branch/:file',
+      async ({ params }) => {
+        const bytes = await daemon.wal.read(params.branch, params.file);
+        if (!bytes) throw new NeonError('wal_not_found', `no WAL file ${params.file} for branch ${params.branch}`, { status: 404 });
+        return bytes;
+      },
+      { params: schemas.WalParams },
+    )
     .route('GET', '/snapshots', async () => daemon.pageserver.history.snapshots())
     .route(
       'POST',
       '/snapshots',
       async ({ body }) => new RestResponse(201, await daemon.serially(() => createSnapshot(daemon, { name: body.name }))),
+      { body: schemas.CreateSnapshot },
     )
     .route('GET', '/snapshots/:name', async ({ params }) => daemon.pageserver.history.snapshot(params.name))
     .route('DELETE', '/snapshots/:name', async ({ params }) => {
@@ -88,7 +85,9 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
       return { deleted: params.name };
     })
     .route('GET', '/branches', async () => daemon.pageserver.history.branches())
-    .route('POST', '/branches', async ({ body }) => new RestResponse(201, await daemon.serially(() => createBranch(daemon, body))))
+    .route('POST', '/branches', async ({ body }) => new RestResponse(201, await daemon.serially(() => createBranch(daemon, body))), {
+      body: schemas.CreateBranch,
+    })
     .route('DELETE', '/branches/:name', async ({ params }) => {
       await daemon.serially(() => deleteBranch(daemon, params.name));
       return { deleted: params.name };
@@ -98,38 +97,52 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
         .branches()
         .flatMap((b) => daemon.pageserver.images(b.name).map((i) => ({ ...i, endLsn: formatLsn(i.endLsn) }))),
     )
-    .route('POST', '/images', async ({ body }) => {
-      if (body.compute !== undefined && typeof body.compute !== 'string')
-        throw new NeonError('bad_request', '"compute" must be a compute name');
-      const image = await daemon.images!.take((body.compute as string | undefined) ?? 'main');
-      const { files, ...summary } = image;
-      return new RestResponse(201, { ...summary, files: files.length });
-    })
-    .route('POST', '/checkout', async ({ body }) => daemon.serially(() => checkout(daemon, body.target)))
+    .route(
+      'POST',
+      '/images',
+      async ({ body }) => {
+        const image = await daemon.images!.take(body.compute ?? 'main');
+        const { files, ...summary } = image;
+        return new RestResponse(201, { ...summary, files: files.length });
+      },
+      { body: schemas.TakeImage },
+    )
+    .route(
+      'POST',
+      '/checkout',
+      async ({ body }) => daemon.serially(() => withCompute(daemon, 'main', () => checkout(daemon, body.target))),
+      {
+        body: schemas.Checkout,
+      },
+    )
     .route('GET', '/log', async () => historyLog(daemon))
-    .route('PUT', '/pgs', async ({ body }) => new RestResponse(201, await daemon.serially(() => createCompute(daemon, body))))
+    .route(
+      'PUT',
+      '/pgs',
+      async ({ body }) =>
+        new RestResponse(201, await daemon.serially(() => withCompute(daemon, body.name, () => createCompute(daemon, body)))),
+      { body: schemas.CreatePg },
+    )
     .route('DELETE', '/pgs/:name', async ({ params }) => {
-      await daemon.serially(() => destroyCompute(daemon, params.name));
+      await daemon.serially(() => withCompute(daemon, params.name, () => destroyCompute(daemon, params.name)));
       return { deleted: params.name };
     })
-    .route('POST', '/verify', async ({ body }) => {
-      const names = body.snapshots;
-      if (names !== undefined && !(Array.isArray(names) && names.every((n) => typeof n === 'string'))) {
-        throw new NeonError('bad_request', '"snapshots" must be a list of snapshot names', { status: 400 });
-      }
-      return daemon.serially(() => verifyRepository(daemon, names as string[] | undefined));
+    .route('POST', '/verify', async ({ body }) => daemon.serially(() => verifyRepository(daemon, body.snapshots)), {
+      body: schemas.Verify,
     })
-    .route('POST', '/gc', async ({ body }) => {
-      const days = body.keep_wal_days ?? 7;
-      if (typeof days !== 'number' || !(days >= 0))
-        throw new NeonError('bad_request', '"keep_wal_days" must be a number of days (0 or more)', { status: 400 });
-      return daemon.serially(() => collectGarbage(daemon, days));
+    .route('POST', '/gc', async ({ body }) => daemon.serially(() => collectGarbage(daemon, body.keep_wal_days ?? 7)), {
+      body: schemas.Gc,
     })
-    .route('POST', '/shutdown', async () => {
-      // Answer first: the shutdown closes this server.
-      setImmediate(() => void daemon.shutdown('request'));
-      return new RestResponse(202, { stopping: true, pid: process.pid });
-    });
+    .route(
+      'POST',
+      '/shutdown',
+      async () => {
+        // Answer first: the shutdown closes this server.
+        setImmediate(() => void daemon.shutdown('request'));
+        return new RestResponse(202, { stopping: true, pid: process.pid });
+      },
+      { body: schemas.NoBody },
+    );
 }
 
 /** What `GET /status` answers. */

@@ -56,8 +56,14 @@ export class History {
     this.data = this.load();
   }
 
+  // Null-prototype maps: a name such as `constructor` or `toString` is looked up among the branches and
+  // snapshots only, never found on Object.prototype.
   private load(): HistoryFile {
-    return fs.existsSync(this.file) ? (JSON.parse(fs.readFileSync(this.file, 'utf8')) as HistoryFile) : { branches: {}, snapshots: {} };
+    const data = fs.existsSync(this.file) ? (JSON.parse(fs.readFileSync(this.file, 'utf8')) as HistoryFile) : undefined;
+    return {
+      branches: Object.assign(Object.create(null), data?.branches) as Record<string, Branch>,
+      snapshots: Object.assign(Object.create(null), data?.snapshots) as Record<string, Snapshot>,
+    };
   }
 
   /** Read the file again (after it was replaced, e.g. pulled from storage). */
@@ -74,13 +80,13 @@ export class History {
   }
 
   branch(name: string): Branch {
-    const found = this.data.branches[name];
+    const found = this.hasBranch(name) ? this.data.branches[name] : undefined;
     if (!found) throw new NeonError('branch_not_found', `no branch named "${name}" (see \`neon branch list\`)`, { status: 404 });
     return found;
   }
 
   hasBranch(name: string): boolean {
-    return name in this.data.branches;
+    return Object.hasOwn(this.data.branches, name);
   }
 
   async addBranch(branch: Branch): Promise<Branch> {
@@ -111,13 +117,13 @@ export class History {
   }
 
   snapshot(name: string): Snapshot {
-    const found = this.data.snapshots[name];
+    const found = this.hasSnapshot(name) ? this.data.snapshots[name] : undefined;
     if (!found) throw new NeonError('snapshot_not_found', `no snapshot named "${name}" (see \`neon snapshot list\`)`, { status: 404 });
     return found;
   }
 
   hasSnapshot(name: string): boolean {
-    return name in this.data.snapshots;
+    return Object.hasOwn(this.data.snapshots, name);
   }
 
   async addSnapshot(snapshot: Snapshot): Promise<Snapshot> {

@@ -54,6 +54,12 @@ export async function stageWal(
       fs.rmSync(target, { force: true });
       const copied = await wal.copyTo(span.branch, name, target);
       if (!copied) continue;
+      // Often a hard link to the safekeeper's file (private to neon's user): the Postgres user's group may read it,
+      // which restore_command needs; nobody else can.
+      if (owner) {
+        fs.chownSync(target, -1, owner.gid);
+        fs.chmodSync(target, 0o640);
+      }
       files++;
       if (segment) staged.push({ name, ...segment, ...copied });
     }
