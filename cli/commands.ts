@@ -81,14 +81,23 @@ function statusText(status: Status & { offload?: OffloadStatus }): string {
 export async function startCommand(
   repo: Repository,
   cli: string,
-  options: { json?: boolean; storageDest?: StorageRequest },
+  options: { json?: boolean; storageDest?: StorageRequest; takeOver?: boolean },
   print: Print,
 ): Promise<void> {
   let initialised = false;
+  let restored: import('../daemon/init.js').Restored | undefined;
+  // The daemon inherits it: it takes the storage_dest's claim from its holder (see daemon/claim.ts).
+  if (options.takeOver) process.env.NEON_TAKE_OVER = '1';
   if (!(await repo.exists())) {
     const [{ initRepository }, { silentLogger }] = await Promise.all([import('../daemon/init.js'), import('../core/log.js')]);
-    await initRepository({ repoDir: repo.dir, projectDir: process.cwd(), storageDest: options.storageDest, log: silentLogger });
-    initialised = true;
+    ({ restored } = await initRepository({
+      repoDir: repo.dir,
+      projectDir: process.cwd(),
+      storageDest: options.storageDest,
+      takeOver: options.takeOver,
+      log: silentLogger,
+    }));
+    initialised = !restored;
   } else if (options.storageDest) {
     // Harmless when it names the storage the repository already uses; anything else would be ignored silently.
     const meta = await repo.readMeta();
@@ -111,6 +120,10 @@ export async function startCommand(
   const value = {
     already_running: already,
     initialised,
+    restored: !!restored,
+    restored_from: restored?.from ?? null,
+    restored_lsn: restored?.lsn ?? null,
+    restored_time: restored?.time ?? null,
     notice: notice ?? null,
     connection_string: main?.connection_string ?? null,
     status,
@@ -118,6 +131,11 @@ export async function startCommand(
   print(options, value, () =>
     [
       initialised ? `Initialised a neon repository in ${repo.dir}` : undefined,
+      restored
+        ? `Restored ${repo.dir} from ${restored.from} up to LSN ${restored.lsn ?? 'unknown'}` +
+          `${restored.time ? ` (last commit ${restored.time})` : ''}: every commit offloaded before that is back.\n` +
+          `The storage does not keep passwords, so the password of "${main?.name ?? 'main'}" was reset: use the new connection string below.`
+        : undefined,
       notice ? `Note: ${notice}` : undefined,
       already ? 'neon is already running.' : 'neon is running.',
       main ? `\nConnect with:\n  psql "${main.connection_string}"\n` : '',

@@ -93,7 +93,8 @@ export function createCli(script: string) {
   cli
     .command('start', 'Start the daemon and the computes (creates the repository on first use)')
     .option('--storage_dest <url>', 'On first use: durable storage; one that holds a repository brings it back')
-    .action(async (options: GlobalOptions & { storage_dest?: string }) => {
+    .option('--take-over', 'Make this repository the writer of its storage_dest even though another one holds it')
+    .action(async (options: GlobalOptions & { storage_dest?: string; takeOver?: boolean }) => {
       const { startCommand } = await import('./commands.js');
       await startCommand(
         repoOf(options),

@@ -16,6 +16,7 @@ import type { Storage } from '../core/storage.js';
 import { WalStore } from '../wal/store.js';
 import { ImageService } from './images.js';
 import { StorageSync } from './storage-sync.js';
+import { claimStorage } from './claim.js';
 import type { Launcher } from '../core/launcher.js';
 import { Pageserver } from '../pageserver/pageserver.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
@@ -85,7 +86,11 @@ export class Daemon implements DaemonContext {
     makePrivate(repo, this.pgUser, log);
     this.computeLauncher = await resolveLauncher(this.hooks, 'compute');
     const token = await repo.readToken();
-    this.storage = meta.storageDest ? await resolveStorage(this.hooks, meta.storageDest) : undefined;
+    // One writer per storage_dest: refused here when another repository holds it (see claim.ts).
+    this.storage = meta.storageDest
+      ? (await claimStorage(await resolveStorage(this.hooks, meta.storageDest), { repoDir: repo.dir, log: log.child('claim'), hooks: this.hooks }))
+          .storage
+      : undefined;
     const state = await repo.readState();
     const safekeeperCount = this.config.safekeepers ?? 1;
     this.safekeepers = new Safekeepers(safekeeperCount, {
