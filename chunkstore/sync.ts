@@ -1,9 +1,13 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { NeonError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import { readObject, type Storage } from '../core/storage.js';
-import { corrupt, decodeIndex, isHash, sha256, type PackEntries } from './format.js';
+import { corrupt, decodeIndex, isHash, type PackEntries } from './format.js';
 import { isMissing } from './files.js';
 import type { ChunkStore } from './index.js';
 import { eachLimit } from './pool.js';
@@ -56,7 +60,7 @@ async function listRemote(storage: Storage, prefix: string): Promise<Map<string,
 }
 
 /** Put `body` under `key` unless it is there; false when it was (a conflict is another writer's identical copy). */
-async function putOnce(storage: Storage, key: string, body: Buffer, replace: boolean): Promise<boolean> {
+async function putOnce(storage: Storage, key: string, body: Buffer | Readable, replace: boolean): Promise<boolean> {
   try {
     await storage.put(key, body, replace ? {} : { ifAbsent: true });
     return true;
@@ -83,9 +87,9 @@ export async function pushPacks(store: ChunkStore, storage: Storage, prefix = 'c
     const packFile = store.packFile(id);
     const size = (await fs.stat(packFile)).size;
     if (there?.pack !== size) {
-      const body = await fs.readFile(packFile);
-      if (sha256(body) !== id) throw corrupt(`${packFile} is damaged (its content does not hash to its name); it was not uploaded`);
-      if (await putOnce(storage, `${prefix}${id}.pack`, body, there?.pack !== undefined)) bytes += body.length;
+      // Streamed twice (hash, then upload) rather than held in memory: a sealed pack never changes.
+      if ((await hashFile(packFile)) !== id) throw corrupt(`${packFile} is damaged (its content does not hash to its name); it was not uploaded`);
+      if (await putOnce(storage, `${prefix}${id}.pack`, createReadStream(packFile), there?.pack !== undefined)) bytes += size;
       uploaded.add(id);
     }
     if (there?.idx === undefined) {
@@ -149,6 +153,13 @@ export async function pullPacks(store: ChunkStore, storage: Storage, hashes: Ite
     await fs.rm(path.join(cache, `${id}.idx`), { force: true });
   });
   return { downloaded, bytes };
+}
+
+/** SHA-256 of a file, read as a stream. */
+async function hashFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(file), hash);
+  return hash.digest('hex');
 }
 
 /** The index of remote pack `id`: from the local cache when it is there and intact, else from storage. */

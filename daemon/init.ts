@@ -19,6 +19,8 @@ import type { PgBinaries } from '../postgres/binaries.js';
 import type { PgUser } from '../postgres/user.js';
 import { parseStorageUrl, type Storage, type StorageRequest } from '../core/storage.js';
 import { pullRepository, pushRepository, readStoredRepository } from './storage-sync.js';
+import { planClaim, takeClaim, type Claim } from './claim.js';
+import { recoverWithNewPassword, removeStagedWal, type Recovered } from './restore.js';
 import { WalStore } from '../wal/store.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 
@@ -32,11 +34,21 @@ export interface InitOptions {
   pgVersion?: number;
   /** Recreate an existing repository (its data is deleted). */
   force?: boolean;
+  /** Take the storage_dest over from the repository that holds it (`neon start --take-over`). */
+  takeOver?: boolean;
   log: Logger;
 }
 
 /** Port of the main compute unless configured (taken → a free one at start). */
 export const DEFAULT_PG_PORT = 55432;
+
+/** What `neon init` / the first `neon start` brought back from a storage_dest that already held a repository. */
+export interface Restored extends Recovered {
+  /** The storage_dest it came from. */
+  from: string;
+  /** The branch the main compute is on. */
+  branch: string;
+}
 
 
 /**
@@ -63,19 +75,29 @@ async function createFresh(
 
 /**
  * The cluster comes back from storage alone: the history, the newest image of the branch the main compute was on,
- * and all the WAL offloaded after it. The main compute's first start replays that WAL to its end and promotes.
+ * and all the WAL offloaded after it, replayed to its end here (so that the main password can be reset: the
+ * storage does not hold it). The main compute then starts as an ordinary primary.
  */
-async function restoreFromStorage(pageserver: Pageserver, storage: Storage, dataDir: string): Promise<Partial<ComputeRecord>> {
-  const branch = await pullRepository(pageserver, storage);
+async function restoreFromStorage(
+  pageserver: Pageserver,
+  storage: Storage,
+  main: ComputeRecord,
+  dataDir: string,
+  postgres: { binaries: PgBinaries; pgUser?: PgUser },
+): Promise<Restored> {
+  const { branch } = await pullRepository(pageserver, storage);
   const prepared = await pageserver.prepare(branch, { action: 'promote' }, dataDir, path.join(path.dirname(dataDir), 'restore-wal'));
-  return { branch, recovery: { settings: prepared.settings, until: 'promoted', walDir: prepared.walDir } };
+  const { user, database, password } = main;
+  const recovered = await recoverWithNewPassword({ ...postgres, dataDir, settings: prepared.settings, user, database, password });
+  await removeStagedWal(prepared.walDir);
+  return { from: storage.url, branch, ...recovered };
 }
 
 /**
  * Create a repository: the API token, the main compute's data directory (initdb), the state, and last the
  * config snapshot that marks the repository complete. Then the plugins' `init` hooks run.
  */
-export async function initRepository(options: InitOptions): Promise<{ repo: Repository; meta: RepoMeta }> {
+export async function initRepository(options: InitOptions): Promise<{ repo: Repository; meta: RepoMeta; restored?: Restored }> {
   const repo = new Repository(options.repoDir);
   const found = await repo.inspect();
   if (found === 'broken' && !options.force) await repo.readMeta(); // throws: says what is missing and how to repair
@@ -110,6 +132,8 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
       `storage ${storage!.url} holds a PostgreSQL ${stored.pgVersion} database, not ${options.pgVersion}`,
     );
   }
+  // Refused here, before anything is written, when another live repository writes to this storage.
+  const plan = storage ? await planClaim(storage, { repoDir: repo.dir, takeOver: options.takeOver }) : undefined;
   const binaries = await findBinaries({
     version: stored?.pgVersion ?? options.pgVersion ?? config.postgres?.version,
     bin: config.postgres?.bin,
@@ -131,32 +155,38 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
     dataDir: path.join('computes', 'main', 'pgdata'),
     port: config.postgres?.port ?? DEFAULT_PG_PORT,
     user: stored?.login.user ?? 'postgres',
-    password: stored?.login.password ?? randomBytes(18).toString('base64url'),
+    // Never read from storage (it holds no password): a restored database gets a new one.
+    password: randomBytes(18).toString('base64url'),
     database: stored?.login.database ?? 'postgres',
     running: true,
     createdAt: new Date().toISOString(),
   };
-  const pageserver = await Pageserver.open({
-    repoDir: repo.dir,
-    log: options.log,
-    owner: pgUser,
-    wal: storage && new WalStore(() => [], storage),
-  });
+  let claim: Claim | undefined;
+  let pageserver: Pageserver | undefined;
+  let restored: Restored | undefined;
   try {
+    claim = plan && (await takeClaim(plan, options.log));
+    // Reads and writes go through the claim's generation from here on.
+    const view = claim?.storage;
+    pageserver = await Pageserver.open({ repoDir: repo.dir, log: options.log, owner: pgUser, wal: view && new WalStore(() => [], view) });
     if (stored) {
-      Object.assign(main, await restoreFromStorage(pageserver, storage!, repo.dataDirOf(main)));
+      restored = await restoreFromStorage(pageserver, view!, main, repo.dataDirOf(main), { binaries: runnable, pgUser });
+      main.branch = restored.branch;
+      // The new generation's history and head go up at once: they shadow whatever the old holder writes late.
+      await pushRepository(pageserver, view!, { systemId: stored.systemId, pgVersion: stored.pgVersion, login: main, branch: main.branch });
     } else {
       await createFresh(pageserver, runnable, repo.dataDirOf(main), main, pgUser, !!storage);
-      if (storage) {
+      if (view) {
         const { systemId } = await pageserver.readImage(pageserver.images('main')[0].key);
-        await pushRepository(pageserver, storage, { systemId, pgVersion: binaries.version, login: main, branch: 'main' });
+        await pushRepository(pageserver, view, { systemId, pgVersion: binaries.version, login: main, branch: 'main' });
       }
     }
   } catch (error) {
     await fs.rm(path.join(repo.computesDir, 'main'), { recursive: true, force: true });
     throw error;
   } finally {
-    await pageserver.close();
+    await pageserver?.close();
+    await claim?.stop();
   }
   await repo.writeState({ computes: { main } });
   const meta: RepoMeta = {
@@ -170,5 +200,5 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
   await repo.writeMeta(meta);
   await fs.rm(repo.initMarker, { force: true });
   await hooks.init.promise({ repo, log: options.log, storageDest: meta.storageDest, pgVersion: binaries.version });
-  return { repo, meta };
+  return { repo, meta, restored };
 }

@@ -14,10 +14,12 @@ export interface StoredRepository {
   pgVersion: number;
   createdAt: string;
   /**
-   * The main compute's login. Storage that holds the database also holds this: a machine that starts from the
-   * storage alone must be able to connect to what it restores.
+   * The main compute's user and database, never its password: a storage_dest must hold no secret in plain text.
+   * The database itself keeps the password's SCRAM verifier (pg_authid); a machine that restores from storage
+   * alone sets a new password (see daemon/restore.ts). Storages written before this held a `password` here: the
+   * next push rewrites the file without it.
    */
-  login: { user: string; password: string; database: string };
+  login: { user: string; database: string };
 }
 
 const REPOSITORY_KEY = 'repository.json';
@@ -55,17 +57,18 @@ export async function pushRepository(
       `storage ${storage.url} holds the history of database system ${stored.systemId}, not ${identity.systemId}: use another storage_dest`,
     );
   }
-  if (!stored) {
+  if (!stored || 'password' in stored.login) {
     const { systemId, pgVersion, login } = identity;
     const body: StoredRepository = {
       format: 'neon-repository',
       version: 1,
-      createdAt: new Date().toISOString(),
+      createdAt: stored?.createdAt ?? new Date().toISOString(),
       systemId,
       pgVersion,
-      login,
+      login: { user: login.user, database: login.database },
     };
-    await storage.put(REPOSITORY_KEY, JSON.stringify(body, null, 2), { ifAbsent: true }).catch((error) => {
+    // A legacy file is replaced (it held the password); a new one is only created.
+    await storage.put(REPOSITORY_KEY, JSON.stringify(body, null, 2), { ifAbsent: !stored }).catch((error) => {
       if (!(error instanceof NeonError && error.code === 'conflict')) throw error;
     });
   }
@@ -93,7 +96,7 @@ export async function pushRepository(
  * Bring a repository back from storage alone: its history and image manifests, and the chunk packs of the newest
  * image on the line of the branch the main compute was on. Returns that branch.
  */
-export async function pullRepository(pageserver: Pageserver, storage: Storage): Promise<string> {
+export async function pullRepository(pageserver: Pageserver, storage: Storage): Promise<{ branch: string; packs: number }> {
   if (!(await storage.head(HISTORY_KEY))) {
     throw new NeonError('no_history', `storage ${storage.url} holds no history.json: it was never pushed completely`);
   }
@@ -108,8 +111,8 @@ export async function pullRepository(pageserver: Pageserver, storage: Storage): 
     fs.writeFileSync(file, await readObject(storage, object.key));
   }
   const image = await pageserver.chooseImage(head.branch, {});
-  await pullPacks(pageserver.store, storage, new Set(image.files.flatMap((f) => f.chunks ?? [])));
-  return head.branch;
+  const { downloaded } = await pullPacks(pageserver.store, storage, new Set(image.files.flatMap((f) => f.chunks ?? [])));
+  return { branch: head.branch, packs: downloaded.length };
 }
 
 /** Pushes to storage_dest in the background whenever something new is stored; retries with backoff. */
