@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import { cac } from 'cac';
 import { isExpected, messageOf, NeonError } from '../core/errors.js';
 import { Repository, repoDirFrom } from '../daemon/repository.js';
+import { registerStorageCommands } from './storage-commands.js';
 
 // Every command that touches running state is a REST call to the daemon (client.ts); modules are imported
 // lazily so that `neon status` does not load what `neon init` needs.
@@ -161,8 +162,16 @@ export function createCli(script: string) {
     });
 
   cli
-    .command('snapshot <action> [name]', 'Snapshots: snapshot create [NAME] | list | show NAME | delete NAME')
-    .action(async (action: string, name: string | undefined, options: GlobalOptions) => {
+    .command('snapshot <action> [name]', 'Snapshots: snapshot create [NAME] | list | show NAME | delete NAME | push NAME --to S | pull NAME --from S')
+    .option('--to <storage>', 'snapshot push: a storage name (neon storage list) or URL')
+    .option('--from <storage>', 'snapshot pull: a storage name or URL')
+    .example('neon snapshot push before-migration --to alice')
+    .example('neon snapshot pull nightly --from s3://team-bucket/alice')
+    .action(async (action: string, name: string | undefined, options: GlobalOptions & { to?: string; from?: string }) => {
+      if (action === 'push' || action === 'pull') {
+        const { transferCommand } = await import('./storage-commands.js');
+        return transferCommand(action, name, options, { call, print });
+      }
       const { snapshotCommand } = await import('./commands.js');
       await snapshotCommand(action, name, (method, path, body) => call(options, method, path, body), options, print);
     });
@@ -241,6 +250,8 @@ export function createCli(script: string) {
       const { branchCommand } = await import('./commands.js');
       await branchCommand(action, name, options, (method, path, body) => call(options, method, path, body), print);
     });
+
+  registerStorageCommands(cli, { call, print, script });
 
   cli.help();
   cli.version(packageVersion());

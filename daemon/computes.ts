@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createBranch } from './branches.js';
+import { pullForCompute } from './storage-computes.js';
 import type { Compute, ComputeInfo } from './compute.js';
 import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
@@ -45,9 +46,10 @@ export async function createCompute(daemon: DaemonContext, request: CreateComput
   if (daemon.computes.has(name)) throw new NeonError('pg_exists', `a compute named "${name}" already exists`, { status: 409 });
   const storage = optionalString(request, 'storage_name');
   if (storage !== undefined && storage !== 'default') {
-    throw new NeonError('storage_not_found', `no storage named "${storage}": computes use the repository's storage ("default")`, {
-      status: 404,
-    });
+    // Over an attached storage: its snapshot is pulled (only what is missing), and the compute forks from it.
+    if (request.branch !== undefined) throw new NeonError('bad_request', '"branch" and "storage_name" exclude each other');
+    const pulled = await pullForCompute(daemon, storage, optionalString(request, 'at'));
+    return createCompute(daemon, { ...request, storage_name: undefined, branch: pulled.branch, at: pulled.snapshot });
   }
   const branchName = optionalString(request, 'branch');
   const at = optionalString(request, 'at');

@@ -16,6 +16,7 @@ import type { Storage } from '../core/storage.js';
 import { WalStore } from '../wal/store.js';
 import { ImageService } from './images.js';
 import { StorageSync } from './storage-sync.js';
+import { pulledWalHolder } from './storages.js';
 import { claimStorage } from './claim.js';
 import type { Launcher } from '../core/launcher.js';
 import { Pageserver } from '../pageserver/pageserver.js';
@@ -102,7 +103,8 @@ export class Daemon implements DaemonContext {
       mainBranch: () => this.mainBranch(),
     });
     this.wal = new WalStore(
-      () => this.safekeepers.nodes,
+      // Safekeepers' WAL, and the WAL pulled with snapshots from other storages (daemon/transfer.ts).
+      () => [...this.safekeepers.nodes, pulledWalHolder(repo.dir)],
       this.storage,
       // The main compute's branch first: offload reports its progress.
       () => [this.mainBranch(), ...this.safekeepers.branches().filter((b) => b !== this.mainBranch())],

@@ -9,10 +9,11 @@ import { formatLsn } from '../core/wal.js';
 import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from '../core/rest.js';
 import * as schemas from './schemas.js';
+import { registerStorageRoutes } from './storage-routes.js';
 
 /** The REST API: `/status`, the `/pgs` resource, and `/shutdown` for `neon stop`. */
 export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
-  return rest
+  return registerStorageRoutes(rest, daemon)
     .route('GET', '/status', async () => statusOf(daemon))
     .route('GET', '/pgs', async () => daemon.pgs())
     .route('GET', '/pgs/:name', async ({ params }) => daemon.compute(params.name).info())

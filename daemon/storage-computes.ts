@@ -1,0 +1,42 @@
+import type { DaemonContext } from './context.js';
+import { StorageRegistry } from './storages.js';
+import { pullSnapshot } from './transfer.js';
+
+/** The registry of attached storages of the daemon's repository. */
+export function registryOf(daemon: DaemonContext): StorageRegistry {
+  return new StorageRegistry(daemon.repo.dir, daemon.hooks, daemon.storage);
+}
+
+/**
+ * `pg create -s STORAGE [--at SNAPSHOT]`: pull that storage's newest (or named) snapshot, fetching only what the
+ * repository lacks; the compute is then made on a new branch forked there.
+ */
+export async function pullForCompute(
+  daemon: DaemonContext,
+  storageName: string,
+  at?: string,
+): Promise<{ branch: string; snapshot: string }> {
+  const registry = registryOf(daemon);
+  await registry.get(storageName);
+  const { storage, name } = await registry.open(storageName);
+  const into = { pageserver: daemon.pageserver, repoDir: daemon.repo.dir, registry, pgVersion: daemon.binaries.version };
+  const noProgress = { step: () => undefined, add: () => undefined };
+  const pulled = await pullSnapshot(into, storage, name, at, noProgress);
+  daemon.log.info('pulled snapshot %s from %s for a compute: %d bytes', pulled.snapshot, storage.url, pulled.bytes);
+  return { branch: pulled.branch, snapshot: pulled.snapshot };
+}
+
+/** The computes whose branch's line of history starts at a snapshot pulled from storage `name`. */
+export async function computesUsing(daemon: DaemonContext, name: string): Promise<string[]> {
+  const pulled = await registryOf(daemon).pulled();
+  const from = new Set(
+    Object.entries(pulled)
+      .filter(([, p]) => p.storage === name)
+      .map(([branch]) => branch),
+  );
+  if (!from.size) return [];
+  const { history } = daemon.pageserver;
+  return [...daemon.computes.values()]
+    .filter((c) => history.hasBranch(c.record.branch) && history.chain(c.record.branch).some((span) => from.has(span.branch)))
+    .map((c) => c.record.name);
+}

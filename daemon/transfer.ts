@@ -1,0 +1,301 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Transform, pipeline, type Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pullPacks, pushPacks } from '../chunkstore/sync.js';
+import { eachLimit } from '../chunkstore/pool.js';
+import { NeonError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
+import type { Storage } from '../core/storage.js';
+import { DEFAULT_SEGMENT_SIZE, packWal, parseLsn, partialObjectKey, segmentName, segmentOf, unpackWal, walObjectKey } from '../core/wal.js';
+import { encodeManifest, imageKey } from '../pageserver/manifest.js';
+import type { Pageserver } from '../pageserver/pageserver.js';
+import type { DaemonContext } from './context.js';
+import type { OperationHandle } from './operations.js';
+import {
+  findRemoteSnapshot,
+  neededWal,
+  parseRecord,
+  readRemoteImage,
+  snapshotKey,
+  type RemoteSnapshot,
+  type WalFileRef,
+} from './remote.js';
+import { primaryOfBranch } from './snapshots.js';
+import { readStoredRepository, type StoredRepository } from './storage-sync.js';
+import type { StorageRegistry } from './storages.js';
+import { readObject } from '../core/storage.js';
+
+/** What a push or a pull moved. */
+export interface TransferResult {
+  snapshot: string;
+  storage: string;
+  /** Bytes sent or received (objects that were there already cost nothing). */
+  bytes: number;
+  objects: number;
+  /** The local branch a pulled snapshot is on. */
+  branch?: string;
+  /** Nothing to do: the other side had it all. */
+  upToDate: boolean;
+}
+
+// WAL objects are 16 MB segments before compression: a few at a time keep memory bounded.
+const WAL_TRANSFERS = 4;
+
+/** A storage that counts the bytes and objects that go through it (puts and reads), for progress and results. */
+export function countingStorage(storage: Storage, count: (bytes: number, objects: number) => void): Storage {
+  return {
+    url: storage.url,
+    head: (key) => storage.head(key),
+    list: (prefix) => storage.list(prefix),
+    delete: (key) => storage.delete(key),
+    async put(key, body, options) {
+      await storage.put(key, body, options);
+      count(typeof body === 'string' ? Buffer.byteLength(body) : Buffer.isBuffer(body) ? body.length : 0, 1);
+    },
+    async get(key) {
+      const source = await storage.get(key);
+      const counter = new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          count(chunk.length, 0);
+          done(null, chunk);
+        },
+      });
+      count(0, 1);
+      pipeline(source, counter, () => undefined); // an error of the source destroys the counter with it
+      return counter as Readable;
+    },
+  };
+}
+
+/** Put unless present; a conflict (another writer's copy of a content-addressed object) counts as present. */
+async function putOnce(storage: Storage, key: string, body: Buffer | string): Promise<void> {
+  await storage.put(key, body, { ifAbsent: true }).catch((error) => {
+    if (!(error instanceof NeonError && error.code === 'conflict')) throw error;
+  });
+}
+
+/**
+ * The segment holding `lsn` becomes a finished file before a push names it: a finished segment never changes, so
+ * it is pushed once and pulled once. While the branch's primary runs it switches to a new segment; otherwise
+ * the unfinished copy is pushed as it is.
+ */
+async function finishSegment(daemon: DaemonContext, branch: string, timeline: number, lsn: bigint): Promise<void> {
+  const name = segmentName(timeline, segmentOf(lsn, DEFAULT_SEGMENT_SIZE), DEFAULT_SEGMENT_SIZE);
+  if (await daemon.wal.isFinished(branch, name)) return;
+  const primary = primaryOfBranch(daemon, branch);
+  if (primary?.state !== 'running') return;
+  await primary.query('select pg_switch_wal()');
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline; await sleep(50)) {
+    if (await daemon.wal.isFinished(branch, name)) return;
+  }
+}
+
+/** Check that a storage holds no other database system's history and no newer format; returns what it holds. */
+async function checkRemote(storage: Storage, systemId: string | undefined): Promise<StoredRepository | undefined> {
+  const stored = await readStoredRepository(storage);
+  if (stored && systemId && stored.systemId !== systemId) {
+    throw new NeonError(
+      'system_mismatch',
+      `storage ${storage.url} holds the history of database system ${stored.systemId}, not ${systemId}`,
+      {
+        status: 409,
+      },
+    );
+  }
+  return stored;
+}
+
+/**
+ * Push snapshot `name` to `storage`: the packs it lacks, the base image manifest, the WAL from the image to the
+ * snapshot, and last the snapshot record. Every object is skipped when it is there, so a push that was
+ * interrupted continues where it stopped.
+ */
+export async function pushSnapshot(daemon: DaemonContext, target: Storage, name: string, op: OperationHandle): Promise<TransferResult> {
+  const { pageserver } = daemon;
+  const snapshot = pageserver.history.snapshot(name);
+  const lsn = parseLsn(snapshot.lsn);
+  const image = await pageserver.chooseImage(snapshot.branch, { lsn });
+  await checkRemote(target, image.systemId);
+  let moved = { bytes: 0, objects: 0 };
+  const storage = countingStorage(target, (bytes, objects) => {
+    moved = { bytes: moved.bytes + bytes, objects: moved.objects + objects };
+    op.add(bytes, objects);
+  });
+  const existing = await target.head(snapshotKey(name));
+  if (existing) {
+    const there = parseRecord(target, snapshotKey(name), await readObject(target, snapshotKey(name)));
+    if (there.snapshot.lsn !== snapshot.lsn || there.systemId !== image.systemId) {
+      throw new NeonError(
+        'snapshot_exists',
+        `storage ${target.url} holds another snapshot named ${name} (at ${there.snapshot.lsn}): rename yours`,
+        {
+          status: 409,
+        },
+      );
+    }
+    return { snapshot: name, storage: target.url, bytes: 0, objects: 0, upToDate: true };
+  }
+  op.step('checking');
+  await finishSegment(daemon, snapshot.branch, snapshot.timeline, lsn);
+  const spans = pageserver.history.chain(snapshot.branch);
+  const local = new Map<string, Set<string>>();
+  for (const span of spans) local.set(span.branch, await daemon.wal.names(span.branch));
+  const wal = neededWal(spans, parseLsn(image.startLsn), lsn, (branch) => local.get(branch)!);
+  const remote = new Set<string>();
+  for await (const object of target.list('wal/')) remote.add(object.key);
+  const missing = wal.filter((ref) => !remote.has(walObjectKey(ref.branch, ref.name)));
+  op.step('packs', await packBytesToSend(pageserver, target));
+
+  await pushPacks(pageserver.store, storage);
+  op.step('image');
+  const key = imageKey(image.branch, parseLsn(image.endLsn));
+  if (!(await target.head(key))) await putOnce(storage, key, fs.readFileSync(path.join(pageserver.dir, ...key.split('/'))));
+  op.step('wal', null); // compressed sizes are known only once compressed
+  const refs: WalFileRef[] = [];
+  await eachLimit(wal, WAL_TRANSFERS, async (ref) => {
+    const finished = await daemon.wal.isFinished(ref.branch, ref.name);
+    refs.push({ ...ref, partial: !finished });
+    if (!missing.includes(ref) && finished) return;
+    const best = await daemon.wal.best(ref.branch, ref.name);
+    if (!best)
+      throw new NeonError('wal_missing', `WAL file ${ref.name} of branch ${ref.branch} is gone: snapshot ${name} cannot be pushed`, {
+        status: 409,
+      });
+    const packed = await packWal(best.bytes);
+    if (finished) await putOnce(storage, walObjectKey(ref.branch, ref.name), packed);
+    else await storage.put(partialObjectKey(ref.branch, ref.name), packed); // it grows: the newest copy replaces
+  });
+  op.step('record');
+  const stored = await checkRemote(target, image.systemId);
+  if (!stored) {
+    const login = daemon.compute('main').record;
+    const repository: StoredRepository = {
+      format: 'neon-repository',
+      version: 1,
+      systemId: image.systemId,
+      pgVersion: image.pgVersion,
+      createdAt: new Date().toISOString(),
+      login: { user: login.user, database: login.database },
+    };
+    await putOnce(storage, 'repository.json', JSON.stringify(repository, null, 2));
+  }
+  const record: RemoteSnapshot = {
+    format: 'neon-snapshot',
+    version: 1,
+    snapshot,
+    systemId: image.systemId,
+    pgVersion: image.pgVersion,
+    image: key,
+    wal: refs.sort((a, b) => (a.branch + a.name < b.branch + b.name ? -1 : 1)),
+    pushedAt: new Date().toISOString(),
+  };
+  await storage.put(snapshotKey(name), JSON.stringify(record, null, 2));
+  return { snapshot: name, storage: target.url, ...moved, upToDate: false };
+}
+
+/** Bytes of the local packs the storage lacks: what the pack step sends (for the progress total). */
+async function packBytesToSend(pageserver: Pageserver, storage: Storage): Promise<number> {
+  await pageserver.store.flush();
+  const there = new Set<string>();
+  for await (const object of storage.list('chunks/')) there.add(object.key);
+  let total = 0;
+  for (const id of pageserver.store.packs()) {
+    if (!there.has(`chunks/${id}.pack`)) total += fs.statSync(pageserver.store.packFile(id)).size;
+    if (!there.has(`chunks/${id}.idx`)) total += fs.statSync(pageserver.store.indexFile(id)).size;
+  }
+  return total;
+}
+
+/** What a pull writes into. */
+export interface PullTarget {
+  pageserver: Pageserver;
+  repoDir: string;
+  registry: StorageRegistry;
+  pgVersion: number;
+}
+
+/** The local root branch a pulled snapshot lives on. */
+export function pulledBranchName(snapshot: string): string {
+  return `pulled.${snapshot}`.slice(0, 63);
+}
+
+/**
+ * Pull a snapshot from `source` into the repository: the packs holding chunks it lacks, the WAL from the image to
+ * the snapshot (into `<repo>/pulled/wal/<branch>/`; a file pulled before with another snapshot from the same
+ * storage is linked, not fetched), the image manifest, and last the branch and the snapshot in the history, so
+ * an interrupted pull leaves no snapshot and the next one skips what is there.
+ */
+export async function pullSnapshot(
+  into: PullTarget,
+  source: Storage,
+  storageName: string | null,
+  wanted: string | undefined,
+  op: OperationHandle,
+  options: { branch?: string } = {},
+): Promise<TransferResult & { branch: string; record: RemoteSnapshot }> {
+  op.step('checking');
+  const record = await findRemoteSnapshot(source, wanted);
+  const { snapshot } = record;
+  if (record.pgVersion !== into.pgVersion) {
+    throw new NeonError(
+      'bad_pg_version',
+      `snapshot ${snapshot.name} in ${source.url} is of PostgreSQL ${record.pgVersion}; this repository runs ${into.pgVersion}`,
+    );
+  }
+  const { history } = into.pageserver;
+  const branch = options.branch ?? pulledBranchName(snapshot.name);
+  const pulled = await into.registry.pulled();
+  if (history.hasSnapshot(snapshot.name)) {
+    const local = history.snapshot(snapshot.name);
+    if (pulled[local.branch]?.url === source.url && local.lsn === snapshot.lsn) {
+      return { snapshot: snapshot.name, storage: source.url, bytes: 0, objects: 0, branch: local.branch, record, upToDate: true };
+    }
+    throw new NeonError('snapshot_exists', `this repository already has a snapshot named ${snapshot.name}: delete or rename it first`, {
+      status: 409,
+    });
+  }
+  if (history.hasBranch(branch) && pulled[branch]?.url !== source.url) {
+    throw new NeonError('branch_exists', `a branch named ${branch} already exists here`, { status: 409 });
+  }
+  let moved = { bytes: 0, objects: 0 };
+  const storage = countingStorage(source, (bytes, objects) => {
+    moved = { bytes: moved.bytes + bytes, objects: moved.objects + objects };
+    op.add(bytes, objects);
+  });
+  const manifest = await readRemoteImage(storage, record.image);
+  op.step('packs');
+  await pullPacks(into.pageserver.store, storage, new Set(manifest.files.flatMap((f) => f.chunks ?? [])));
+  op.step('wal');
+  const walDir = path.join(into.repoDir, 'pulled', 'wal');
+  const siblings = Object.entries(pulled)
+    .filter(([, p]) => p.url === source.url)
+    .map(([b]) => path.join(walDir, b));
+  fs.mkdirSync(path.join(walDir, branch), { recursive: true });
+  await eachLimit(record.wal, WAL_TRANSFERS, async (ref) => {
+    const file = ref.name + (ref.partial ? '.partial' : '');
+    const target = path.join(walDir, branch, file);
+    if (fs.existsSync(target)) return;
+    const earlier = ref.partial ? undefined : siblings.map((dir) => path.join(dir, file)).find((f) => fs.existsSync(f));
+    if (earlier) return fs.linkSync(earlier, target);
+    const key = ref.partial ? partialObjectKey(ref.branch, ref.name) : walObjectKey(ref.branch, ref.name);
+    await writeFileAtomic(target, await unpackWal(key, await readObject(storage, key)));
+  });
+  op.step('history');
+  const localKey = imageKey(branch, parseLsn(manifest.endLsn));
+  const { checksum: _checksum, ...rest } = manifest;
+  const file = path.join(into.pageserver.dir, ...localKey.split('/'));
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  await writeFileAtomic(file, await encodeManifest({ ...rest, branch }));
+  await into.registry.recordPulled(branch, {
+    storage: storageName,
+    url: source.url,
+    snapshot: snapshot.name,
+    lsn: snapshot.lsn,
+    pulledAt: new Date().toISOString(),
+  });
+  if (!history.hasBranch(branch))
+    await history.addBranch({ name: branch, parent: null, forkLsn: null, createdAt: new Date().toISOString() });
+  await history.addSnapshot({ ...snapshot, branch, auto: false });
+  return { snapshot: snapshot.name, storage: source.url, ...moved, branch, record, upToDate: false };
+}
