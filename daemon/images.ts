@@ -5,8 +5,13 @@ import { isPrimary } from './repository.js';
 import { formatLsn } from '../core/wal.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
 import { takeOnlineImage } from '../pageserver/take-image.js';
+import { textRows, WireConnection } from '../replication/connection.js';
+import { parseLsn } from '../core/wal.js';
+import type { Compute } from './compute.js';
 
 const CHECK_EVERY_MS = 15_000;
+/** Incrementals in a row before a full image again: bounds what a stale free space map or a missed page could cost. */
+const MAX_CHAIN = 8;
 
 /** What `GET /status` says about base images. */
 export interface ImageStatus {
@@ -76,15 +81,17 @@ export class ImageService {
     }
     this.taking = true;
     try {
-      const stored = await daemon.pageserver.takeImage((mirror) =>
-        takeOnlineImage({
-          store: daemon.pageserver.store,
-          branch: compute.record.branch,
-          pgVersion: daemon.binaries.version,
-          primary: daemon.primaryOf(compute.record),
-          mirror,
-        }),
-      );
+      const stored =
+        (await this.takeIncremental(compute)) ??
+        (await daemon.pageserver.takeImage((mirror) =>
+          takeOnlineImage({
+            store: daemon.pageserver.store,
+            branch: compute.record.branch,
+            pgVersion: daemon.binaries.version,
+            primary: daemon.primaryOf(compute.record),
+            mirror,
+          }),
+        ));
       this.error = null;
       daemon.sync?.schedule();
       return stored;
@@ -93,6 +100,44 @@ export class ImageService {
       throw error;
     } finally {
       this.taking = false;
+    }
+  }
+
+  /**
+   * An incremental image after the branch's last one, when it can be taken: undefined (with the reason logged)
+   * when only a full image will do. The primary makes a checkpoint first: the incremental is consistent there.
+   */
+  private async takeIncremental(compute: Compute): Promise<ImageManifest | undefined> {
+    const { daemon } = this;
+    const { branch } = compute.record;
+    const last = daemon.pageserver.images(branch).at(-1);
+    if (!last) return undefined;
+    try {
+      const previous = await daemon.pageserver.readImage(last.key);
+      if ((previous.chain ?? 0) >= MAX_CHAIN) return undefined;
+      const t0 = Date.now();
+      const connection = await WireConnection.connect({ ...daemon.primaryOf(compute.record), database: 'postgres' });
+      let point: Record<string, string | null>;
+      try {
+        await connection.query('checkpoint');
+        const sql = 'select checkpoint_lsn, pg_current_wal_insert_lsn() as up_to from pg_control_checkpoint()';
+        [point] = textRows(await connection.query(sql));
+        // A commit waits for the safekeepers (synchronous replication): then they hold the checkpoint record.
+        await connection.query('select txid_current()');
+      } finally {
+        connection.close();
+      }
+      const upTo = parseLsn(point.up_to!);
+      daemon.log.info('incremental image of %s: checkpoint in %d ms', branch, Date.now() - t0);
+      return await daemon.pageserver.takeIncremental({
+        previous,
+        checkpoint: parseLsn(point.checkpoint_lsn!),
+        upTo,
+        binDir: daemon.binaries.binDir,
+      });
+    } catch (error) {
+      daemon.log.info('incremental image of %s not taken (%s): taking a full one', branch, messageOf(error));
+      return undefined;
     }
   }
 

@@ -88,11 +88,11 @@ export class ImageCache {
   /**
    * Take the copy of image `key` out of the cache to advance it in place into a newer image (an incremental:
    * Postgres replays WAL in it). It stops being the copy of `key` at once (computes made meanwhile restore from
-   * chunks); commit() files it under the new image's key, abandon() removes it. Undefined when there is no copy.
+   * chunks); it moves to `root` (a folder that must not exist, on the same file system: Postgres must be able to
+   * reach it); commit() files it under the new image's key, abandon() removes it. Undefined when there is no copy.
    */
-  adopt(key: string): { root: string; commit(key: string): void; abandon(): void } | undefined {
+  adopt(key: string, root: string): { root: string; commit(key: string): void; abandon(): void } | undefined {
     if (!this.has(key)) return undefined;
-    const root = path.join(this.dir, `incoming-adopted-${process.pid}-${Date.now()}`);
     fs.renameSync(this.folderOf(key), root);
     fs.rmSync(path.join(root, DONE), { force: true });
     return {

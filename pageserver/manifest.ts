@@ -27,8 +27,16 @@ export interface ImageManifest {
   endLsn: string;
   systemId: string;
   pgVersion: number;
-  /** online: BASE_BACKUP of a running server; offline: a stopped data directory. */
-  kind: 'online' | 'offline';
+  /**
+   * online: BASE_BACKUP of a running server; offline: a stopped data directory; incremental: the previous image
+   * advanced by WAL replay, with only the pages the WAL changed read again (see incremental.ts).
+   */
+  kind: 'online' | 'offline' | 'incremental';
+  /** Incremental images: the image it was made from, and how many incrementals in a row lead to it. */
+  parent?: string;
+  chain?: number;
+  /** Incremental images: pages read from the replayed copy (the rest are the parent's chunks). */
+  pagesRead?: number;
   createdAt: string;
   files: ImageFile[];
   /** Bytes of all files. */

@@ -14,6 +14,7 @@ import { recoverySettings, stageWal, type RecoveryTarget } from './recovery.js';
 import { restoreImage } from './restore.js';
 import { ImageCache, type ImageMirror } from './image-cache.js';
 import type { NewImage } from './take-image.js';
+import { takeIncrementalImage, type IncrementalRequest } from './incremental.js';
 
 /** What the pageserver needs from its host (the daemon, or `neon init`). */
 export interface PageserverDeps {
@@ -122,6 +123,31 @@ export class Pageserver {
       return manifest;
     } catch (error) {
       mirror.abandon();
+      throw error;
+    }
+  }
+
+  /**
+   * Take and store an incremental image after `request.previous` (see incremental.ts), advancing its plain copy in
+   * place. Rejects with `needs_full_image` when only a full image can describe the change.
+   */
+  async takeIncremental(request: IncrementalRequest & { binDir: string }): Promise<ImageManifest> {
+    const { wal, owner, log } = this.deps;
+    if (!wal) throw new Error('the pageserver has no WAL store here');
+    const context = { store: this.store, cache: this.cache, wal, owner, log, binDir: request.binDir };
+    const spans = this.history.chain(request.previous.branch);
+    const started = Date.now();
+    const taken = await takeIncrementalImage(
+      { ...context, spans, scratch: path.join(this.deps.repoDir, 'computes', '.image-replay') },
+      request,
+    );
+    log.info('incremental image of %s: %d pages read, %d ms', request.previous.branch, taken.image.pagesRead, Date.now() - started);
+    try {
+      const manifest = await this.storeImage(taken.image);
+      taken.commit(imageKey(manifest.branch, parseLsn(manifest.endLsn)));
+      return manifest;
+    } catch (error) {
+      taken.abandon();
       throw error;
     }
   }

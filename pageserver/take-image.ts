@@ -122,8 +122,15 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
 
 // What a base image leaves out (as BASE_BACKUP does): runtime files, and folders whose contents Postgres
 // rebuilds or that belong to a running server. neon.conf is rewritten before every start.
-const SKIP_FILES = new Set(['postmaster.pid', 'postmaster.opts', 'neon.conf', 'standby.signal', 'recovery.signal', 'backup_label.old']);
-const EMPTY_DIRS = new Set([
+export const SKIP_FILES = new Set([
+  'postmaster.pid',
+  'postmaster.opts',
+  'neon.conf',
+  'standby.signal',
+  'recovery.signal',
+  'backup_label.old',
+]);
+export const EMPTY_DIRS = new Set([
   'pg_wal',
   'pg_replslot',
   'pg_stat_tmp',
