@@ -128,6 +128,8 @@ export class ImageService {
         connection.close();
       }
       const upTo = parseLsn(point.up_to!);
+      // More WAL than half the database: most pages changed, and BASE_BACKUP streams them faster than a replay.
+      if (upTo - parseLsn(previous.endLsn) > BigInt(previous.rawBytes) / 2n) return undefined;
       daemon.log.info('incremental image of %s: checkpoint in %d ms', branch, Date.now() - t0);
       return await daemon.pageserver.takeIncremental({
         previous,
