@@ -245,6 +245,13 @@ export class Offloader {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return; // it was just finished: uploaded as such
       throw error;
     }
+    // Past a promotion the WAL is on a new timeline: without its history file a restore would not follow it, so
+    // it goes up before the first partial of that timeline (not only when a segment of it is finished).
+    const timeline = parseInt(partial.segment.slice(0, 8), 16);
+    const history = historyFileName(timeline);
+    if (timeline > 1 && !this.state.has(branch, 'history', history)) {
+      await this.upload({ branch, name: history, path: path.join(path.dirname(partial.path), history), kind: 'history' });
+    }
     await this.ctx.storage.put(partialObjectKey(branch, partial.segment), await packWal(data));
     this.lastPartialFile.set(branch, { path: partial.path, mtimeMs });
     this.state.branch(branch).partial = { segment: partial.segment, flush_lsn: reported?.flushLsn ?? null };
