@@ -3,6 +3,7 @@ import { cac } from 'cac';
 import { isExpected, messageOf, NeonError } from '../core/errors.js';
 import { Repository, repoDirFrom } from '../daemon/repository.js';
 import { registerStorageCommands } from './storage-commands.js';
+import { registerFormatCommands } from './format-commands.js';
 
 // Every command that touches running state is a REST call to the daemon (client.ts); modules are imported
 // lazily so that `neon status` does not load what `neon init` needs.
@@ -70,7 +71,13 @@ export function createCli(script: string) {
     .option('--storage_dest <url>', 'Durable storage: a path, file:///path, s3://bucket/prefix, FILE_PREFIX=… or S3_PREFIX=…')
     .option('--pg-version <major>', 'PostgreSQL major version (default: the embedded one)')
     .option('--force', 'Delete an existing repository and create a new one')
-    .action(async (options: GlobalOptions & { storage_dest?: string; pgVersion?: unknown; force?: boolean }) => {
+    .option('--snapshot_path <path>', 'Start from a backup instead of initdb: a PGDATA folder, tar or WAL-G backup, or s3:// URL (not saved)')
+    .option('--snapshot_format <format>', 'With --snapshot_path: pgdata, tar or walg')
+    .action(async (options: GlobalOptions & { storage_dest?: string; pgVersion?: unknown; force?: boolean; snapshot_path?: string; snapshot_format?: string }) => {
+      if (options.snapshot_path !== undefined || options.snapshot_format !== undefined) {
+        const { initFromSnapshot } = await import('./format-commands.js');
+        return initFromSnapshot({ ...options, pgVersion: checkPgVersion(options.pgVersion) }, await storageDestOf(options), print);
+      }
       const { initRepository } = await import('../daemon/init.js');
       const { silentLogger } = await import('../core/log.js');
       const { meta, repo } = await initRepository({
@@ -252,6 +259,7 @@ export function createCli(script: string) {
     });
 
   registerStorageCommands(cli, { call, print, script });
+  registerFormatCommands(cli, { call, print });
 
   cli.help();
   cli.version(packageVersion());

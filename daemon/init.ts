@@ -22,6 +22,7 @@ import { pullRepository, pushRepository, readStoredRepository } from './storage-
 import { planClaim, takeClaim, type Claim } from './claim.js';
 import { recoverWithNewPassword, removeStagedWal, type Recovered } from './restore.js';
 import { WalStore } from '../wal/store.js';
+import { adoptImport, stageInitImport, type SnapshotSource } from './import.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 
 /** Options of `neon init` (also used by the first `neon start`). */
@@ -36,6 +37,8 @@ export interface InitOptions {
   force?: boolean;
   /** Take the storage_dest over from the repository that holds it (`neon start --take-over`). */
   takeOver?: boolean;
+  /** `--snapshot_path` / `--snapshot_format`: start from an imported backup instead of initdb (not saved). */
+  snapshot?: SnapshotSource;
   log: Logger;
 }
 
@@ -134,8 +137,12 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
   }
   // Refused here, before anything is written, when another live repository writes to this storage.
   const plan = storage ? await planClaim(storage, { repoDir: repo.dir, takeOver: options.takeOver }) : undefined;
+  // An imported backup is unpacked and checked beside the repository, before anything in it is written.
+  const staged = options.snapshot
+    ? await stageInitImport(hooks, options.snapshot, { repoDir: repo.dir, cwd: options.projectDir, log: options.log, pgVersion: options.pgVersion, storageHoldsRepository: stored && storage?.url, bin: config.postgres?.bin })
+    : undefined;
   const binaries = await findBinaries({
-    version: stored?.pgVersion ?? options.pgVersion ?? config.postgres?.version,
+    version: staged?.result.pgVersion ?? stored?.pgVersion ?? options.pgVersion ?? config.postgres?.version,
     bin: config.postgres?.bin,
   });
   const pgUser = pgUserFor(config.postgres?.user);
@@ -175,7 +182,8 @@ export async function initRepository(options: InitOptions): Promise<{ repo: Repo
       // The new generation's history and head go up at once: they shadow whatever the old holder writes late.
       await pushRepository(pageserver, view!, { systemId: stored.systemId, pgVersion: stored.pgVersion, login: main, branch: main.branch });
     } else {
-      await createFresh(pageserver, runnable, repo.dataDirOf(main), main, pgUser, !!storage);
+      if (staged) await adoptImport(staged, { pageserver, binaries: runnable, pgUser, dataDir: repo.dataDirOf(main), main, log: options.log });
+      else await createFresh(pageserver, runnable, repo.dataDirOf(main), main, pgUser, !!storage);
       if (view) {
         const { systemId } = await pageserver.readImage(pageserver.images('main')[0].key);
         await pushRepository(pageserver, view, { systemId, pgVersion: binaries.version, login: main, branch: 'main' });

@@ -10,10 +10,14 @@ import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from '../core/rest.js';
 import * as schemas from './schemas.js';
 import { registerStorageRoutes } from './storage-routes.js';
+import { registerFormatRoutes } from './format-routes.js';
+import { Operations } from './operations.js';
 
 /** The REST API: `/status`, the `/pgs` resource, and `/shutdown` for `neon stop`. */
 export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
-  return registerStorageRoutes(rest, daemon)
+  // One table of operations: `GET /operations/:id` follows pushes, pulls, exports and imports alike.
+  const operations = new Operations(daemon.log.child('operations'));
+  return registerFormatRoutes(registerStorageRoutes(rest, daemon, operations), daemon, operations)
     .route('GET', '/status', async () => statusOf(daemon))
     .route('GET', '/pgs', async () => daemon.pgs())
     .route('GET', '/pgs/:name', async ({ params }) => daemon.compute(params.name).info())

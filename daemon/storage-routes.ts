@@ -63,8 +63,7 @@ function stringField(body: Record<string, unknown>, key: string, what: string): 
  * The seed's `/storages` resource, snapshot push and pull as operations, and `/operations` to follow them.
  * Credentials never appear: URLs with them are refused, and a storage's keys come from the environment.
  */
-export function registerStorageRoutes(rest: RestServer, daemon: Daemon): RestServer {
-  const operations = new Operations(daemon.log.child('operations'));
+export function registerStorageRoutes(rest: RestServer, daemon: Daemon, operations = new Operations(daemon.log.child('operations'))): RestServer {
   const registry = () => registryOf(daemon);
   return rest
     .route('GET', '/storages', async () => registry().list())
