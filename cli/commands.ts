@@ -51,6 +51,9 @@ function statusText(status: Status & { offload?: OffloadStatus }): string {
           ]
         : []),
     ]),
+    ...(status.problems?.length
+      ? ['', ...status.problems.map((p) => `PROBLEM ${p.component}: ${p.message}`)]
+      : ['', 'healthy: no problems']),
     '',
     table(status.components, [
       ['kind', 'kind'],
@@ -110,7 +113,10 @@ export async function startCommand(
   }
   const already = runningDaemonPid(repo) !== undefined;
   let answer: { status: Status; pgs: ComputeInfo[]; notice?: string };
+  let repaired: string[] = [];
   if (already) {
+    // Running already: bring back whatever is down (failed computes, dead safekeepers), then report.
+    repaired = (await callDaemon<{ repaired: string[] }>(repo, 'POST', '/repair')).repaired;
     answer = { status: await callDaemon<Status>(repo, 'GET', '/status'), pgs: await callDaemon<ComputeInfo[]>(repo, 'GET', '/pgs') };
   } else {
     answer = await spawnDaemon(repo, (await repo.readMeta()).projectDir, cli);
@@ -119,6 +125,7 @@ export async function startCommand(
   const main = answer.pgs.find((pg) => pg.name === 'main');
   const value = {
     already_running: already,
+    repaired,
     initialised,
     restored: !!restored,
     restored_from: restored?.from ?? null,
@@ -137,7 +144,8 @@ export async function startCommand(
           `The storage does not keep passwords, so the password of "${main?.name ?? 'main'}" was reset: use the new connection string below.`
         : undefined,
       notice ? `Note: ${notice}` : undefined,
-      already ? 'neon is already running.' : 'neon is running.',
+      already ? `neon is already running.${repaired.length ? '' : ' Nothing needed repair.'}` : 'neon is running.',
+      ...repaired.map((line) => `Repaired ${line}`),
       main ? `\nConnect with:\n  psql "${main.connection_string}"\n` : '',
       statusText(status),
     ]

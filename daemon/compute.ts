@@ -8,13 +8,14 @@ import type { Logger } from '../core/log.js';
 import { portOrFree } from '../lib/net.js';
 import type { PgBinaries } from '../postgres/binaries.js';
 import { writeComputeConf } from '../postgres/conf.js';
-import { readPostmasterPid, stopLeftovers } from '../postgres/postmaster.js';
-import { sql } from '../postgres/sql.js';
+import { ensureSocketDir } from '../postgres/internal.js';
+import { adoptPostmaster, readPostmasterPid, stopLeftovers } from '../postgres/postmaster.js';
+import { ensureInternalRole, sql, type Login } from '../postgres/sql.js';
 import { asUser, type PgUser } from '../postgres/user.js';
-import type { ComputeRecord, Repository } from './repository.js';
+import { isPrimary, type ComputeRecord, type Repository } from './repository.js';
 
 /** Life of a compute as shown by `neon status` and `GET /pgs`. */
-export type ComputeState = 'stopped' | 'starting' | 'running' | 'stopping' | 'failed';
+export type ComputeState = 'stopped' | 'starting' | 'running' | 'stopping' | 'restarting' | 'failed';
 
 /** What the REST API says about a compute. */
 export interface ComputeInfo {
@@ -28,6 +29,8 @@ export interface ComputeInfo {
   connection_string: string;
   /** Automatic restarts after unexpected exits since the compute was last started by request. */
   restarts: number;
+  /** While `restarting`: when the next attempt is due. */
+  next_restart_at?: string;
   last_exit?: { code: number | null; signal: string | null; at: string };
   read_only: boolean;
   /** A hot standby following its branch's primary. */
@@ -43,6 +46,8 @@ export interface ComputeDeps {
   repo: Repository;
   binaries: PgBinaries;
   pgUser?: PgUser;
+  /** The private Unix socket folder where the daemon and safekeepers log in (see postgres/internal.ts). */
+  socketDir: string;
   launcher: Launcher;
   hooks: NeonHooks;
   log: Logger;
@@ -58,13 +63,16 @@ const ENDED_BEFORE_TARGET = /recovery ended before configured recovery target wa
 
 /** How long an archive recovery may take to reach its target. */
 const RECOVERY_TIMEOUT_MS = 30 * 60_000;
-/** Automatic restarts after unexpected exits before the compute is marked failed. */
-const MAX_RESTARTS = 1;
+/** Restart backoff after unexpected exits: at once, then 1 s doubling to 30 s; reset by a healthy minute. */
+const RESTART_MIN_MS = 1000;
+const RESTART_MAX_MS = 30_000;
+const HEALTHY_UPTIME_MS = 60_000;
 
 /**
- * One compute: a Postgres server process over a data directory of the repository, supervised by the daemon.
- * An exit nobody asked for is logged, reported to the `computeExited` observers and answered by one restart;
- * a second one marks the compute failed.
+ * One compute: a Postgres server process over a data directory of the repository, supervised by the daemon the
+ * way a service manager does: an exit nobody asked for is logged, reported to the `computeExited` observers and
+ * answered by a restart, again and again with a growing pause (a crash loop must not spin), the pause reset
+ * once the compute has run for a healthy minute. Only `pg stop` ends it.
  */
 export class Compute {
   state: ComputeState = 'stopped';
@@ -73,6 +81,11 @@ export class Compute {
   private stopping = false;
   private lastExit?: ComputeInfo['last_exit'];
   private transition: Promise<void> = Promise.resolve();
+  /** Failed attempts in a row (for the backoff), the pending restart, and since when it has been running. */
+  private failures = 0;
+  private restartTimer?: NodeJS.Timeout;
+  private nextRestartAt?: number;
+  private runningSince = 0;
 
   constructor(
     public record: ComputeRecord,
@@ -87,6 +100,16 @@ export class Compute {
     return this.deps.repo.logFile(`compute-${this.record.name}`);
   }
 
+  /** How the daemon logs in: the internal role over the private socket (see postgres/sql.ts). */
+  get login(): Login {
+    return { ...this.record, socketDir: this.deps.socketDir };
+  }
+
+  /** Run one statement as the daemon (internal role): its own small queries. */
+  query(statement: string): Promise<Record<string, string | null>[]> {
+    return sql(this.login, statement);
+  }
+
   /** postgresql:// URL with the compute's password, for clients. */
   get connectionString(): string {
     const { user, password, port, database } = this.record;
@@ -98,12 +121,13 @@ export class Compute {
       name: this.record.name,
       branch: this.record.branch,
       state: this.state,
-      pid: this.process && this.state !== 'stopped' && this.state !== 'failed' ? this.process.pid : null,
+      pid: this.process && ['starting', 'running', 'stopping'].includes(this.state) ? this.process.pid : null,
       port: this.record.port,
       data_dir: this.dataDir,
       log_file: this.logFile,
       connection_string: this.connectionString,
       restarts: this.restarts,
+      ...(this.state === 'restarting' && this.nextRestartAt ? { next_restart_at: new Date(this.nextRestartAt).toISOString() } : {}),
       ...(this.lastExit ? { last_exit: this.lastExit } : {}),
       read_only: !!this.record.readOnly,
       replica: !!this.record.replica,
@@ -116,7 +140,9 @@ export class Compute {
   start(): Promise<void> {
     return this.queue(async () => {
       if (this.state === 'running') return;
+      this.cancelRestart();
       this.restarts = 0;
+      this.failures = 0;
       try {
         await this.launch();
       } catch (error) {
@@ -141,20 +167,23 @@ export class Compute {
       {
         port: this.record.port,
         clusterName: `neon-${this.record.name}`,
+        socketDir: this.deps.socketDir,
         sharedBuffers: this.deps.sharedBuffers,
         extra: { ...this.deps.settings, ...this.record.recovery?.settings },
       },
       this.deps.pgUser,
     );
-    if (this.state === 'running') await sql(this.record, 'select pg_reload_conf()');
+    if (this.state === 'running') await this.query('select pg_reload_conf()');
   }
 
   /** Stop it: fast shutdown (clients disconnected, a checkpoint written), escalating if it does not go. */
   stop(): Promise<void> {
     return this.queue(async () => {
+      this.cancelRestart();
       const child = this.process;
-      if (!child || this.state === 'stopped' || this.state === 'failed') {
+      if (!child || this.state === 'stopped' || this.state === 'failed' || this.state === 'restarting') {
         this.state = this.state === 'failed' ? 'failed' : 'stopped';
+        this.stopping = true;
         return;
       }
       this.state = 'stopping';
@@ -186,6 +215,8 @@ export class Compute {
     this.state = 'starting';
     this.stopping = false;
     try {
+      ensureSocketDir(deps.socketDir, deps.pgUser);
+      if (await this.adopt()) return;
       const leftovers = await stopLeftovers(this.dataDir);
       if (leftovers.length) log.warn('stopped %d leftover process(es) of compute %s from an earlier run', leftovers.length, record.name);
       const port = await portOrFree(record.port);
@@ -204,7 +235,13 @@ export class Compute {
       }
       await writeComputeConf(
         this.dataDir,
-        { port, clusterName: `neon-${record.name}`, sharedBuffers: deps.sharedBuffers, extra: { ...deps.settings, ...recovery?.settings } },
+        {
+          port,
+          clusterName: `neon-${record.name}`,
+          socketDir: deps.socketDir,
+          sharedBuffers: deps.sharedBuffers,
+          extra: { ...deps.settings, ...recovery?.settings },
+        },
         deps.pgUser,
       );
       const child = await deps.launcher.launch({
@@ -219,14 +256,54 @@ export class Compute {
       child.exited.then((exit) => this.onExit(child, exit));
       await this.waitReady(child);
       if (recovery) await this.waitRecovery(child, recovery.until);
-      this.state = 'running';
-      log.info('compute %s running (pid %d, port %d)', record.name, child.pid, port);
-      await deps.hooks.computeStarted.promise({ name: record.name, pid: child.pid, port }).catch((error) => log.error('%s', error.message));
+      await this.running(child, port);
     } catch (error) {
       this.state = 'failed';
       this.process?.kill('SIGKILL');
       throw error;
     }
+  }
+
+  // Running and ready: make sure neon can always get in (a primary of an older repository gets the internal role
+  // here), then tell the observers (the safekeepers attach to a primary there).
+  private async running(child: LaunchedProcess, port: number): Promise<void> {
+    const { deps, record } = this;
+    if (isPrimary(record)) {
+      await ensureInternalRole(this.login)
+        .then(
+          (done) =>
+            done === 'created' && deps.log.info('created the role neon_internal in compute %s (made by an older neon)', record.name),
+        )
+        .catch((error) => deps.log.error('compute %s: %s', record.name, error.message));
+    }
+    this.state = 'running';
+    this.runningSince = Date.now();
+    deps.log.info('compute %s running (pid %d, port %d)', record.name, child.pid, port);
+    await deps.hooks.computeStarted
+      .promise({ name: record.name, pid: child.pid, port })
+      .catch((error) => deps.log.error('%s', error.message));
+  }
+
+  // A postmaster of this compute that outlived a killed daemon keeps serving its clients: take it over instead of
+  // restarting it (not one mid-recovery: the daemon must see that through itself).
+  private async adopt(): Promise<boolean> {
+    if (this.record.recovery) return false;
+    const found = adoptPostmaster(this.dataDir);
+    if (!found) return false;
+    const { deps } = this;
+    if (found.port !== this.record.port) {
+      this.record = { ...this.record, port: found.port };
+      await deps.save(this.record);
+    }
+    this.process = found;
+    found.exited.then((exit) => this.onExit(found, exit));
+    deps.log.warn('compute %s was still running (pid %d) after the previous daemon ended: adopted', this.record.name, found.pid);
+    await this.running(found, found.port);
+    // Settings may have changed meanwhile (the number of safekeepers): written, and reloaded now that it runs.
+    await this.applySettings({}).catch((error) =>
+      deps.log.warn('settings of compute %s not reloaded: %s', this.record.name, error.message),
+    );
+    return true;
   }
 
   /** The LSN recovery stopped at, after a start at a point of history. */
@@ -259,7 +336,7 @@ export class Compute {
           },
         );
       }
-      const [row] = await sql(this.record, query).catch(() => []);
+      const [row] = await this.query(query).catch(() => []);
       if (standby && row) {
         still = row.lsn === previous ? still + 1 : 0;
         previous = row.lsn;
@@ -320,20 +397,37 @@ export class Compute {
     // Exits while starting are reported by waitReady; exits we asked for need no answer.
     if (expected || this.state !== 'running') return;
     log.error('compute %s exited unexpectedly (%s)', this.record.name, describe(exit));
-    if (this.restarts >= MAX_RESTARTS) {
-      this.state = 'failed';
-      log.error(
-        'compute %s failed: it exited again after %d restart(s); see %s, then `neon pg start -n %s`',
-        this.record.name,
-        this.restarts,
-        this.logFile,
-        this.record.name,
-      );
-      return;
-    }
-    this.restarts += 1;
-    log.warn('restarting compute %s (restart %d of %d)', this.record.name, this.restarts, MAX_RESTARTS);
-    await this.queue(() => this.launch()).catch((error) => log.error('restart of compute %s failed: %s', this.record.name, error.message));
+    if (Date.now() - this.runningSince >= HEALTHY_UPTIME_MS) this.failures = 0;
+    this.scheduleRestart();
+  }
+
+  // The next attempt of the supervisor: at once after a healthy run, then with a pause doubling up to 30 s.
+  private scheduleRestart(): void {
+    const { log } = this.deps;
+    const delay = this.failures === 0 ? 0 : Math.min(RESTART_MIN_MS * 2 ** (this.failures - 1), RESTART_MAX_MS);
+    this.failures += 1;
+    this.state = 'restarting';
+    this.nextRestartAt = Date.now() + delay;
+    log.warn('restarting compute %s in %d ms (attempt %d)', this.record.name, delay, this.failures);
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = undefined;
+      void this.queue(async () => {
+        if (this.state !== 'restarting') return; // stopped or started by request meanwhile
+        this.restarts += 1;
+        try {
+          await this.launch();
+        } catch (error) {
+          log.error('restart of compute %s failed: %s', this.record.name, (error as Error).message);
+          this.scheduleRestart();
+        }
+      });
+    }, delay);
+  }
+
+  private cancelRestart(): void {
+    clearTimeout(this.restartTimer);
+    this.restartTimer = undefined;
+    this.nextRestartAt = undefined;
   }
 }
 

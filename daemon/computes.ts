@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createBranch } from './branches.js';
@@ -7,7 +6,6 @@ import type { Compute, ComputeInfo } from './compute.js';
 import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
 import { freePort } from '../lib/net.js';
-import { sql } from '../postgres/sql.js';
 import type { ComputeRecord } from './repository.js';
 import { primaryOfBranch, resolveTarget } from './snapshots.js';
 import { checkName } from '../pageserver/history.js';
@@ -134,14 +132,16 @@ async function materialise(
     const settings = { ...prepared.settings };
     if (standby) {
       // A replica streams from the primary, and restores older WAL from the store until it catches up.
-      const primary = target.primary;
+      // It logs in as neon's internal role over the private socket: no user's password change can cut it off.
+      const primary = daemon.primaryOf(target.primary);
       fs.renameSync(path.join(home, 'pgdata', 'recovery.signal'), path.join(home, 'pgdata', 'standby.signal'));
-      settings.primary_conninfo = `host=127.0.0.1 port=${primary.port} user=${primary.user} password=${primary.password} application_name=${name}`;
+      settings.primary_conninfo = `host=${primary.host} port=${primary.port} user=${primary.user} application_name=${name}`;
       delete settings.recovery_target_action;
     }
     const until = standby ? 'standby' : target.action === 'pause' ? 'paused' : 'promoted';
-    // Roles come from the image: the parent's login works until a primary gets a password of its own.
-    const source = standby ? target.primary : main;
+    // Roles come from the history it starts from, so the login is its parent's, and it stays that way (neon never
+    // changes a user's password): a branch, a replica and a promoted replica answer to the same credentials.
+    const source = standby ? target.primary : (parentPrimary(daemon, branch) ?? main);
     const record: ComputeRecord = {
       name,
       branch,
@@ -166,23 +166,20 @@ async function materialise(
   }
 }
 
-/** A compute that just became a primary: its branch learns where it forked, and it gets a password of its own. */
+/**
+ * A compute that just became a primary: its branch learns where it forked. Its login stays what it was (the
+ * daemon and the safekeepers have their own way in), so clients' connection strings keep working.
+ */
 async function becomePrimary(daemon: DaemonContext, compute: Compute): Promise<void> {
   const { history } = daemon.pageserver;
   const branch = history.branch(compute.record.branch);
   if (!branch.forkLsn && branch.parent && compute.reachedLsn) await history.updateBranch(branch.name, { forkLsn: compute.reachedLsn });
-  const password = randomBytes(18).toString('base64url');
-  // Not waiting for the safekeepers: this compute's stream may not be attached yet.
-  await sql(
-    compute.record,
-    `begin; set local synchronous_commit = local; alter role ${quoteIdent(compute.record.user)} password '${password}'; commit`,
-  );
-  compute.record = { ...compute.record, password };
-  await daemon.saveCompute(compute.record);
 }
 
-function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
+/** The primary of a branch's parent, whose login a new compute on the branch inherits with its roles. */
+function parentPrimary(daemon: DaemonContext, branch: string): ComputeRecord | undefined {
+  const parent = daemon.pageserver.history.branch(branch).parent;
+  return parent ? primaryOfBranch(daemon, parent)?.record : undefined;
 }
 
 /**
@@ -203,7 +200,7 @@ export async function promoteCompute(daemon: DaemonContext, name: string): Promi
   const from = compute.record.branch;
   const primary = primaryOfBranch(daemon, from);
   const fork = primary?.state === 'running';
-  const [{ lsn }] = await sql(compute.record, 'select pg_last_wal_replay_lsn()::text as lsn');
+  const [{ lsn }] = await compute.query('select pg_last_wal_replay_lsn()::text as lsn');
   let branch = from;
   if (fork) {
     branch = daemon.pageserver.history.hasBranch(name) ? `${from}-${name}` : name;
@@ -213,7 +210,7 @@ export async function promoteCompute(daemon: DaemonContext, name: string): Promi
     primary.record = { ...primary.record, retired: name };
     await daemon.saveCompute(primary.record);
   }
-  await sql(compute.record, 'select pg_promote(true, 60)');
+  await compute.query('select pg_promote(true, 60)');
   compute.record = { ...compute.record, branch, replica: false, recovery: undefined };
   await daemon.saveCompute(compute.record);
   await compute.applySettings(daemon.primarySettings(compute.record));

@@ -10,6 +10,8 @@ import { createLogger, type Logger } from '../core/log.js';
 import { applyPlugins, type NeonPlugin } from '../core/plugin.js';
 import { checkBinaries, reachableBinaries, type PgBinaries } from '../postgres/binaries.js';
 import { pgUserFor, type PgUser } from '../postgres/user.js';
+import { ensureSocketDir, INTERNAL_ROLE, socketDirOf } from '../postgres/internal.js';
+import { Health } from './health.js';
 import { resolveLauncher, resolveStorage } from '../core/resolve.js';
 import { Safekeepers } from './safekeepers.js';
 import type { Storage } from '../core/storage.js';
@@ -59,6 +61,12 @@ export class Daemon implements DaemonContext {
   private shuttingDown?: Promise<void>;
   /** Called once everything is stopped (the daemon process exits there). */
   onStopped: () => void = () => undefined;
+  /** Called when a shutdown begins (the watchdog must not restart a daemon that was asked to stop). */
+  onStopping: () => void = () => undefined;
+  /** The private folder of the computes' Unix sockets, where neon's internal role logs in. */
+  socketDir = '';
+  /** Problems for `neon status` and the repairs of `neon start` on a running repository. */
+  readonly health = new Health(this);
 
   constructor(
     readonly repo: Repository,
@@ -85,6 +93,8 @@ export class Daemon implements DaemonContext {
     this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
     // After the binaries: a copy of them made for the Postgres user must stay readable by it.
     makePrivate(repo, this.pgUser, log);
+    this.socketDir = socketDirOf(repo.dir);
+    ensureSocketDir(this.socketDir, this.pgUser);
     this.computeLauncher = await resolveLauncher(this.hooks, 'compute');
     const token = await repo.readToken();
     // One writer per storage_dest: refused here when another repository holds it (see claim.ts).
@@ -172,6 +182,7 @@ export class Daemon implements DaemonContext {
       this.pageserver.setFirstImage(this.images.take('main'));
     }
     this.images.start();
+    this.health.start();
     return notice;
   }
 
@@ -183,6 +194,7 @@ export class Daemon implements DaemonContext {
       repo: this.repo,
       binaries: this.binaries,
       pgUser: this.pgUser,
+      socketDir: this.socketDir,
       launcher: this.computeLauncher,
       hooks: this.hooks,
       log: this.log.child(`compute ${record.name}`),
@@ -228,9 +240,9 @@ export class Daemon implements DaemonContext {
     return names ? { synchronous_standby_names: names } : {};
   }
 
-  /** How a safekeeper reaches a compute. */
+  /** How a safekeeper (or a base image, or a replica) reaches a compute: the internal role over its Unix socket. */
   primaryOf(record: ComputeRecord): PrimaryInfo {
-    return { host: '127.0.0.1', port: record.port, user: record.user, password: record.password };
+    return { host: this.socketDir, port: record.port, user: INTERNAL_ROLE };
   }
 
   /** Record a changed compute (its port, whether it should run) in state.json. */
@@ -268,6 +280,8 @@ export class Daemon implements DaemonContext {
     this.shuttingDown ??= (async () => {
       const { log, repo } = this;
       log.info('stopping (%s)', reason);
+      this.onStopping();
+      this.health.stop();
       await this.images?.stop();
       await this.sync?.flush().catch((e) => log.warn('%s', messageOf(e)));
       if (this.hooks) await this.hooks.stop.promise({ repo, log, reason }).catch((e) => log.error('%s', messageOf(e)));

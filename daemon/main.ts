@@ -5,6 +5,7 @@ import type { ComputeInfo } from './compute.js';
 import { Daemon } from './daemon.js';
 import { Repository } from './repository.js';
 import { registerRoutes, statusOf, type Status } from './routes.js';
+import { runWatchdog, SUPERVISED_ENV, type ToWatchdog } from './watchdog.js';
 
 /** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
 export type DaemonMessage =
@@ -12,6 +13,10 @@ export type DaemonMessage =
 
 /** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
 export async function runDaemon(repoDir: string, cli: string): Promise<void> {
+  // The process `neon start` spawns is the watchdog; the daemon is its child, started again when it dies unasked.
+  const supervised = process.env[SUPERVISED_ENV] === '1';
+  if (!supervised && process.env.NEON_NO_WATCHDOG !== '1') return runWatchdog(repoDir, cli);
+  let crashed = false;
   const repo = new Repository(repoDir);
   const log = createLogger('daemon');
   const tell = (message: DaemonMessage) => process.send?.(message);
@@ -22,12 +27,17 @@ export async function runDaemon(repoDir: string, cli: string): Promise<void> {
   process.on('SIGHUP', () => undefined);
   process.on('uncaughtException', (error) => {
     log.error('uncaught: %s', error.stack ?? error.message);
+    crashed = true;
     process.exitCode = 1;
     onSignal();
   });
   try {
     daemon = new Daemon(repo, await repo.readMeta(), log, cli);
     daemon.onStopped = () => process.exit();
+    // A stop that was asked for ends the watchdog too; a crash is for it to answer with a new daemon.
+    daemon.onStopping = () => {
+      if (!crashed && process.connected) process.send?.({ type: 'stopping' } satisfies ToWatchdog);
+    };
     log.info('starting daemon pid %d for %s', process.pid, repo.dir);
     const notice = await daemon.start((rest) => registerRoutes(rest, daemon!));
     // The answer to `neon start` travels with the ready message: no HTTP round trips before it can print.
@@ -39,5 +49,6 @@ export async function runDaemon(repoDir: string, cli: string): Promise<void> {
     await daemon?.shutdown('signal');
     process.exit();
   }
-  if (process.connected) process.disconnect();
+  // The watchdog keeps its channel: the daemon tells it when it is asked to stop.
+  if (process.connected && !supervised) process.disconnect();
 }

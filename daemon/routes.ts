@@ -138,6 +138,8 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     .route('POST', '/gc', async ({ body }) => daemon.serially(() => collectGarbage(daemon, body.keep_wal_days ?? 7)), {
       body: schemas.Gc,
     })
+    // `neon start` on a running repository: bring back failed computes and dead safekeepers, and say which.
+    .route('POST', '/repair', async () => ({ repaired: await daemon.health.repair() }), { body: schemas.NoBody })
     .route(
       'POST',
       '/shutdown',
@@ -179,6 +181,8 @@ export function statusOf(daemon: Daemon) {
       run_as: daemon.pgUser?.name ?? userInfo().username,
     },
     branch: daemon.computes.get('main')?.record.branch ?? null,
+    /** What is not healthy (components down, a synchronous stream that stalls commits); empty when all is well. */
+    problems: daemon.health.problems(),
     safekeepers: safekeepers.map(({ rss_bytes, cpu_seconds, dir, ...rest }) => rest),
     images: daemon.images?.status() ?? null,
     sync: daemon.sync?.status() ?? null,

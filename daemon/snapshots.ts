@@ -1,7 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
-import { sql } from '../postgres/sql.js';
 import { isPrimary } from './repository.js';
 import type { Compute } from './compute.js';
 import { formatLsn, type Lsn, parseLsn } from '../core/wal.js';
@@ -49,8 +48,7 @@ export async function markPoint(daemon: DaemonContext, branch: string, label: st
   const primary = runningPrimary(daemon, branch);
   // A point must come after an image it can be reached from (right after init, the first one is being taken).
   await daemon.pageserver.firstImageReady();
-  const [row] = await sql(
-    primary.record,
+  const [row] = await primary.query(
     `select lsn::text, ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::int::text as tli, ` +
       `pg_logical_emit_message(true, 'neon', ${quoteLiteral(label)}) from pg_current_wal_insert_lsn() as lsn`,
   );
@@ -67,7 +65,7 @@ function quoteLiteral(text: string): string {
 async function tipOf(daemon: DaemonContext, branch: string): Promise<Lsn | undefined> {
   const primary = primaryOfBranch(daemon, branch);
   if (primary?.state === 'running') {
-    const [row] = await sql(primary.record, 'select pg_current_wal_flush_lsn()::text as lsn');
+    const [row] = await primary.query('select pg_current_wal_flush_lsn()::text as lsn');
     return parseLsn(row.lsn!);
   }
   const left = daemon.pageserver.history.branch(branch).tipLsn;

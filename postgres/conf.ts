@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { writeFileAtomic } from '../core/fs-atomic.js';
+import { ensureInternalHba } from './internal.js';
 import { chownTo, type PgUser } from './user.js';
 
 /** Settings of a compute, written to `neon.conf` in its data directory before each start. */
@@ -8,6 +9,8 @@ export interface ComputeSettings {
   sharedBuffers?: string;
   /** Name shown in `ps` (`postgres: neon-main: …`). */
   clusterName: string;
+  /** The private socket folder (mode 0700) where the internal role gets in; none: TCP only. */
+  socketDir?: string;
   extra?: Record<string, string | number | boolean>;
 }
 
@@ -17,14 +20,15 @@ function quote(value: string | number | boolean): string {
 }
 
 /**
- * Write `neon.conf`: TCP on 127.0.0.1 only (no Unix socket, whose path length and permissions vary by machine),
- * the WAL and replication settings that safekeepers, base images and replicas need, and the user's extras.
+ * Write `neon.conf`: clients on TCP 127.0.0.1, neon's internal role on a Unix socket in the private socket folder
+ * (readable by the Postgres user only; pg_hba.conf lets that role in there and nowhere else), the WAL and replication settings that safekeepers, base images and replicas need, and the user's extras.
  */
 export async function writeComputeConf(dataDir: string, settings: ComputeSettings, pgUser?: PgUser): Promise<void> {
   const values: Record<string, string | number | boolean> = {
     listen_addresses: '127.0.0.1',
     port: settings.port,
-    unix_socket_directories: '',
+    unix_socket_directories: settings.socketDir ?? '',
+    unix_socket_permissions: '0700',
     cluster_name: settings.clusterName,
     shared_buffers: settings.sharedBuffers ?? '128MB',
     password_encryption: 'scram-sha-256',
@@ -46,4 +50,5 @@ export async function writeComputeConf(dataDir: string, settings: ComputeSetting
     0o600,
   );
   await chownTo(pgUser, file);
+  if (settings.socketDir) await ensureInternalHba(dataDir, pgUser);
 }

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { NeonError } from '../core/errors.js';
 import type { PgBinaries } from './binaries.js';
+import { createInternalRoleOffline, ensureInternalHba } from './internal.js';
 import { asUser, chownTo, type PgUser } from './user.js';
 
 /** How neon creates clusters: data checksums, SCRAM everywhere, UTF-8 with the C locale (benchmarks use the same). */
@@ -27,7 +28,8 @@ export interface InitdbOptions {
 
 /**
  * Create a data directory: data checksums on, SCRAM authentication everywhere (TCP and replication from
- * localhost included, which initdb's pg_hba.conf allows), and postgresql.conf including the `neon.conf` that
+ * localhost included, which initdb's pg_hba.conf allows), the internal role (`neon_internal`, let in over the
+ * private Unix socket only), and postgresql.conf including the `neon.conf` that
  * the daemon writes before every start.
  */
 export async function initdb(options: InitdbOptions): Promise<void> {
@@ -53,4 +55,7 @@ export async function initdb(options: InitdbOptions): Promise<void> {
     await fs.rm(pwfile, { force: true });
   }
   await fs.appendFile(path.join(dataDir, 'postgresql.conf'), "\n# Written by neon before every start.\ninclude_if_exists = 'neon.conf'\n");
+  // neon's own way in, part of the cluster from its first image on.
+  await createInternalRoleOffline(binaries, dataDir, pgUser);
+  await ensureInternalHba(dataDir, pgUser);
 }

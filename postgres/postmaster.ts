@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import type { LaunchedProcess, ProcessExit } from '../core/launcher.js';
 import { isAlive, processesIn, signal, waitGone } from '../lib/proc.js';
 
 /** What postmaster.pid says about a running (or crashed) server. */
@@ -46,5 +47,36 @@ export async function stopLeftovers(dataDir: string): Promise<number[]> {
     for (const pid of rest) signal(pid, 'SIGKILL');
     await waitGone(rest, 5_000);
   }
+  // A killed postmaster that is not our child may linger as a zombie until its new parent reaps it; Postgres would
+  // take its pid for a live server and refuse to start. Nothing runs in the folder any more: the lock is stale.
+  const lock = readPostmasterPid(dataDir);
+  if (lock && !isAlive(lock.pid) && processesIn(dataDir).length === 0) fs.rmSync(path.join(dataDir, 'postmaster.pid'), { force: true });
   return found;
+}
+
+/**
+ * Take over a postmaster that still runs in `dataDir` (started by a daemon that was killed): its process is not
+ * our child, so its end is noticed by polling. Undefined when none runs there, or it is not ready for clients.
+ */
+export function adoptPostmaster(dataDir: string): (LaunchedProcess & { port: number }) | undefined {
+  const info = readPostmasterPid(dataDir);
+  if (!info || info.status !== 'ready' || !isAlive(info.pid) || !processesIn(dataDir).includes(info.pid)) return undefined;
+  const { pid } = info;
+  const exited = new Promise<ProcessExit>((resolve) => {
+    const timer = setInterval(() => {
+      if (isAlive(pid)) return;
+      clearInterval(timer);
+      resolve({ code: null, signal: null });
+    }, 100);
+  });
+  return {
+    pid,
+    port: info.port,
+    exited,
+    kill: (sig) => {
+      if (!isAlive(pid)) return false;
+      signal(pid, sig);
+      return true;
+    },
+  };
 }

@@ -2,7 +2,10 @@ import net from 'node:net';
 import { ScramClient } from './scram.js';
 import { createHash } from 'node:crypto';
 
-/** Where and how to connect. `replication: 'true'` opens a physical walsender connection. */
+/**
+ * Where and how to connect. `replication: 'true'` opens a physical walsender connection. A `host` that starts
+ * with `/` is a folder holding the server's Unix socket (`<host>/.s.PGSQL.<port>`), as in libpq.
+ */
 export interface ConnectOptions {
   host: string;
   port: number;
@@ -70,13 +73,12 @@ export class WireConnection {
 
   /** Connect, authenticate, and wait until the server is ready for queries. */
   static async connect(options: ConnectOptions): Promise<WireConnection> {
-    const socket = net.connect({ host: options.host, port: options.port });
+    const unix = options.host.startsWith('/');
+    const where = unix ? `${options.host}/.s.PGSQL.${options.port}` : `${options.host}:${options.port}`;
+    const socket = unix ? net.connect({ path: where }) : net.connect({ host: options.host, port: options.port });
     const timeout = options.connectTimeoutMs ?? 10_000;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(
-        () => (socket.destroy(), reject(new Error(`connecting to ${options.host}:${options.port} timed out`))),
-        timeout,
-      );
+      const timer = setTimeout(() => (socket.destroy(), reject(new Error(`connecting to ${where} timed out`))), timeout);
       socket.once('connect', () => (clearTimeout(timer), resolve()));
       socket.once('error', (error) => (clearTimeout(timer), reject(error)));
     });

@@ -13,12 +13,15 @@ import {
 } from '../replication/stream.js';
 import { WalWriter, type CompletedSegment } from './wal-writer.js';
 
-/** The primary a safekeeper streams from. */
+/**
+ * The primary a safekeeper streams from: neon's internal role over the compute's Unix socket (host is the socket
+ * folder), which needs no password; `password` only for a primary without that role.
+ */
 export interface PrimaryInfo {
   host: string;
   port: number;
   user: string;
-  password: string;
+  password?: string;
 }
 
 /** What a safekeeper is told by the daemon. */
@@ -72,6 +75,7 @@ export class Safekeeper {
   private timeline: number | null = null;
   private wake?: () => void;
   private reportedAt = 0;
+  private backoff = BACKOFF_MIN_MS;
 
   constructor(
     config: SafekeeperConfig,
@@ -103,16 +107,25 @@ export class Safekeeper {
     };
   }
 
-  /** Point it at another primary address (the compute moved to another port); the next connection uses it. */
+  /**
+   * Point it at another primary address (the compute moved to another port); the next connection uses it. The
+   * same address again means the primary has just (re)started: a stream waiting out its backoff connects now,
+   * since commits wait for it.
+   */
   setPrimary(primary: PrimaryInfo): void {
-    if (JSON.stringify(primary) === JSON.stringify(this.config.primary)) return;
+    if (JSON.stringify(primary) === JSON.stringify(this.config.primary)) {
+      if (!this.connection || this.connection.isClosed) {
+        this.backoff = BACKOFF_MIN_MS;
+        this.wake?.();
+      }
+      return;
+    }
     this.config = { ...this.config, primary };
     this.connection?.close();
   }
 
   /** Stream until {@link stop}: one session after another, with backoff between failures. */
   async run(): Promise<void> {
-    let backoff = BACKOFF_MIN_MS;
     const timer = setInterval(() => this.tick(), STATUS_INTERVAL_MS);
     try {
       while (!this.stopping) {
@@ -122,19 +135,20 @@ export class Safekeeper {
         } catch (error) {
           if (this.stopping) break;
           this.error = describe(error);
-          this.events.log('warn', `${this.config.name}: ${this.error}; retrying in ${backoff} ms`);
+          this.events.log('warn', `${this.config.name}: ${this.error}; retrying in ${this.backoff} ms`);
         } finally {
           this.connection?.close();
           this.connection = undefined;
           this.events.status(this.status());
         }
         if (this.stopping) break;
-        if (Date.now() - started > 10_000) backoff = BACKOFF_MIN_MS; // a session that streamed a while was healthy
+        if (Date.now() - started > 10_000) this.backoff = BACKOFF_MIN_MS; // a session that streamed a while was healthy
+        const pause = this.backoff;
+        this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
         await new Promise<void>((resolve) => {
           this.wake = resolve;
-          setTimeout(resolve, backoff);
+          setTimeout(resolve, pause);
         });
-        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     } finally {
       clearInterval(timer);
@@ -272,7 +286,8 @@ export class Safekeeper {
 
 function describe(error: unknown): string {
   if (error instanceof PgError) {
-    if (error.code === '28P01') return `authentication failed for the primary (${error.message}): check the password in state.json`;
+    if (error.code === '28P01' || error.code === '28000')
+      return `the primary refused the safekeeper's login (${error.message}): restart the compute (neon pg stop/start) so that neon restores its internal role`;
     if (error.code === '58P01') return `${error.message}: the primary no longer has WAL this safekeeper needs (was its slot dropped?)`;
     return `${error.message} (SQLSTATE ${error.code})`;
   }
