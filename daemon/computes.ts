@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createBranch } from './branches.js';
-import { pullForCompute } from './storage-computes.js';
+import { adoptLogin, pullForCompute } from './storage-computes.js';
 import type { Compute, ComputeInfo } from './compute.js';
 import type { DaemonContext } from './context.js';
 import { NeonError } from '../core/errors.js';
@@ -47,7 +47,9 @@ export async function createCompute(daemon: DaemonContext, request: CreateComput
     // Over an attached storage: its snapshot is pulled (only what is missing), and the compute forks from it.
     if (request.branch !== undefined) throw new NeonError('bad_request', '"branch" and "storage_name" exclude each other');
     const pulled = await pullForCompute(daemon, storage, optionalString(request, 'at'));
-    return createCompute(daemon, { ...request, storage_name: undefined, branch: pulled.branch, at: pulled.snapshot });
+    const created = await createCompute(daemon, { ...request, storage_name: undefined, branch: pulled.branch, at: pulled.snapshot });
+    if (!created.read_only && !created.replica) await adoptLogin(daemon, name);
+    return created;
   }
   const branchName = optionalString(request, 'branch');
   const at = optionalString(request, 'at');

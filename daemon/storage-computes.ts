@@ -40,3 +40,18 @@ export async function computesUsing(daemon: DaemonContext, name: string): Promis
     .filter((c) => history.hasBranch(c.record.branch) && history.chain(c.record.branch).some((span) => from.has(span.branch)))
     .map((c) => c.record.name);
 }
+
+const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+
+/**
+ * A primary made from a pulled snapshot holds the pusher's roles, whose password this repository never learns (a
+ * storage holds none): its login gets this repository's password, set over neon's internal way in.
+ */
+export async function adoptLogin(daemon: DaemonContext, name: string): Promise<void> {
+  const { record } = daemon.compute(name);
+  const password = record.password.replace(/'/g, "''");
+  // Not waiting for the safekeepers: the compute's stream may not be attached yet.
+  await daemon
+    .compute(name)
+    .query(`begin; set local synchronous_commit = local; alter role ${quoteIdent(record.user)} password '${password}'; commit`);
+}

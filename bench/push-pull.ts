@@ -1,0 +1,174 @@
+// Push and pull of a pgbench snapshot to s3rver on loopback against a plain multipart upload / a plain download
+// of the same objects with the same SDK (ratio in one run, median of 3); the incremental push after a 1 % change
+// (bytes moved ÷ raw changed pages); the daemon's peak RSS during the transfers.
+//   npm run bench:push-pull -- --scale 64        (about 1 GB; the default scale 8 is about 130 MB)
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { pipeline } from 'node:stream/promises';
+import {
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  GetObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { cleanup, neonJson, tmpDir } from '../testkit/env.js';
+import { query } from '../testkit/pg.js';
+import { startS3 } from '../testkit/s3.js';
+import { listArg } from './lib-snapshot.js';
+
+const MB = 1024 * 1024;
+const scale = listArg('scale', [8])[0];
+const root = tmpDir('neon-bench-pushpull-');
+const s3 = await startS3();
+const env = { ...s3.env, NEON_PORT: '0' };
+const client = new S3Client({
+  ...s3.options,
+  credentials: { accessKeyId: s3.options.accessKeyId, secretAccessKey: s3.options.secretAccessKey },
+});
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Peak resident memory of a process while `work` runs, sampled every 50 ms. */
+async function peakRss<T>(pid: number, work: () => Promise<T>): Promise<{ value: T; peak: number }> {
+  let peak = 0;
+  const sample = () => {
+    const match = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    if (match) peak = Math.max(peak, Number(match[1]) * 1024);
+  };
+  const timer = setInterval(sample, 50);
+  try {
+    return { value: await work(), peak };
+  } finally {
+    clearInterval(timer);
+    sample();
+  }
+}
+
+async function timed<T>(work: () => Promise<T>): Promise<{ value: T; seconds: number }> {
+  const start = performance.now();
+  const value = await work();
+  return { value, seconds: (performance.now() - start) / 1000 };
+}
+
+/** The objects of a prefix as s3rver stores them on disk (key → file). */
+function objectFiles(prefix: string): Map<string, string> {
+  const files = new Map<string, string>();
+  const walk = (dir: string) => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) walk(full);
+      else if (entry.name.endsWith('._S3rver_object'))
+        files.set(path.relative(path.join(s3.directory, s3.bucket), full).replace(/\._S3rver_object$/, ''), full);
+    }
+  };
+  walk(path.join(s3.directory, s3.bucket, prefix));
+  return files;
+}
+
+/** A plain multipart upload of each file (8 MB parts, 4 in flight), as an SDK user would write it. */
+async function plainUpload(files: Map<string, string>, prefix: string): Promise<void> {
+  const queue = [...files];
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        const [key, file] = next;
+        const Key = `${prefix}/${key}`;
+        const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: s3.bucket, Key }));
+        const body = fs.readFileSync(file);
+        const parts = [];
+        for (let i = 0, n = 1; i < Math.max(body.length, 1); i += 8 * MB, n++) {
+          const { ETag } = await client.send(
+            new UploadPartCommand({ Bucket: s3.bucket, Key, UploadId, PartNumber: n, Body: body.subarray(i, i + 8 * MB) }),
+          );
+          parts.push({ ETag, PartNumber: n });
+        }
+        await client.send(new CompleteMultipartUploadCommand({ Bucket: s3.bucket, Key, UploadId, MultipartUpload: { Parts: parts } }));
+      }
+    }),
+  );
+}
+
+/** A plain download of each object to a file, 4 at a time. */
+async function plainDownload(keys: string[], into: string): Promise<void> {
+  const queue = [...keys];
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      for (let key = queue.shift(); key; key = queue.shift()) {
+        const { Body } = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+        await pipeline(Body as NodeJS.ReadableStream, fs.createWriteStream(path.join(into, key.replace(/\//g, '_'))));
+      }
+    }),
+  );
+}
+
+try {
+  const a = path.join(root, 'a');
+  fs.mkdirSync(a, { mode: 0o755 });
+  const started = await neonJson(['start'], { cwd: a, env });
+  execFileSync('/usr/lib/postgresql/15/bin/pgbench', ['-i', '-q', '-s', String(scale), started.connection_string], { stdio: 'ignore' });
+  await neonJson(['snapshot', 'create', 's1'], { cwd: a, env });
+  const daemonA = (await neonJson(['status'], { cwd: a, env })).daemon.pid as number;
+  const pushes: number[] = [];
+  const uploads: number[] = [];
+  let peak = 0;
+  let firstBytes = 0;
+  for (let i = 1; i <= 3; i++) {
+    const push = await peakRss(daemonA, () =>
+      timed(() => neonJson(['snapshot', 'push', 's1', '--to', `s3://${s3.bucket}/run${i}`], { cwd: a, env })),
+    );
+    peak = Math.max(peak, push.peak);
+    pushes.push(push.value.seconds);
+    firstBytes = push.value.value.result.bytes;
+    uploads.push((await timed(() => plainUpload(objectFiles(`run${i}`), `plain${i}`))).seconds);
+  }
+  const pulls: number[] = [];
+  const downloads: number[] = [];
+  const keys = [...objectFiles('run1').keys()];
+  for (let i = 1; i <= 3; i++) {
+    const b = path.join(root, `b${i}`);
+    fs.mkdirSync(b, { mode: 0o755 });
+    await neonJson(['start'], { cwd: b, env });
+    const daemonB = (await neonJson(['status'], { cwd: b, env })).daemon.pid as number;
+    const pull = await peakRss(daemonB, () =>
+      timed(() => neonJson(['snapshot', 'pull', 's1', '--from', `s3://${s3.bucket}/run1`], { cwd: b, env })),
+    );
+    peak = Math.max(peak, pull.peak);
+    pulls.push(pull.value.seconds);
+    await neonJson(['stop'], { cwd: b, env });
+    const into = path.join(root, `plain-download-${i}`);
+    fs.mkdirSync(into);
+    downloads.push((await timed(() => plainDownload(keys, into))).seconds);
+    fs.rmSync(into, { recursive: true });
+  }
+
+  // 1 % of pgbench_accounts' pages, contiguous; the pages changed are the old ones and those the new versions went to.
+  const accounts = 100_000 * scale;
+  const changed = Math.floor(accounts / 100);
+  const pagesOf = `select count(distinct (ctid::text::point)[0])::int as n from pgbench_accounts where aid <= ${changed}`;
+  const [before] = await query(started.connection_string, pagesOf);
+  await query(started.connection_string, `update pgbench_accounts set abalance = abalance + 1 where aid <= ${changed}`);
+  const [after] = await query(started.connection_string, pagesOf);
+  await neonJson(['snapshot', 'create', 's2'], { cwd: a, env });
+  const incremental = await neonJson(['snapshot', 'push', 's2', '--to', `s3://${s3.bucket}/run1`], { cwd: a, env });
+  const rawChanged = (before.n + after.n) * 8192;
+
+  const ratio = (ours: number[], plain: number[]) => (median(plain) / median(ours)).toFixed(2);
+  console.log(`pgbench scale ${scale}: first push ${(firstBytes / MB).toFixed(1)} MB`);
+  console.log(
+    `push: ${median(pushes).toFixed(2)} s (median of 3) vs plain multipart upload ${median(uploads).toFixed(2)} s: throughput ratio ${ratio(pushes, uploads)}`,
+  );
+  console.log(
+    `pull: ${median(pulls).toFixed(2)} s (median of 3) vs plain download ${median(downloads).toFixed(2)} s: throughput ratio ${ratio(pulls, downloads)}`,
+  );
+  console.log(
+    `incremental push after 1 % change: ${(incremental.result.bytes / MB).toFixed(2)} MB moved, raw changed pages ${(rawChanged / MB).toFixed(2)} MB ` +
+      `(${before.n}+${after.n} pages): ratio ${(incremental.result.bytes / rawChanged).toFixed(2)}`,
+  );
+  console.log(`daemon peak RSS during transfers: ${(peak / MB).toFixed(0)} MB`);
+} finally {
+  await cleanup(root);
+  client.destroy();
+  await s3.close();
+}
