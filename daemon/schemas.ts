@@ -54,7 +54,7 @@ export const CreatePg = Strict({
 
 /** `POST /verify`. */
 export const Verify = Strict({
-  snapshots: Type.Optional(Type.Array(Name('snapshot'), { maxItems: 10_000, description: 'a list of snapshot names' })),
+  snapshots: Type.Optional(Type.Array(Name('snapshot'), { minItems: 1, maxItems: 10_000, description: 'a list of one or more snapshot names' })),
 });
 
 /** `POST /gc`: at most a hundred years of WAL kept. */
