@@ -76,7 +76,7 @@ export async function initFromSnapshot(
       meta.storageDest ? `storage_dest: ${meta.storageDest}` : 'storage_dest: none (history stays in the repository)',
       `The imported roles keep their passwords, except the superuser ${main.user}, which has a new one (neon cannot read passwords):`,
       `  ${result.connection}`,
-      'Next: neon start',
+      'Next: neon start (it prints the connection string again: the port moves when another server holds it)',
     ].join('\n'),
   );
 }
