@@ -142,7 +142,7 @@ images('an image after 1% of a tens-of-MB table changed stores far fewer bytes t
   await query(iurl, 'vacuum big');
   await query(iurl, 'checkpoint');
   const first = await neonJson(['image', 'create'], { cwd: idir });
-  assert.ok(first.rawBytes > 30 * 1024 * 1024, `the database is tens of MB (${first.rawBytes})`);
+  assert.ok(first.raw_bytes > 30 * 1024 * 1024, `the database is tens of MB (${first.raw_bytes})`);
   await neonJson(['snapshot', 'create', 'before-update'], { cwd: idir });
   await query(iurl, 'update big set payload = payload || $$!$$ where id <= 1200');
   await query(iurl, 'checkpoint');
