@@ -28,6 +28,8 @@ function formatSeconds(seconds: number): string {
   return `${Math.floor(seconds / 60)}m${String(Math.ceil(seconds % 60)).padStart(2, '0')}s`;
 }
 
+const QUIET_STEPS = new Set(['starting', 'checking']);
+
 /** Draws the progress of one piece of work on stderr (see {@link ProgressMode}). */
 export class ProgressView {
   private readonly started = Date.now();
@@ -43,7 +45,9 @@ export class ProgressView {
   /** Show where the work is now. */
   update(progress: Pick<Progress, 'bytes' | 'totalBytes' | 'step' | 'objects'>): void {
     if (this.mode === 'lines') {
-      if (progress.step !== this.lastStep) this.stream.write(`${this.label}: ${progress.step} (${formatBytes(progress.bytes)} so far)\n`);
+      // The first checks are quick and often end in an error: the error alone is clearer than a line before it.
+      if (progress.step !== this.lastStep && !QUIET_STEPS.has(progress.step))
+        this.stream.write(`${this.label}: ${progress.step} (${formatBytes(progress.bytes)} so far)\n`);
     } else if (this.mode === 'bar') {
       this.stream.write(`\r${this.bar(progress)}\x1b[K`);
       this.drawn = true;

@@ -21,7 +21,7 @@ export async function pullForCompute(
   const { storage, name } = await registry.open(storageName);
   const into = { pageserver: daemon.pageserver, repoDir: daemon.repo.dir, registry, pgVersion: daemon.binaries.version };
   const noProgress = { step: () => undefined, add: () => undefined };
-  const pulled = await pullSnapshot(into, storage, name, at, noProgress);
+  const pulled = await pullSnapshot(into, storage, name, at, noProgress, { rename: true });
   daemon.log.info('pulled snapshot %s from %s for a compute: %d bytes', pulled.snapshot, storage.url, pulled.bytes);
   return { branch: pulled.branch, snapshot: pulled.snapshot };
 }

@@ -232,7 +232,7 @@ export async function pullSnapshot(
   storageName: string | null,
   wanted: string | undefined,
   op: OperationHandle,
-  options: { branch?: string } = {},
+  options: { branch?: string; rename?: boolean } = {},
 ): Promise<TransferResult & { branch: string; record: RemoteSnapshot }> {
   op.step('checking');
   const record = await findRemoteSnapshot(source, wanted);
@@ -244,17 +244,23 @@ export async function pullSnapshot(
     );
   }
   const { history } = into.pageserver;
-  const branch = options.branch ?? pulledBranchName(snapshot.name);
   const pulled = await into.registry.pulled();
-  if (history.hasSnapshot(snapshot.name)) {
-    const local = history.snapshot(snapshot.name);
-    if (pulled[local.branch]?.url === source.url && local.lsn === snapshot.lsn) {
-      return { snapshot: snapshot.name, storage: source.url, bytes: 0, objects: 0, branch: local.branch, record, upToDate: true };
-    }
-    throw new NeonError('snapshot_exists', `this repository already has a snapshot named ${snapshot.name}: delete or rename it first`, {
+  const same = (name: string) => {
+    const local = history.hasSnapshot(name) ? history.snapshot(name) : undefined;
+    return local && pulled[local.branch]?.url === source.url && local.lsn === snapshot.lsn ? local : undefined;
+  };
+  let localName = snapshot.name;
+  // A name taken here by another snapshot: refused for an explicit pull; for a compute, the copy gets a name of its own.
+  if (history.hasSnapshot(localName) && !same(localName) && options.rename)
+    localName = `${snapshot.name}.${storageName ?? 'pulled'}`.slice(0, 63);
+  const already = same(localName);
+  if (already) return { snapshot: localName, storage: source.url, bytes: 0, objects: 0, branch: already.branch, record, upToDate: true };
+  if (history.hasSnapshot(localName)) {
+    throw new NeonError('snapshot_exists', `this repository already has a snapshot named ${localName}: delete or rename it first`, {
       status: 409,
     });
   }
+  const branch = options.branch ?? pulledBranchName(localName);
   if (history.hasBranch(branch) && pulled[branch]?.url !== source.url) {
     throw new NeonError('branch_exists', `a branch named ${branch} already exists here`, { status: 409 });
   }
@@ -290,12 +296,12 @@ export async function pullSnapshot(
   await into.registry.recordPulled(branch, {
     storage: storageName,
     url: source.url,
-    snapshot: snapshot.name,
+    snapshot: localName,
     lsn: snapshot.lsn,
     pulledAt: new Date().toISOString(),
   });
   if (!history.hasBranch(branch))
     await history.addBranch({ name: branch, parent: null, forkLsn: null, createdAt: new Date().toISOString() });
-  await history.addSnapshot({ ...snapshot, branch, auto: false });
-  return { snapshot: snapshot.name, storage: source.url, ...moved, branch, record, upToDate: false };
+  await history.addSnapshot({ ...snapshot, name: localName, branch, auto: false });
+  return { snapshot: localName, storage: source.url, ...moved, branch, record, upToDate: false };
 }
