@@ -47,8 +47,12 @@ async function pollStatus(repo: string, stop: Promise<unknown>): Promise<number[
   const latencies: number[] = [];
   while (!done) {
     const started = performance.now();
-    await fetch(`http://127.0.0.1:${port}/status`, { headers: { authorization: `Bearer ${token}` } }).then((r) => r.text());
-    latencies.push(performance.now() - started);
+    const ok = await fetch(`http://127.0.0.1:${port}/status`, { headers: { authorization: `Bearer ${token}` } }).then(
+      (r) => r.text().then(() => r.ok),
+      (error: Error) => (console.error(`GET /status failed: ${error.message} (${(error.cause as Error)?.message})`), false),
+    );
+    // A failed call counts as an infinitely slow one: it shows in p99 and max.
+    latencies.push(ok ? performance.now() - started : Infinity);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   return latencies;
