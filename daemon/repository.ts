@@ -200,6 +200,12 @@ export const REPO_ENTRIES = [
   'safekeepers',
   'offload',
   'pageserver',
+  'sockets',
+  'storages.json',
+  'claim.json',
+  'pulled',
+  'exports',
+  'trash',
 ];
 
 function brokenRepository(dir: string, what: string): NeonError {
