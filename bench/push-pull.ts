@@ -108,8 +108,11 @@ try {
   fs.mkdirSync(a, { mode: 0o755 });
   const started = await neonJson(['start'], { cwd: a, env });
   execFileSync('/usr/lib/postgresql/15/bin/pgbench', ['-i', '-q', '-s', String(scale), started.connection_string], { stdio: 'ignore' });
+  // A base image of the loaded database, so that the snapshot is pushed as packs (not as the WAL of the load).
+  await neonJson(['image', 'create'], { cwd: a, env });
   await neonJson(['snapshot', 'create', 's1'], { cwd: a, env });
   const daemonA = (await neonJson(['status'], { cwd: a, env })).daemon.pid as number;
+  const idleRss = Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${daemonA}/status`, 'utf8'))![1]) * 1024;
   const pushes: number[] = [];
   const uploads: number[] = [];
   let peak = 0;
@@ -166,7 +169,9 @@ try {
     `incremental push after 1 % change: ${(incremental.result.bytes / MB).toFixed(2)} MB moved, raw changed pages ${(rawChanged / MB).toFixed(2)} MB ` +
       `(${before.n}+${after.n} pages): ratio ${(incremental.result.bytes / rawChanged).toFixed(2)}`,
   );
-  console.log(`daemon peak RSS during transfers: ${(peak / MB).toFixed(0)} MB`);
+  console.log(
+    `daemon peak RSS during transfers: ${(peak / MB).toFixed(0)} MB (pusher's daemon before them: ${(idleRss / MB).toFixed(0)} MB)`,
+  );
 } finally {
   await cleanup(root);
   client.destroy();
