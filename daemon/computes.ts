@@ -14,6 +14,7 @@ import { DEFAULT_SEGMENT_SIZE, parseLsn, parseSegmentName } from '../core/wal.js
 import { KeyedMutex } from '../lib/keyed-mutex.js';
 import { makeComputeHome } from './modes.js';
 import { moveToTrash } from './trash.js';
+import { isReplica } from './schemas.js';
 
 /** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export interface CreateComputeRequest {
@@ -66,7 +67,7 @@ export async function createCompute(daemon: DaemonContext, request: CreateComput
       { readOnly: true, at },
     );
   }
-  if (request.is_replica === true) {
+  if (isReplica(request.is_replica)) {
     const branch = branchName ?? daemon.mainBranch();
     const primary = primaryOfBranch(daemon, branch);
     if (!primary || primary.state !== 'running') {

@@ -39,7 +39,7 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
                 { status: 409 },
               );
             }
-            if (body.is_replica === true && !record.replica) {
+            if (schemas.isReplica(body.is_replica) && !record.replica) {
               throw new NeonError(
                 'not_a_replica',
                 `compute ${record.name} is not a replica: create one with neon pg create -n NAME --branch ${record.branch} --replica`,

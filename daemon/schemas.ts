@@ -11,10 +11,16 @@ export const WAL_FILE = '^[0-9A-F]{24}$|^[0-9A-F]{8}\\.history$';
 /** An empty body (or none): routes that take no input refuse fields rather than ignore them. */
 export const NoBody = Strict({}, 'no fields');
 
+/** The seed spells a replica `"is_replica": "replica"`; `true` means the same. */
+const IsReplica = Type.Union([Type.Boolean(), Type.Literal('replica')], { description: 'true, false or "replica"' });
+
+/** `is_replica` as a yes or no, whichever way it was spelled. */
+export const isReplica = (value: unknown): boolean => value === true || value === 'replica';
+
 /** `POST /pgs/:name/actions`. */
 export const PgAction = Strict({
   action: OneOf(['start', 'stop', 'promote'] as const),
-  is_replica: Type.Optional(Type.Boolean({ description: 'true or false' })),
+  is_replica: Type.Optional(IsReplica),
 });
 
 /** `POST /safekeepers/:name/actions`. */
@@ -49,7 +55,7 @@ export const CreatePg = Strict({
   branch: Type.Optional(Name('branch')),
   at: Type.Optional(Target),
   read_only: Type.Optional(Type.Boolean({ description: 'true or false' })),
-  is_replica: Type.Optional(Type.Boolean({ description: 'true or false' })),
+  is_replica: Type.Optional(IsReplica),
 });
 
 /** `POST /verify`. */
