@@ -17,10 +17,11 @@ const HEALTHY_UPTIME_MS = 60_000;
 
 /**
  * The daemon's watchdog: the process `neon start` spawns (`neon __daemon`), which runs the real daemon as its
- * child and starts it again within moments when it dies unasked (SIGKILL, the OOM killer, a crash). The next
- * daemon adopts the computes that kept running and restarts the safekeepers, so committed writes stop only for
- * the time a daemon takes to start. Chosen over detached safekeepers because it heals everything the daemon owns
- * (REST API, offload, images, supervision) with no second control channel, and it is small enough not to crash.
+ * child and starts it again within moments when it dies unasked (SIGKILL, the OOM killer, a crash). Meanwhile
+ * the computes and the safekeepers stream on (a safekeeper outlives its daemon for a minute), and the next daemon
+ * adopts the computes and lets its safekeepers take over from the old ones, so committed writes pause only for
+ * that handover. A watchdog rather than safekeepers alone: it also brings back what only the daemon does (REST
+ * API, offload, images, supervision) with no second control channel, and it is small enough not to crash.
  * It forwards the first daemon's ready (or error) message to `neon start`, and ends when the daemon is asked to
  * stop (`neon stop`: the daemon tells it "stopping") or when another daemon has taken the repository.
  */

@@ -112,6 +112,9 @@ export class WireConnection {
     const terminate = Buffer.from([0x58, 0, 0, 0, 4]);
     this.socket.end(terminate);
     this.closed = true;
+    // A command still waiting (a stream being stopped) ends now: the socket's own close is ignored from here on.
+    this.handler(0, Buffer.from('connection closed'));
+    this.handler = () => undefined;
     for (const listener of this.closeListeners.splice(0)) listener();
   }
 

@@ -1,3 +1,6 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { cmdlineOf, isAlive, signal, waitGone } from '../lib/proc.js';
 import { Safekeeper, type PrimaryInfo, type SafekeeperConfig, type SafekeeperStatus } from './safekeeper.js';
 import type { CompletedSegment } from './wal-writer.js';
 
@@ -22,7 +25,9 @@ export type FromSafekeeper =
  * Entry point of a safekeeper process (`neon __safekeeper`), started by the daemon with an IPC channel. One process
  * keeps the WAL of every branch that has a primary (a stream each, its own folder and replication slot). The
  * configuration, with the primaries' passwords, arrives as messages rather than on the command line, and the
- * process ends when the daemon goes away, so a killed daemon leaves no safekeeper behind.
+ * process outlives a daemon that dies (its primary's commits keep flowing while the watchdog starts the next
+ * daemon), for {@link ORPHAN_MS} at most; the next daemon's safekeeper of the same name takes over from it (see
+ * {@link takeOver}), so there is never more than one writer in a safekeeper's folder.
  */
 export async function runSafekeeper(): Promise<void> {
   const send = (message: FromSafekeeper) => {
@@ -30,6 +35,7 @@ export async function runSafekeeper(): Promise<void> {
   };
   const streams = new Map<string, { safekeeper: Safekeeper; done: Promise<void> }>();
   let identity: { name: string; dir: string } | undefined;
+  let ready: Promise<void> = Promise.resolve();
   let stopping = false;
   let allStopped: () => void = () => undefined;
   const finished = new Promise<void>((resolve) => (allStopped = resolve));
@@ -63,15 +69,49 @@ export async function runSafekeeper(): Promise<void> {
   };
 
   process.on('message', (message: ToSafekeeper) => {
-    if (message.type === 'config') identity = { name: message.name, dir: message.dir };
-    else if (message.type === 'attach') attach(message.stream);
-    else if (message.type === 'detach') void detach(message.branch);
-    else if (message.type === 'primary') streams.get(message.branch)?.safekeeper.setPrimary(message.primary);
-    else if (message.type === 'stop') void stop();
+    if (message.type === 'config') {
+      identity = { name: message.name, dir: message.dir };
+      ready = takeOver(message.dir);
+    } else if (message.type === 'attach') void ready.then(() => attach(message.stream));
+    else if (message.type === 'detach') void ready.then(() => detach(message.branch));
+    else if (message.type === 'primary') void ready.then(() => streams.get(message.branch)?.safekeeper.setPrimary(message.primary));
+    else if (message.type === 'stop') void ready.then(stop);
   });
-  process.on('disconnect', () => void stop());
+  process.on('disconnect', () => {
+    // The daemon died (it stops us with a message when it stops): keep streaming until its successor takes over.
+    if (stopping) return;
+    console.error(
+      `${new Date().toISOString()} the daemon is gone: streaming on for up to ${ORPHAN_MS / 1000}s until the next one takes over`,
+    );
+    setTimeout(() => void stop(), ORPHAN_MS).unref();
+  });
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
   await finished;
   process.exit(0);
+}
+
+/** How long a safekeeper streams on without a daemon (the watchdog starts the next one within seconds). */
+const ORPHAN_MS = 60_000;
+
+/**
+ * Become the one safekeeper process of `dir`: one left by a daemon that died is asked to stop (it flushes and
+ * ends its streams), and waited for, before this one writes; then this process's pid is recorded there.
+ */
+async function takeOver(dir: string): Promise<void> {
+  const pidFile = path.join(dir, 'safekeeper.pid');
+  let previous = 0;
+  try {
+    previous = Number(fs.readFileSync(pidFile, 'utf8').trim());
+  } catch {
+    // the first safekeeper process of this folder
+  }
+  if (previous && previous !== process.pid && isAlive(previous) && cmdlineOf(previous)?.includes('__safekeeper')) {
+    signal(previous, 'SIGTERM');
+    if (!(await waitGone([previous], 15_000))) {
+      signal(previous, 'SIGKILL');
+      await waitGone([previous], 5_000);
+    }
+  }
+  fs.writeFileSync(pidFile, `${process.pid}\n`);
 }

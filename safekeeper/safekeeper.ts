@@ -293,5 +293,7 @@ function describe(error: unknown): string {
   }
   const code = (error as NodeJS.ErrnoException).code;
   if (code === 'ECONNREFUSED') return 'the primary is not reachable (connection refused)';
+  // Its Unix socket is gone while it is down.
+  if (code === 'ENOENT') return 'the primary is not reachable (no socket: it is not running)';
   return (error as Error).message;
 }
