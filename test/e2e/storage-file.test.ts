@@ -56,58 +56,9 @@ function storageSuite(name: string) {
   return test;
 }
 
-const contract = storageSuite('storage-file contract');
-
-contract('Buffer, string and stream bodies come back byte-identical, with their sizes', async ({ root, storage }) => {
-  assert.is(storage.url, pathToFileURL(root).href);
-  const binary = Buffer.from([0, 255, 10, 13, 0, 128]);
-  const big = randomBytes(4 * 1024 * 1024 + 123);
-  let pulled = 0;
-  function* chunks() {
-    for (let at = 0; at < big.length; at += 64 * 1024, pulled++) yield big.subarray(at, at + 64 * 1024);
-  }
-  await storage.put('bin', binary);
-  await storage.put('text', 'héllo wörld\n');
-  await storage.put('deep/big', Readable.from(chunks()));
-  await storage.put('strings', Readable.from(['ab', 'cd', 'é']));
-  assert.is(pulled, 65, 'the whole stream was consumed');
-  assert.ok((await readObject(storage, 'bin')).equals(binary));
-  assert.is(await text(storage, 'text'), 'héllo wörld\n');
-  assert.ok((await readObject(storage, 'deep/big')).equals(big), 'the streamed object is byte-identical');
-  assert.is(await text(storage, 'strings'), 'abcdé');
-  assert.is((await storage.head('deep/big'))?.size, big.length);
-  assert.is((await storage.head('text'))?.size, Buffer.byteLength('héllo wörld\n'));
-  assert.instance((await storage.head('bin'))?.mtime, Date);
-  assert.equal(filesOnDisk(root), ['bin', 'deep/big', 'strings', 'text'], 'no temp files are left behind');
-});
-
-contract('a missing key: head is undefined, get is not_found, also for folders and paths through an object', async ({ storage }) => {
-  await storage.put('obj', 'x');
-  await storage.put('wal/seg', 'y');
-  for (const key of ['nope', 'wal/nope', 'wal', 'obj/child']) {
-    assert.is(await storage.head(key), undefined, `head ${key}`);
-    assert.is(await codeOf(storage.get(key)), 'not_found', `get ${key}`);
-  }
-});
-
-contract('delete removes; deleting a missing key, a folder or a path through an object is a no-op', async ({ root, storage }) => {
-  await storage.put('a', 'x');
-  await storage.put('wal/seg', 'y');
-  await storage.delete('a');
-  assert.is(await storage.head('a'), undefined);
-  assert.is(await codeOf(storage.get('a')), 'not_found');
-  for (const key of ['a', 'never', 'wal', 'wal/seg/x']) await storage.delete(key);
-  assert.is(await text(storage, 'wal/seg'), 'y', 'deleting the folder key left its objects alone');
-  assert.equal(filesOnDisk(root), ['wal/seg']);
-});
-
-contract('put replaces an existing object, also with a shorter one', async ({ root, storage }) => {
-  await storage.put('k', 'a long first version');
-  await storage.put('k', Buffer.from('short'));
-  assert.is(await text(storage, 'k'), 'short');
-  assert.is((await storage.head('k'))?.size, 5);
-  assert.equal(filesOnDisk(root), ['k']);
-});
+// The behaviour every backend shares is test/e2e/storage-contract.test.ts; here is what only a folder can show:
+// the files on disk.
+const contract = storageSuite('storage-file on disk');
 
 contract('a put whose stream fails leaves the old object and no temp file', async ({ root, storage }) => {
   await storage.put('k', 'old');
@@ -121,80 +72,6 @@ contract('a put whose stream fails leaves the old object and no temp file', asyn
   assert.match(String((error as Error)?.message), /source broke/);
   assert.is(await text(storage, 'k'), 'old');
   assert.equal(filesOnDisk(root), ['k']);
-});
-
-const listing = storageSuite('storage-file list');
-
-listing('lists keys in order, into nested folders, filtered by any prefix', async ({ storage }) => {
-  const all = [
-    'a-z',
-    'a/b',
-    'base/2024/x',
-    'base/2024/y',
-    'base/b',
-    'wal.bak',
-    'wal/000000010000000000000001',
-    'wal/000000010000000000000002',
-    'wal/00000002.history',
-    'wal/000000020000000000000001',
-    'zeta',
-  ];
-  for (const key of [...all].reverse()) await storage.put(key, key);
-  assert.equal(await keys(storage), all);
-  assert.equal(await keys(storage, ''), all);
-  assert.equal(await keys(storage, 'wal/0000000100'), ['wal/000000010000000000000001', 'wal/000000010000000000000002']);
-  assert.equal(await keys(storage, 'wal/00000002'), ['wal/00000002.history', 'wal/000000020000000000000001']);
-  assert.equal(
-    await keys(storage, 'wal'),
-    all.filter((k) => k.startsWith('wal')),
-    'wal matches wal.bak and wal/…',
-  );
-  assert.equal(
-    await keys(storage, 'wal/'),
-    all.filter((k) => k.startsWith('wal/')),
-  );
-  assert.equal(await keys(storage, 'ba'), ['base/2024/x', 'base/2024/y', 'base/b']);
-  assert.equal(await keys(storage, 'base/2024/'), ['base/2024/x', 'base/2024/y']);
-  assert.equal(await keys(storage, 'a'), ['a-z', 'a/b']);
-  for (const missing of ['nope', 'nope/', 'wal/9', 'base/2025/', 'zeta/x', 'zeta/']) {
-    assert.equal(await keys(storage, missing), [], `prefix ${missing}`);
-  }
-  for await (const object of storage.list('base/2024/x')) assert.equal([object.key, object.size], ['base/2024/x', 11]);
-});
-
-listing('a prefix that climbs out of the root is refused', async ({ storage }) => {
-  assert.is(await codeOf(keys(storage, '../')), 'bad_key');
-  assert.is(await codeOf(keys(storage, 'a/../../x')), 'bad_key');
-});
-
-const conditional = storageSuite('storage-file ifAbsent');
-
-conditional('ifAbsent on an existing key is a conflict and keeps the old content', async ({ root, storage }) => {
-  await storage.put('k', 'old');
-  assert.is(await codeOf(storage.put('k', 'new', { ifAbsent: true })), 'conflict');
-  assert.is(await codeOf(storage.put('k', Readable.from([Buffer.from('new')]), { ifAbsent: true })), 'conflict');
-  assert.is(await text(storage, 'k'), 'old');
-  assert.equal(filesOnDisk(root), ['k'], 'the refused temp files are gone');
-});
-
-conditional('ifAbsent on a new key stores it', async ({ storage }) => {
-  await storage.put('fresh', 'v1', { ifAbsent: true });
-  await storage.put('deep/er/fresh', Readable.from(['v', '2']), { ifAbsent: true });
-  assert.is(await text(storage, 'fresh'), 'v1');
-  assert.is(await text(storage, 'deep/er/fresh'), 'v2');
-});
-
-conditional('of two concurrent ifAbsent puts of one key, exactly one wins', async ({ root, storage }) => {
-  const names = Array.from({ length: 20 }, (_, i) => `race/${i}`);
-  for (const key of names) {
-    const results = await Promise.allSettled(['A', 'B'].map((body) => storage.put(key, body.repeat(10_000), { ifAbsent: true })));
-    const won = results.findIndex((r) => r.status === 'fulfilled');
-    const lost = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
-    assert.is(lost.length, 1, `${key}: exactly one put fails`);
-    assert.is((lost[0].reason as NeonError).code, 'conflict');
-    assert.is(await text(storage, key), ['A', 'B'][won].repeat(10_000), `${key} holds the winner's body`);
-  }
-  assert.equal(filesOnDisk(root), [...names].sort());
 });
 
 const validation = storageSuite('storage-file key validation');
@@ -347,8 +224,6 @@ plugin('a root it cannot write (under a regular file) is storage_unwritable', as
 });
 
 contract.run();
-listing.run();
-conditional.run();
 validation.run();
 crash.run();
 urls.run();
