@@ -3,8 +3,8 @@
 // databases created or dropped). An incremental base image copies the changed blocks over the previous image
 // and takes the listed whole relations/databases as changed.
 import type { Lsn } from '../core/wal.js';
-import { u32, type RelFileLocator, type WalRecord, type WalSource } from './records.js';
-import { verifyWal, walFileSource } from './verify.js';
+import { u32, type RecordWalker, type RelFileLocator, type WalRecord, type WalSource } from './records.js';
+import { walkWal, walFileSource } from './verify.js';
 
 const RM_SMGR_ID = 2;
 const RM_DBASE_ID = 4;
@@ -56,22 +56,61 @@ export function addRecord(changes: ChangedPages, record: WalRecord): void {
     if (!fork) changes.forks.set(key, (fork = { rel: ref.rel, fork: ref.fork, blocks: new Set() }));
     fork.blocks.add(ref.block);
   }
-  const kind = record.info & 0xf0;
-  const data = record.mainData;
+  relationEvents(changes, record.lsn, record.rmid, record.info, record.mainData);
+}
+
+/** The relation-level events of a record (its rmgr, info and main data), which block references do not show. */
+function relationEvents(changes: ChangedPages, lsn: Lsn, rmid: number, info: number, data: Uint8Array): void {
+  const kind = info & 0xf0;
   const relAt = (i: number): RelFileLocator => ({ spc: u32(data, i), db: u32(data, i + 4), rel: u32(data, i + 8) });
-  if (record.rmid === RM_SMGR_ID && kind === XLOG_SMGR_CREATE && data.length >= 16) {
+  if (rmid === RM_SMGR_ID && kind === XLOG_SMGR_CREATE && data.length >= 16) {
     // xl_smgr_create { RelFileLocator rlocator; ForkNumber forkNum; }
-    changes.created.push({ lsn: record.lsn, rel: relAt(0), fork: u32(data, 12) });
-  } else if (record.rmid === RM_SMGR_ID && kind === XLOG_SMGR_TRUNCATE && data.length >= 20) {
+    changes.created.push({ lsn, rel: relAt(0), fork: u32(data, 12) });
+  } else if (rmid === RM_SMGR_ID && kind === XLOG_SMGR_TRUNCATE && data.length >= 20) {
     // xl_smgr_truncate { BlockNumber blkno; RelFileLocator rlocator; int flags; }: flags HEAP 1, VM 2, FSM 4
     const flags = u32(data, 16);
     const forks = [flags & 1 ? 0 : -1, flags & 4 ? 1 : -1, flags & 2 ? 2 : -1].filter((f) => f >= 0);
-    changes.truncated.push({ lsn: record.lsn, rel: relAt(4), block: u32(data, 0), forks });
-  } else if (record.rmid === RM_DBASE_ID && data.length >= 4) {
+    changes.truncated.push({ lsn, rel: relAt(4), block: u32(data, 0), forks });
+  } else if (rmid === RM_DBASE_ID && data.length >= 4) {
     // Every xl_dbase_* record of 14–17 starts with the database's OID.
-    changes.databases.push({ lsn: record.lsn, db: u32(data, 0), info: record.info });
-  } else if (record.info & XLR_SPECIAL_REL_UPDATE) {
-    changes.special.push({ lsn: record.lsn, rmid: record.rmid, info: record.info });
+    changes.databases.push({ lsn, db: u32(data, 0), info });
+  } else if (info & XLR_SPECIAL_REL_UPDATE) {
+    changes.special.push({ lsn, rmid, info });
+  }
+}
+
+/**
+ * {@link addRecord} for the record a walker has just checked, from its scanned block headers: no objects per
+ * record, and the fork key is built only when a block's relation fork differs from the previous block's.
+ */
+function addWalked(changes: ChangedPages, walker: RecordWalker, last: { key: number[]; fork?: ChangedFork }): void {
+  changes.records++;
+  const scan = walker.scan;
+  const where = scan.where;
+  const key = last.key;
+  for (let i = 0; i < scan.blocks; i++) {
+    const spc = where[i * 4];
+    const db = where[i * 4 + 1];
+    const rel = where[i * 4 + 2];
+    const forkNumber = scan.flags[i] & 0x0f;
+    let fork = last.fork;
+    if (!fork || key[0] !== spc || key[1] !== db || key[2] !== rel || key[3] !== forkNumber) {
+      const locator = { spc, db, rel };
+      const name = forkKey(locator, forkNumber);
+      fork = changes.forks.get(name);
+      if (!fork) changes.forks.set(name, (fork = { rel: locator, fork: forkNumber, blocks: new Set() }));
+      key[0] = spc;
+      key[1] = db;
+      key[2] = rel;
+      key[3] = forkNumber;
+      last.fork = fork;
+    }
+    fork.blocks.add(where[i * 4 + 3]);
+  }
+  const rmid = walker.rmid;
+  const info = walker.info;
+  if (rmid === RM_SMGR_ID || rmid === RM_DBASE_ID || info & XLR_SPECIAL_REL_UPDATE) {
+    relationEvents(changes, BigInt(walker.lsn), rmid, info, walker.mainData());
   }
 }
 
@@ -90,9 +129,17 @@ export async function changedPages(
   input: string | string[] | WalSource,
   options: { from: Lsn; upTo: Lsn; timeline?: number },
 ): Promise<ChangedPages> {
-  const source = typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { timeline: options.timeline }) : input;
+  // The walk keeps no record bytes (relation events copy what they read), so segment buffers can be reused.
+  const source =
+    typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { timeline: options.timeline, reuse: true }) : input;
   const changes = emptyChangedPages();
-  const result = await verifyWal(source, { ...options, onRecord: (record) => addRecord(changes, record) });
+  const last = { key: [-1, -1, -1, -1] };
+  let endLsn = -1;
+  const result = await walkWal(source, options, (walker) => {
+    addWalked(changes, walker, last);
+    endLsn = walker.endLsn;
+  });
   if (result.error) throw result.error;
+  if (endLsn >= 0) changes.endLsn = BigInt(endLsn);
   return changes;
 }

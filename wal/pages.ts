@@ -137,47 +137,98 @@ export function checkPageHeader(
   return header;
 }
 
-/** Validated pages of a source, one segment in memory at a time. */
+const TWO32 = 0x100000000;
+
+/**
+ * Validated pages of a source, one segment in memory at a time. Positions are plain numbers (exact below 2^53,
+ * 8 PiB of WAL): BigInt arithmetic per record was most of the decoder's time. After {@link page}, the fields
+ * `info`, `size`, `remLen`, `data` and `off` describe the page.
+ */
 export class Pages {
   readonly known: PageContext = {};
-  private segno = -1n;
+  private segno = -1;
   private current?: WalSegment;
-  private lastLsn = -1n;
-  private last?: { h: PageHeader; data: Uint8Array; off: number };
-  constructor(readonly source: WalSource) {}
+  private lastLsn = -1;
+  /** known.tli and known.lastPage as numbers (-1: not yet), kept here on the fast path. */
+  private tli = -1;
+  private lastPage = -1;
+  readonly segmentSize: number;
+  /** Major version of the WAL read so far (0: none yet). */
+  pgVersion = 0;
+  info = 0;
+  size = 0;
+  remLen = 0;
+  data: Uint8Array = new Uint8Array(0);
+  off = 0;
+  constructor(readonly source: WalSource) {
+    this.segmentSize = source.segmentSize;
+  }
 
   get version(): number | undefined {
     return this.known.magic === undefined ? undefined : PAGE_MAGIC[this.known.magic];
   }
 
-  nameOf(lsn: Lsn): string {
-    return this.source.name(lsn / BigInt(this.source.segmentSize));
+  nameOf(lsn: Lsn | number): string {
+    return this.source.name(BigInt(Math.floor(Number(lsn) / this.segmentSize)));
   }
 
-  /** The validated page at `pageLsn`, with its bytes at `data[off]`. */
-  page(pageLsn: Lsn): { h: PageHeader; data: Uint8Array; off: number } {
-    if (pageLsn === this.lastLsn && this.last) return this.last; // most records share their page with the one before
-    const size = BigInt(this.source.segmentSize);
-    const segno = pageLsn / size;
+  /** Validate the page at `pageLsn` (a multiple of {@link WAL_PAGE_SIZE}) and describe it in this object's fields. */
+  page(pageLsn: number): void {
+    if (pageLsn === this.lastLsn) return; // most records share their page with the one before
+    const size = this.segmentSize;
+    const segno = Math.floor(pageLsn / size);
     if (segno !== this.segno) {
-      const segment = this.source.segment(segno);
-      if (!segment) throw new WalDecodeError('segment-missing', pageLsn, this.source.name(segno), 'missing WAL segment');
+      const segment = this.source.segment(BigInt(segno));
+      if (!segment) throw new WalDecodeError('segment-missing', BigInt(pageLsn), this.source.name(BigInt(segno)), 'missing WAL segment');
       this.segno = segno;
       this.current = segment;
+      this.lastLsn = -1;
       // As xlogreader does, check the long header of every segment entered, wherever reading starts.
-      if (pageLsn % size !== 0n) this.header(segno * size, segment.data, 0);
+      if (pageLsn % size !== 0) this.header(segno * size, segment.data, 0);
     }
     const data = this.current!.data;
-    const off = Number(pageLsn % size);
-    this.last = { h: this.header(pageLsn, data, off), data, off };
+    const off = pageLsn % size;
+    this.header(pageLsn, data, off);
     this.lastLsn = pageLsn;
-    return this.last;
   }
 
-  private header(pageLsn: Lsn, data: Uint8Array, off: number): PageHeader {
+  private header(pageLsn: number, data: Uint8Array, off: number): void {
     if (off + WAL_PAGE_SIZE > data.length) {
-      throw new WalDecodeError('segment-missing', pageLsn, this.current!.name, `segment holds only ${data.length} bytes`);
+      throw new WalDecodeError('segment-missing', BigInt(pageLsn), this.current!.name, `segment holds only ${data.length} bytes`);
     }
-    return checkPageHeader(data, off, pageLsn, this.source.segmentSize, this.current!.name, this.known);
+    const info = data[off + 2] | (data[off + 3] << 8);
+    const tli = u32(data, off + 4);
+    // The common page (short header, as before, in order): checked here; anything else, and every error, by checkPageHeader.
+    if (
+      off !== 0 &&
+      (info & ~(XLP_ALL_FLAGS & ~XLP_LONG_HEADER)) === 0 &&
+      (data[off] | (data[off + 1] << 8)) === this.known.magic &&
+      u32(data, off + 8) === pageLsn % TWO32 &&
+      u32(data, off + 12) === Math.floor(pageLsn / TWO32) &&
+      (pageLsn <= this.lastPage || tli >= this.tli)
+    ) {
+      if (pageLsn > this.lastPage) {
+        this.lastPage = pageLsn;
+        this.tli = tli;
+      }
+      this.data = data;
+      this.off = off;
+      this.info = info;
+      this.size = SHORT_PAGE_HEADER;
+      this.remLen = u32(data, off + 16);
+      return;
+    }
+    const known = this.known;
+    known.tli = this.tli < 0 ? undefined : this.tli;
+    known.lastPage = this.lastPage < 0 ? undefined : BigInt(this.lastPage);
+    const h = checkPageHeader(data, off, BigInt(pageLsn), this.segmentSize, this.current!.name, known);
+    this.tli = known.tli ?? -1;
+    this.lastPage = known.lastPage === undefined ? -1 : Number(known.lastPage);
+    this.pgVersion = PAGE_MAGIC[h.magic];
+    this.data = data;
+    this.off = off;
+    this.info = h.info;
+    this.size = h.size;
+    this.remLen = h.remLen;
   }
 }

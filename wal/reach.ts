@@ -3,8 +3,8 @@
 // "recovers to the end instead"). Checking the WAL before recovery starts turns that into an error that names
 // the damage.
 import type { Lsn } from '../core/wal.js';
-import type { WalDecodeError, WalRecord, WalSource } from './records.js';
-import { verifyWal, walFileSource } from './verify.js';
+import type { RecordWalker, WalDecodeError, WalSource } from './records.js';
+import { walkWal, walFileSource } from './verify.js';
 
 const RM_XACT_ID = 1;
 const XLOG_XACT_OPMASK = 0x70;
@@ -26,9 +26,9 @@ export interface Reach {
 }
 
 /** xact_time of a commit or abort record (the first field of xl_xact_commit / xl_xact_abort), in ms since 1970. */
-function xactEndTime(record: WalRecord): number | undefined {
-  if (record.rmid !== RM_XACT_ID || !XACT_ENDS.has(record.info & XLOG_XACT_OPMASK) || record.mainData.length < 8) return undefined;
-  const data = record.mainData;
+function xactEndTime(walker: RecordWalker): number | undefined {
+  if (walker.rmid !== RM_XACT_ID || !XACT_ENDS.has(walker.info & XLOG_XACT_OPMASK) || walker.scan.mainLength < 8) return undefined;
+  const data = walker.mainData();
   const micros = Buffer.from(data.buffer, data.byteOffset, 8).readBigInt64LE(0);
   return Number(micros / 1000n + PG_EPOCH_MS);
 }
@@ -40,20 +40,27 @@ class Found extends Error {}
  * checking stops at the first commit or abort at or after that time, where Postgres' recovery stops too.
  */
 export async function checkReach(input: string | string[] | WalSource, options: { from: Lsn; upTo: Lsn; time?: Date }): Promise<Reach> {
-  const source = typeof input === 'string' || Array.isArray(input) ? walFileSource(input) : input;
   const target = options.time?.getTime();
-  let reached = options.from;
+  // Without a time, no record is looked at: segment files can be read into reused buffers.
+  const source = typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { reuse: target === undefined }) : input;
+  const range = { from: options.from, upTo: options.upTo };
+  if (target === undefined) {
+    const result = await walkWal(source, range);
+    return { ok: result.ok, reached: result.lastValidLsn, error: result.error, records: result.records, timeFound: false };
+  }
+  let reached = -1;
   let records = 0;
-  const onRecord = (record: WalRecord) => {
-    if (target !== undefined && (xactEndTime(record) ?? -Infinity) >= target) throw new Found();
-    reached = record.endLsn;
+  const visit = (walker: RecordWalker) => {
+    if ((xactEndTime(walker) ?? -Infinity) >= target) throw new Found();
+    reached = walker.endLsn;
     records++;
   };
+  const reachedLsn = () => (reached < 0 ? options.from : BigInt(reached));
   try {
-    const result = await verifyWal(source, { from: options.from, upTo: options.upTo, onRecord });
-    return { ok: result.ok, reached: result.ok ? reached : result.lastValidLsn, error: result.error, records, timeFound: false };
+    const result = await walkWal(source, range, visit);
+    return { ok: result.ok, reached: result.ok ? reachedLsn() : result.lastValidLsn, error: result.error, records, timeFound: false };
   } catch (error) {
-    if (error instanceof Found) return { ok: true, reached, records, timeFound: true };
+    if (error instanceof Found) return { ok: true, reached: reachedLsn(), records, timeFound: true };
     throw error;
   }
 }

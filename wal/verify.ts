@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_SEGMENT_SIZE, parseSegmentName, segmentName, segmentStart, type Lsn } from '../core/wal.js';
-import { firstRecordAt, readRecords, u32, WalDecodeError, type WalRecord, type WalSegment, type WalSource } from './records.js';
+import { firstRecordAt, RecordWalker, u32, WalDecodeError, type WalRecord, type WalSegment, type WalSource } from './records.js';
 
 const SEGMENT_FILE = /^([0-9A-F]{24})(\.partial)?$/;
 
@@ -20,9 +20,11 @@ export interface WalFileSource extends WalSource {
  * Segments from a folder (pg_wal, or any folder of segment files) or from a list of segment files. The segment
  * size comes from the first file's long page header. Per segment number the file of the highest timeline up to
  * `timeline` (default: the highest present) is used, and a complete file over its `.partial`. Segments are read
- * whole, one or two at a time; a short `.partial` is padded with zeros.
+ * whole, one or two at a time; a short `.partial` is padded with zeros. With `reuse`, the two segments in memory
+ * are read into the same two buffers over and over: for a caller that keeps no bytes of a segment (no record's
+ * main data) once it has moved two segments on.
  */
-export function walFileSource(input: string | string[], options: { timeline?: number } = {}): WalFileSource {
+export function walFileSource(input: string | string[], options: { timeline?: number; reuse?: boolean } = {}): WalFileSource {
   const paths = typeof input === 'string' ? fs.readdirSync(input).map((name) => path.join(input, name)) : input;
   const candidates = paths
     .filter((p) => SEGMENT_FILE.test(path.basename(p)))
@@ -45,6 +47,12 @@ export function walFileSource(input: string | string[], options: { timeline?: nu
   }
   const segnos = [...files.keys()].sort((a, b) => (a < b ? -1 : 1));
   const cache = new Map<bigint, WalSegment>();
+  const spare: Buffer[] = [];
+  const read = (file: string): Uint8Array => {
+    if (!options.reuse) return fs.readFileSync(file);
+    const buffer = spare.pop() ?? Buffer.allocUnsafeSlow(segmentSize);
+    return readInto(file, buffer);
+  };
   return {
     segmentSize,
     timeline,
@@ -57,18 +65,39 @@ export function walFileSource(input: string | string[], options: { timeline?: nu
       if (hit) return hit;
       const file = files.get(segno);
       if (!file) return undefined;
-      let data: Uint8Array = fs.readFileSync(file);
+      let data = read(file);
       if (data.length < segmentSize) {
         const padded = new Uint8Array(segmentSize);
         padded.set(data);
         data = padded;
       }
-      if (cache.size >= 2) cache.delete(cache.keys().next().value!);
+      if (cache.size >= 2) {
+        const oldest = cache.keys().next().value!;
+        if (options.reuse) spare.push(cache.get(oldest)!.data as Buffer);
+        cache.delete(oldest);
+      }
       const segment = { name: path.basename(file), data };
       cache.set(segno, segment);
       return segment;
     },
   };
+}
+
+/** Read a file into `buffer` (as far as it holds; a shorter file's rest is zeroed, a longer one is cut). */
+function readInto(file: string, buffer: Buffer): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    let got = 0;
+    while (got < buffer.length) {
+      const n = fs.readSync(fd, buffer, got, buffer.length - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    buffer.fill(0, got);
+    return buffer;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** xlp_seg_size of a segment file's long header, or the default when the file does not have a valid one. */
@@ -117,16 +146,32 @@ export interface VerifyOptions {
  * synchronously but yields to the event loop between segments.
  */
 export async function verifyWal(input: string | string[] | WalSource, options: VerifyOptions): Promise<VerifyResult> {
-  const source = typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { timeline: options.timeline }) : input;
+  const onRecord = options.onRecord;
+  return walkWal(input, options, onRecord && ((walker) => onRecord(walker.record())));
+}
+
+/**
+ * {@link verifyWal} handing each valid record to `visit` as the walker that checked it (its fields and
+ * `mainData()` are valid during the call only): no objects per record. Without `visit`, segment files are read
+ * into reused buffers.
+ */
+export async function walkWal(
+  input: string | string[] | WalSource,
+  options: Omit<VerifyOptions, 'onRecord'>,
+  visit?: (walker: RecordWalker) => void,
+): Promise<VerifyResult> {
+  const source =
+    typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { timeline: options.timeline, reuse: !visit }) : input;
   const first = (source as Partial<WalFileSource>).first;
   let records = 0;
-  let firstLsn: Lsn | undefined;
-  let lastValidLsn = options.from ?? (first !== undefined ? segmentStart(first, source.segmentSize) : 0n);
+  let firstLsn: number | undefined;
+  const from = options.from ?? (first !== undefined ? segmentStart(first, source.segmentSize) : 0n);
+  let lastEnd = -1;
   const result = (extra: Partial<VerifyResult>): VerifyResult => ({
     ok: true,
     records,
-    firstLsn,
-    lastValidLsn,
+    firstLsn: firstLsn === undefined ? undefined : BigInt(firstLsn),
+    lastValidLsn: lastEnd < 0 ? from : BigInt(lastEnd),
     incomplete: false,
     ...extra,
   });
@@ -134,7 +179,7 @@ export async function verifyWal(input: string | string[] | WalSource, options: V
     if (first === undefined && options.from === undefined) {
       throw new WalDecodeError('segment-missing', 0n, '(none)', 'no WAL segments');
     }
-    let start = lastValidLsn;
+    let start = from;
     if (start >= options.upTo) return result({});
     if (start % 8192n === 0n) {
       try {
@@ -145,23 +190,21 @@ export async function verifyWal(input: string | string[] | WalSource, options: V
         throw error;
       }
     }
-    const size = BigInt(source.segmentSize);
-    const reader = readRecords(source, start, { end: options.upTo });
-    let segno = start / size;
-    for (let step = reader.next(); ; step = reader.next()) {
-      if (step.done) {
-        return result({ incomplete: step.value.why === 'incomplete', pgVersion: step.value.pgVersion, systemId: step.value.systemId });
-      }
-      const record = step.value;
-      firstLsn ??= record.lsn;
+    const size = source.segmentSize;
+    const walker = new RecordWalker(source, start, { end: options.upTo });
+    let segno = Math.floor(Number(start) / size);
+    while (walker.next()) {
+      firstLsn ??= walker.lsn;
       records++;
-      lastValidLsn = record.endLsn;
-      options.onRecord?.(record);
-      if (record.endLsn / size !== segno) {
-        segno = record.endLsn / size;
+      lastEnd = walker.endLsn;
+      visit?.(walker);
+      if (Math.floor(lastEnd / size) !== segno) {
+        segno = Math.floor(lastEnd / size);
         await new Promise((resolve) => setImmediate(resolve));
       }
     }
+    const stop = walker.stopped!;
+    return result({ incomplete: stop.why === 'incomplete', pgVersion: stop.pgVersion, systemId: stop.systemId });
   } catch (error) {
     if (!(error instanceof WalDecodeError)) throw error;
     return result({ ok: false, error });
