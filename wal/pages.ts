@@ -150,8 +150,8 @@ export class Pages {
   private current?: WalSegment;
   private lastLsn = -1;
   /** known.tli and known.lastPage as numbers (-1: not yet), kept here on the fast path. */
-  private tli = -1;
-  private lastPage = -1;
+  tli = -1;
+  lastPage = -1;
   readonly segmentSize: number;
   /** Major version of the WAL read so far (0: none yet). */
   pgVersion = 0;

@@ -45,7 +45,8 @@ export async function checkReach(input: string | string[] | WalSource, options: 
   const source = typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { reuse: target === undefined }) : input;
   const range = { from: options.from, upTo: options.upTo };
   if (target === undefined) {
-    const result = await walkWal(source, range);
+    // Segments the WAL store verified when it served them moments ago are not walked again (see ./verdicts.ts).
+    const result = await walkWal(source, { ...range, recentVerdicts: true });
     return { ok: result.ok, reached: result.lastValidLsn, error: result.error, records: result.records, timeFound: false };
   }
   let reached = -1;

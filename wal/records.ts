@@ -5,6 +5,7 @@
 // XLOG_BLCKSZ and BLCKSZ of 8 kB, both checked against the long page header.
 import { formatLsn, type Lsn } from '../core/wal.js';
 import { CRC32C_INIT, crc32cFinish, crc32cUpdate } from './crc32c.js';
+import type { SegmentVerdict } from './verdicts.js';
 import { blockRefs, BodyScan, RECORD_HEADER, scanRecordBody, type BlockRef } from './blocks.js';
 import {
   Pages,
@@ -76,6 +77,11 @@ export interface ReadOptions {
   end?: Lsn;
   /** LSN of the record before `start`, when known: then the first xl_prev is checked exactly. */
   prev?: Lsn;
+  /**
+   * Recent verdicts of segments (see ./verdicts.ts): a segment verified from its first record up to at most
+   * `end` is not walked again, only the records crossing into and out of it.
+   */
+  verdicts?: (segno: number) => SegmentVerdict | undefined;
 }
 
 /** An LSN as a number: exact below 2^53 (8 PiB of WAL), which the decoder's arithmetic relies on. */
@@ -97,7 +103,15 @@ export class RecordWalker {
   private readonly end: number;
   /** Where the next record starts. */
   pos: number;
-  private prev: number;
+  /** The record before `pos` (-1: unknown). */
+  prev: number;
+  private readonly verdicts?: (segno: number) => SegmentVerdict | undefined;
+  private verdictSegno = -1;
+  /** Records taken from verdicts instead of walked, and the end of the last of them (-1: none). */
+  skippedRecords = 0;
+  skippedEnd = -1;
+  /** The first record checked or taken from a verdict (-1: none yet). */
+  firstLsn = -1;
   private scratch = new Uint8Array(64 * 1024);
   /** The current record: its start and end (MAXALIGNed) and bytes at `buf[at, at + totalLength)`. */
   lsn = 0;
@@ -115,6 +129,35 @@ export class RecordWalker {
     this.end = options.end === undefined ? -1 : toNumber(options.end);
     this.pos = toNumber(start);
     this.prev = options.prev === undefined ? -1 : toNumber(options.prev);
+    this.verdicts = options.verdicts;
+  }
+
+  /**
+   * At a segment's first record, take the segment's verdict instead of walking it, if there is one that fits:
+   * same range or less, this record's xl_prev the record before it, the same page context. Returns true when
+   * it skipped.
+   */
+  private skip(pos: number): boolean {
+    const pages = this.pages;
+    const segno = Math.floor(pos / pages.segmentSize);
+    if (segno === this.verdictSegno || pos % WAL_PAGE_SIZE === 0) return false; // a page start is no record's start
+    this.verdictSegno = segno;
+    const verdict = this.verdicts!(segno);
+    if (!verdict || verdict.first !== pos || this.end < 0 || verdict.end > this.end) return false;
+    const pageLsn = pos - (pos % WAL_PAGE_SIZE);
+    pages.page(pageLsn);
+    const at = pages.off + (pos - pageLsn);
+    if (WAL_PAGE_SIZE - (pos - pageLsn) < RECORD_HEADER) return false;
+    const xlPrev = u32(pages.data, at + 12) * TWO32 + u32(pages.data, at + 8);
+    if (this.prev >= 0 && xlPrev !== this.prev) return false;
+    if (verdict.magic !== pages.known.magic || verdict.tli !== pages.tli) return false;
+    pages.lastPage = Math.max(pages.lastPage, verdict.lastPage);
+    if (this.firstLsn < 0) this.firstLsn = pos;
+    this.skippedRecords += verdict.records;
+    this.skippedEnd = verdict.lastValid;
+    this.pos = verdict.resumeAt;
+    this.prev = verdict.resumePrev;
+    return true;
   }
 
   /** True when the record fits in its page (then `buf` is the segment's bytes, not a copy). */
@@ -146,7 +189,8 @@ export class RecordWalker {
   private checkHeader(b: Uint8Array, i: number): void {
     const pos = this.pos;
     const prev = this.prev;
-    if (!validRmgr(b[i + 17], this.pages.pgVersion || undefined)) throw this.fail('record-rmgr', `invalid resource manager id ${b[i + 17]}`);
+    if (!validRmgr(b[i + 17], this.pages.pgVersion || undefined))
+      throw this.fail('record-rmgr', `invalid resource manager id ${b[i + 17]}`);
     // As a double: exact below 2^53; above, still larger than any position or prev-link this walk has.
     const xlPrev = u32(b, i + 12) * TWO32 + u32(b, i + 8);
     if (prev < 0 ? xlPrev >= pos : xlPrev !== prev) {
@@ -163,6 +207,7 @@ export class RecordWalker {
     for (;;) {
       let pos = this.pos;
       if (end >= 0 && pos >= end) return this.stop('end');
+      if (this.verdicts && this.skip(pos)) continue;
       const pageLsn = pos - (pos % WAL_PAGE_SIZE);
       pages.page(pageLsn);
       let off = pos - pageLsn;
@@ -234,6 +279,7 @@ export class RecordWalker {
       const problem = scanRecordBody(buf, bufAt, totalLength, pages.pgVersion || 17, this.scan);
       if (problem !== undefined) throw this.fail('record-blocks', problem);
       this.lsn = pos;
+      if (this.firstLsn < 0) this.firstLsn = pos;
       this.endLsn = next;
       this.totalLength = totalLength;
       this.rmid = buf[bufAt + 17];

@@ -3,7 +3,8 @@ import path from 'node:path';
 import { readObject, type Storage } from '../core/storage.js';
 import { type PartialSegment, type WalSource } from '../core/hooks.js';
 import { copyEnd, holderSegmentSize, localCopies, type WalCopy, type WalHolder } from './copies.js';
-import { filledLength, segmentSource, verifySegment, verifyWal } from './verify.js';
+import { checkSegment, filledLength, rememberSegmentVerdict, segmentSource } from './verify.js';
+import { fileIdentity, type SegmentVerdict } from './verdicts.js';
 import {
   isWalFileName,
   type Lsn,
@@ -35,6 +36,9 @@ export interface BestCopy {
   ok: boolean;
   /** How far a segment holds WAL (its end, or the flush point of an unfinished one); 0 for a history file. */
   end: Lsn;
+  /** The verdict of a segment that verified, and the identity of the local file it was read from. */
+  verdict?: SegmentVerdict;
+  identity?: string;
 }
 
 /**
@@ -141,13 +145,21 @@ export class WalStore implements WalSource {
         const size = holderSegmentSize(copy.holder);
         const end = copyEnd(copy, branch, size); // before reading: the file holds at least this much
         let bytes: Buffer;
+        let identity: string;
         try {
-          bytes = fs.readFileSync(copy.file);
+          const fd = fs.openSync(copy.file, 'r');
+          try {
+            identity = fileIdentity(fs.fstatSync(fd));
+            bytes = fs.readFileSync(fd);
+          } finally {
+            fs.closeSync(fd);
+          }
         } catch {
           continue; // a .partial finished and renamed meanwhile
         }
-        const ok = (await verifySegment(name, bytes, { upTo: end })).ok;
-        const found = { bytes, file: copy.file, from: copy.holder.name, ok, end };
+        const { result, verdict } = await checkSegment(name, bytes, { upTo: end });
+        const ok = result.ok;
+        const found = { bytes, file: copy.file, from: copy.holder.name, ok, end, verdict, identity };
         if (ok) return found;
         fallback ??= found;
       }
@@ -165,8 +177,9 @@ export class WalStore implements WalSource {
       const segment = SEGMENT.test(name) ? segmentSource(name, bytes) : undefined;
       const start = segment ? segmentStart(segment.first!, segment.segmentSize) : 0n;
       const end = segment ? start + BigInt(partial ? filledLength(bytes) : segment.segmentSize) : 0n;
-      const ok = !segment || (await verifyWal(segment, { upTo: end })).ok;
-      const found = { bytes, from: 'storage', ok, end };
+      const checked = segment ? await checkSegment(name, bytes, { upTo: end }) : undefined;
+      const ok = !checked || checked.result.ok;
+      const found = { bytes, from: 'storage', ok, end, verdict: checked?.verdict };
       if (ok) return found;
       fallback ??= found;
     }
@@ -180,20 +193,26 @@ export class WalStore implements WalSource {
 
   /**
    * Put a copy of a WAL file at `target` (hard-linked when it is a finished local segment that verifies); returns
-   * where it came from, or undefined when nobody has it.
+   * where it came from, or undefined when nobody has it. The verdict of a copy that verified is remembered for
+   * the target, so that checking the staged WAL soon after does not walk this segment again.
    */
   async copyTo(branch: string, name: string, target: string): Promise<Omit<BestCopy, 'bytes'> | undefined> {
     const best = await this.best(branch, name);
     if (!best) return undefined;
+    const placed = { from: best.from, ok: best.ok, end: best.end, file: best.file };
     if (best.file && !best.file.endsWith(PARTIAL)) {
       try {
         fs.linkSync(best.file, target);
-        return { from: best.from, ok: best.ok, end: best.end, file: best.file };
+        // Only if the link is to the very file verified (not one renamed over it meanwhile).
+        const stat = fs.statSync(target);
+        if (fileIdentity(stat) === best.identity) rememberSegmentVerdict(stat, best.verdict);
+        return placed;
       } catch {
         // another filesystem: copy below
       }
     }
     fs.writeFileSync(target, best.bytes);
-    return { from: best.from, ok: best.ok, end: best.end, file: best.file };
+    rememberSegmentVerdict(fs.statSync(target), best.verdict);
+    return placed;
   }
 }

@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_SEGMENT_SIZE, parseSegmentName, segmentName, segmentStart, type Lsn } from '../core/wal.js';
+import { fileIdentity, rememberVerdict, verdictOf, type SegmentVerdict } from './verdicts.js';
 import { firstRecordAt, RecordWalker, u32, WalDecodeError, type WalRecord, type WalSegment, type WalSource } from './records.js';
 
 const SEGMENT_FILE = /^([0-9A-F]{24})(\.partial)?$/;
@@ -14,6 +15,8 @@ export interface WalFileSource extends WalSource {
   last?: bigint;
   timeline: number;
   files: Map<bigint, string>;
+  /** Read segments into two reused buffers from now on (see {@link walFileSource}'s `reuse`). */
+  reuse: boolean;
 }
 
 /**
@@ -48,12 +51,14 @@ export function walFileSource(input: string | string[], options: { timeline?: nu
   const segnos = [...files.keys()].sort((a, b) => (a < b ? -1 : 1));
   const cache = new Map<bigint, WalSegment>();
   const spare: Buffer[] = [];
+  const pooled = new WeakSet<Uint8Array>(); // buffers read while reusing: only those go back to the pool
   const read = (file: string): Uint8Array => {
-    if (!options.reuse) return fs.readFileSync(file);
+    if (!source.reuse) return fs.readFileSync(file);
     const buffer = spare.pop() ?? Buffer.allocUnsafeSlow(segmentSize);
     return readInto(file, buffer);
   };
-  return {
+  const source: WalFileSource = {
+    reuse: options.reuse ?? false,
     segmentSize,
     timeline,
     files,
@@ -73,14 +78,17 @@ export function walFileSource(input: string | string[], options: { timeline?: nu
       }
       if (cache.size >= 2) {
         const oldest = cache.keys().next().value!;
-        if (options.reuse) spare.push(cache.get(oldest)!.data as Buffer);
+        const evicted = cache.get(oldest)!.data;
+        if (source.reuse && pooled.has(evicted)) spare.push(evicted as Buffer);
         cache.delete(oldest);
       }
+      if (source.reuse) pooled.add(data);
       const segment = { name: path.basename(file), data };
       cache.set(segno, segment);
       return segment;
     },
   };
+  return source;
 }
 
 /** Read a file into `buffer` (as far as it holds; a shorter file's rest is zeroed, a longer one is cut). */
@@ -138,6 +146,11 @@ export interface VerifyOptions {
   timeline?: number;
   /** Called with each valid record (e.g. to collect changed pages in the same pass). */
   onRecord?: (record: WalRecord) => void;
+  /**
+   * Take the verdicts of segment files verified in the last minutes (./verdicts.ts) instead of walking them again.
+   * Only for a {@link walFileSource}, and not for checks meant to find bytes that rotted since.
+   */
+  recentVerdicts?: boolean;
 }
 
 /**
@@ -159,22 +172,27 @@ export async function walkWal(
   input: string | string[] | WalSource,
   options: Omit<VerifyOptions, 'onRecord'>,
   visit?: (walker: RecordWalker) => void,
+  verdict?: (walker: RecordWalker) => void,
 ): Promise<VerifyResult> {
   const source =
     typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { timeline: options.timeline, reuse: !visit }) : input;
   const first = (source as Partial<WalFileSource>).first;
   let records = 0;
-  let firstLsn: number | undefined;
+  let walker: RecordWalker | undefined;
   const from = options.from ?? (first !== undefined ? segmentStart(first, source.segmentSize) : 0n);
   let lastEnd = -1;
-  const result = (extra: Partial<VerifyResult>): VerifyResult => ({
-    ok: true,
-    records,
-    firstLsn: firstLsn === undefined ? undefined : BigInt(firstLsn),
-    lastValidLsn: lastEnd < 0 ? from : BigInt(lastEnd),
-    incomplete: false,
-    ...extra,
-  });
+  const result = (extra: Partial<VerifyResult>): VerifyResult => {
+    const firstLsn = walker?.firstLsn ?? -1;
+    const end = Math.max(lastEnd, walker?.skippedEnd ?? -1);
+    return {
+      ok: true,
+      records: records + (walker?.skippedRecords ?? 0),
+      firstLsn: firstLsn < 0 ? undefined : BigInt(firstLsn),
+      lastValidLsn: end < 0 ? from : BigInt(end),
+      incomplete: false,
+      ...extra,
+    };
+  };
   try {
     if (first === undefined && options.from === undefined) {
       throw new WalDecodeError('segment-missing', 0n, '(none)', 'no WAL segments');
@@ -191,19 +209,29 @@ export async function walkWal(
       }
     }
     const size = source.segmentSize;
-    const walker = new RecordWalker(source, start, { end: options.upTo });
-    let segno = Math.floor(Number(start) / size);
-    while (walker.next()) {
-      firstLsn ??= walker.lsn;
-      records++;
-      lastEnd = walker.endLsn;
-      visit?.(walker);
-      if (Math.floor(lastEnd / size) !== segno) {
-        segno = Math.floor(lastEnd / size);
-        await new Promise((resolve) => setImmediate(resolve));
+    const files = (source as Partial<WalFileSource>).files;
+    const verdicts = options.recentVerdicts && !visit && files ? (segno: number) => verdictOf(files.get(BigInt(segno)) ?? '') : undefined;
+    // A walk that hands out no record keeps no segment bytes: a file source may read into reused buffers meanwhile.
+    const fileSource = files ? (source as WalFileSource) : undefined;
+    const reuse = fileSource?.reuse;
+    if (fileSource && !visit) fileSource.reuse = true;
+    try {
+      walker = new RecordWalker(source, start, { end: options.upTo, verdicts });
+      let segno = Math.floor(Number(start) / size);
+      while (walker.next()) {
+        records++;
+        lastEnd = walker.endLsn;
+        visit?.(walker);
+        if (Math.floor(lastEnd / size) !== segno) {
+          segno = Math.floor(lastEnd / size);
+          await new Promise((resolve) => setImmediate(resolve));
+        }
       }
+    } finally {
+      if (fileSource) fileSource.reuse = reuse!;
     }
     const stop = walker.stopped!;
+    verdict?.(walker);
     return result({ incomplete: stop.why === 'incomplete', pgVersion: stop.pgVersion, systemId: stop.systemId });
   } catch (error) {
     if (!(error instanceof WalDecodeError)) throw error;
@@ -225,6 +253,7 @@ export function segmentSource(name: string, data: Uint8Array, segmentSize = segm
     segmentSize,
     timeline: parsed.timeline,
     files,
+    reuse: false,
     first: parsed.segno,
     last: parsed.segno,
     name: (segno) => segmentName(parsed.timeline, segno, segmentSize),
@@ -253,9 +282,44 @@ export function filledLength(data: Uint8Array): number {
  * running into the next are only checked as far as their page headers: verifying a run of segments in one pass
  * (see ./copies.ts) checks them whole.
  */
-export function verifySegment(name: string, data: Uint8Array, options: { upTo?: Lsn; partial?: boolean } = {}): Promise<VerifyResult> {
+export async function verifySegment(
+  name: string,
+  data: Uint8Array,
+  options: { upTo?: Lsn; partial?: boolean } = {},
+): Promise<VerifyResult> {
+  return (await checkSegment(name, data, options)).result;
+}
+
+/** {@link verifySegment}, with the verdict a later walk over this segment's file can take (when it verifies). */
+export async function checkSegment(
+  name: string,
+  data: Uint8Array,
+  options: { upTo?: Lsn; partial?: boolean } = {},
+): Promise<{ result: VerifyResult; verdict?: SegmentVerdict }> {
   const source = segmentSource(name, data);
   const start = segmentStart(source.first!, source.segmentSize);
   const upTo = options.upTo ?? start + BigInt(options.partial ? filledLength(data) : source.segmentSize);
-  return verifyWal(source, { upTo });
+  let verdict: SegmentVerdict | undefined;
+  const result = await walkWal(source, { upTo }, undefined, (walker) => {
+    const pages = walker.pages;
+    if (walker.firstLsn < 0 || pages.known.magic === undefined) return;
+    verdict = {
+      first: walker.firstLsn,
+      end: Number(upTo),
+      resumeAt: Number(walker.stopped!.at),
+      resumePrev: walker.prev,
+      records: 0, // set from the result below
+      lastValid: walker.endLsn,
+      magic: pages.known.magic,
+      tli: pages.tli,
+      lastPage: pages.lastPage,
+    };
+  });
+  if (verdict) verdict.records = result.records;
+  return { result, verdict: result.ok ? verdict : undefined };
+}
+
+/** Remember the verdict of a segment file (identified by its `fs.Stats`) for a walk soon after. */
+export function rememberSegmentVerdict(stat: fs.Stats, verdict: SegmentVerdict | undefined): void {
+  if (verdict) rememberVerdict(fileIdentity(stat), verdict);
 }
