@@ -1,9 +1,13 @@
-// bench/startup: time from a clean folder to the first successful query.
-//   neon:     neon init && neon start            then, after neon stop:  neon start
-//   postgres: initdb && pg_ctl start -w          then, after pg_ctl stop: pg_ctl start -w
-// Same binaries (the embedded PostgreSQL), same initdb flags and server settings, same user. Prints medians.
+// bench/startup: how long neon takes to be useful, beside plain PostgreSQL and a plain REST call.
+//   first start: neon init && neon start → first query   vs  initdb && pg_ctl start -w → first query
+//   restart:     neon start of an existing repository    vs  pg_ctl start -w of an existing data directory
+//   CLI call:    neon pg list                            vs  the same REST call (GET /pgs) with curl
+// Same binaries (the embedded PostgreSQL), same initdb flags and server settings, same user. Rounds alternate
+// neon and postgres so that drift in machine load hits both alike; ratios are medians of per-round ratios.
+// The CLI row is measured with the environment as it is and, when NODE_EXTRA_CA_CERTS is set (it makes every
+// Node start parse a CA bundle), without it too.
 //
-//   npm run bench:startup [-- --runs 7]
+//   npm run bench:startup [-- --runs 7] [-- --calls 7] [-- --cli path/to/bin.js] [-- --no-first]
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,11 +17,17 @@ import { embeddedBinaries } from '../postgres/binaries.js';
 import { INITDB_FLAGS } from '../postgres/initdb.js';
 import { asUser, chownTo, pgUserFor } from '../postgres/user.js';
 import { freePort } from '../lib/net.js';
-import { CLI, cleanup, tmpDir } from '../testkit/env.js';
+import { CLI as BUILT_CLI, cleanup, tmpDir } from '../testkit/env.js';
 
-const runs = Number(process.argv[process.argv.indexOf('--runs') + 1]) || 5;
+const argValue = (name: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
+const runs = Number(argValue('--runs')) || 5;
+const calls = Number(argValue('--calls')) || 7;
+const CLI = path.resolve(argValue('--cli') ?? BUILT_CLI);
+const withFirst = !process.argv.includes('--no-first');
 const binaries = (await embeddedBinaries())!;
 const pgUser = pgUserFor('postgres');
+const CA_VAR = 'NODE_EXTRA_CA_CERTS';
+const hasCurl = spawnSync('curl', ['--version']).status === 0;
 
 async function firstQuery(connectionString: string): Promise<void> {
   const client = new pg.Client({ connectionString });
@@ -26,13 +36,43 @@ async function firstQuery(connectionString: string): Promise<void> {
   await client.end();
 }
 
-function run(command: string, args: string[], options: { cwd?: string; asPg?: boolean } = {}): string {
-  const result = spawnSync(command, args, { cwd: options.cwd, encoding: 'utf8', ...(options.asPg ? asUser(pgUser) : {}) });
+function run(command: string, args: string[], options: { cwd?: string; asPg?: boolean; env?: NodeJS.ProcessEnv } = {}): string {
+  const result = spawnSync(command, args, {
+    cwd: options.cwd,
+    env: options.env,
+    encoding: 'utf8',
+    ...(options.asPg ? asUser(pgUser) : {}),
+  });
   if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed: ${result.stderr}`);
   return result.stdout;
 }
 
-async function neonRound(): Promise<[number, number]> {
+function timed(fn: () => unknown): number {
+  const t0 = performance.now();
+  fn();
+  return performance.now() - t0;
+}
+
+const withoutCa = (): NodeJS.ProcessEnv => {
+  const env = { ...process.env };
+  delete env[CA_VAR];
+  return env;
+};
+
+/** CLI calls against a running daemon: `neon pg list` (with and without the CA bundle) and curl, interleaved. */
+function cliCalls(dir: string, into: Record<'cli' | 'cliNoCa' | 'rest', number[]>): void {
+  const repo = path.join(dir, '.neon');
+  const { port } = JSON.parse(fs.readFileSync(path.join(repo, 'daemon.json'), 'utf8')) as { port: number };
+  const token = fs.readFileSync(path.join(repo, 'token'), 'utf8').trim();
+  const curl = ['-sf', '-o', '/dev/null', '-H', `authorization: Bearer ${token}`, `http://127.0.0.1:${port}/pgs`];
+  for (let i = 0; i < calls; i++) {
+    into.cli.push(timed(() => run(process.execPath, [CLI, 'pg', 'list'], { cwd: dir })));
+    if (process.env[CA_VAR]) into.cliNoCa.push(timed(() => run(process.execPath, [CLI, 'pg', 'list'], { cwd: dir, env: withoutCa() })));
+    if (hasCurl) into.rest.push(timed(() => run('curl', curl)));
+  }
+}
+
+async function neonRound(cli: Record<'cli' | 'cliNoCa' | 'rest', number[]>): Promise<[number, number]> {
   const dir = tmpDir('neon-bench-');
   try {
     let t0 = performance.now();
@@ -40,6 +80,7 @@ async function neonRound(): Promise<[number, number]> {
     const out = JSON.parse(run(process.execPath, [CLI, 'start', '--json'], { cwd: dir }));
     await firstQuery(out.connection_string);
     const first = performance.now() - t0;
+    cliCalls(dir, cli);
     run(process.execPath, [CLI, 'stop'], { cwd: dir });
     t0 = performance.now();
     const again = JSON.parse(run(process.execPath, [CLI, 'start', '--json'], { cwd: dir }));
@@ -81,32 +122,39 @@ async function postgresRound(): Promise<[number, number]> {
 }
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-const results = { neon: [[], []] as number[][], postgres: [[], []] as number[][] };
+const ratios = (ours: number[], theirs: number[]) => ours.map((value, i) => value / theirs[i]);
+const neon = { first: [] as number[], restart: [] as number[] };
+const postgres = { first: [] as number[], restart: [] as number[] };
+const cli = { cli: [] as number[], cliNoCa: [] as number[], rest: [] as number[] };
 for (let i = 0; i < runs; i++) {
-  // Alternate so that drift in machine load hits both sides alike.
-  for (const [name, round] of [
-    ['postgres', postgresRound],
-    ['neon', neonRound],
-  ] as const) {
-    const [first, restart] = await round();
-    results[name][0].push(first);
-    results[name][1].push(restart);
-  }
+  const [pgFirst, pgRestart] = await postgresRound();
+  const [neonFirst, neonRestart] = await neonRound(cli);
+  postgres.first.push(pgFirst);
+  postgres.restart.push(pgRestart);
+  neon.first.push(neonFirst);
+  neon.restart.push(neonRestart);
   process.stderr.write(`run ${i + 1}/${runs} done\n`);
 }
 
-const rows = [
-  ['first start (clean folder → first query)', median(results.neon[0]), median(results.postgres[0]), 1.5],
-  ['restart (existing repository → first query)', median(results.neon[1]), median(results.postgres[1]), 2.0],
-] as const;
 console.log(
-  `PostgreSQL ${binaries.fullVersion} (embedded), ${runs} runs, medians; node ${process.version}; ${execFileSync('nproc').toString().trim()} cores`,
+  `PostgreSQL ${binaries.fullVersion} (embedded), ${runs} runs, medians; node ${process.version}; ${execFileSync('nproc').toString().trim()} cores; load ${fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}; CLI ${path.relative(process.cwd(), CLI)}`,
 );
-console.log('| measure | neon (ms) | initdb + pg_ctl (ms) | ratio | target |');
+console.log('| measure | neon (ms) | peer (ms) | ratio (median per run) | target |');
 console.log('|---|---:|---:|---:|---:|');
-for (const [label, ours, theirs, target] of rows) {
-  const ratio = ours / theirs;
+const row = (label: string, ours: number[], theirs: number[], target: number) => {
+  const ratio = median(ratios(ours, theirs));
   console.log(
-    `| ${label} | ${ours.toFixed(0)} | ${theirs.toFixed(0)} | ${ratio.toFixed(2)} | ≤ ${target} ${ratio <= target ? '✓' : '✗'} |`,
+    `| ${label} | ${median(ours).toFixed(0)} | ${median(theirs).toFixed(0)} | ${ratio.toFixed(2)} | ≤ ${target}× ${ratio <= target ? '✓' : '✗'} |`,
   );
-}
+};
+if (withFirst) row('first start (clean folder → first query) vs initdb + pg_ctl start', neon.first, postgres.first, 1.5);
+row('`neon start` of an existing repository → first query vs `pg_ctl start`', neon.restart, postgres.restart, 1.5);
+const cliRow = (label: string, values: number[]) => {
+  if (!values.length) return;
+  const rest = cli.rest.length ? `${median(cli.rest).toFixed(0)}` : '-';
+  const ratio = cli.rest.length ? median(ratios(values, cli.rest)).toFixed(1) : '-';
+  const ms = median(values);
+  console.log(`| ${label} | ${ms.toFixed(0)} | ${rest} | ${ratio} | ≤ 150 ms ${ms <= 150 ? '✓' : '✗'} |`);
+};
+cliRow(`\`neon pg list\` vs curl GET /pgs (${cli.cli.length} calls${process.env[CA_VAR] ? `, ${CA_VAR} set` : ''})`, cli.cli);
+cliRow(`\`neon pg list\` vs curl GET /pgs (${cli.cliNoCa.length} calls, without ${CA_VAR})`, cli.cliNoCa);

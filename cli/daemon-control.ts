@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { callDaemon, notRunning } from './client.js';
 import type { DaemonMessage } from '../daemon/main.js';
@@ -6,6 +5,9 @@ import { NeonError } from '../core/errors.js';
 import { isDaemonOf } from '../daemon/lock.js';
 import { signal, waitGone } from '../lib/proc.js';
 import type { Repository } from '../daemon/repository.js';
+
+// The daemon's entry is not imported for its value: that would load it (and child_process) into every command.
+const DAEMON_CA_ENV: typeof import('../daemon/main.js').DAEMON_CA_ENV = 'NEON_DAEMON_EXTRA_CA_CERTS';
 
 /** How long `neon start` waits for the daemon to report ready (computes may replay a lot of WAL). */
 const START_TIMEOUT_MS = 180_000;
@@ -26,11 +28,14 @@ export function runningDaemonPid(repo: Repository): number | undefined {
  * is ready over the IPC channel, or why it could not start.
  */
 export async function spawnDaemon(repo: Repository, projectDir: string, cli: string): Promise<Extract<DaemonMessage, { type: 'ready' }>> {
+  // Only `neon start` spawns: the other commands that import this module do not load child_process.
+  const { spawn } = await import('node:child_process');
   fs.mkdirSync(repo.logsDir, { recursive: true });
   const logFile = repo.logFile('daemon');
   const log = fs.openSync(logFile, 'a', 0o640);
   const child = spawn(process.execPath, [cli, '__daemon', '--repo', repo.dir], {
     cwd: projectDir,
+    env: watchdogEnv(),
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
   });
@@ -59,6 +64,19 @@ export async function spawnDaemon(repo: Repository, projectDir: string, cli: str
     if (child.connected) child.disconnect();
     child.unref();
   }
+}
+
+/**
+ * The environment of the process `neon start` spawns. Node parses the bundle NODE_EXTRA_CA_CERTS names at every
+ * start (~0.1 s for the Debian bundle); the watchdog makes no TLS connections, so it starts without it and hands it
+ * back to the daemon it runs (daemon/main.ts). With no watchdog the process is the daemon and keeps it.
+ */
+function watchdogEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  if (env.NODE_EXTRA_CA_CERTS === undefined || env.NEON_NO_WATCHDOG === '1') return env;
+  env[DAEMON_CA_ENV] = env.NODE_EXTRA_CA_CERTS;
+  delete env.NODE_EXTRA_CA_CERTS;
+  return env;
 }
 
 /** Ask the daemon to stop everything and wait until its process is gone. */

@@ -1,21 +1,28 @@
 import { NeonError, isExpected, messageOf } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
-import { toWire } from '../core/rest.js';
 import type { ComputeInfo } from './compute.js';
-import { Daemon } from './daemon.js';
+import type { Daemon } from './daemon.js';
 import { Repository } from './repository.js';
-import { registerRoutes, statusOf, type Status } from './routes.js';
+import type { Status } from './routes.js';
 import { runWatchdog, SUPERVISED_ENV, type ToWatchdog } from './watchdog.js';
 
 /** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
 export type DaemonMessage =
   { type: 'ready'; port: number; notice?: string; status: Status; pgs: ComputeInfo[] } | { type: 'error'; code: string; message: string };
 
+/** NODE_EXTRA_CA_CERTS of `neon start`, kept aside while the watchdog starts (cli/daemon-control.ts). */
+export const DAEMON_CA_ENV = 'NEON_DAEMON_EXTRA_CA_CERTS';
+
 /** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
 export async function runDaemon(repoDir: string, cli: string): Promise<void> {
   // The process `neon start` spawns is the watchdog; the daemon is its child, started again when it dies unasked.
   const supervised = process.env[SUPERVISED_ENV] === '1';
-  if (!supervised && process.env.NEON_NO_WATCHDOG !== '1') return runWatchdog(repoDir, cli);
+  if (!supervised && process.env.NEON_NO_WATCHDOG !== '1') {
+    // The daemons the watchdog starts (with its environment) get the CA bundle back.
+    if (process.env[DAEMON_CA_ENV] !== undefined) process.env.NODE_EXTRA_CA_CERTS = process.env[DAEMON_CA_ENV];
+    delete process.env[DAEMON_CA_ENV];
+    return runWatchdog(repoDir, cli);
+  }
   let crashed = false;
   const repo = new Repository(repoDir);
   const log = createLogger('daemon');
@@ -32,7 +39,15 @@ export async function runDaemon(repoDir: string, cli: string): Promise<void> {
     onSignal();
   });
   try {
-    daemon = new Daemon(repo, await repo.readMeta(), log, cli);
+    // Imported here, not above: the watchdog (the same entry, unsupervised) never runs them, and compiling the
+    // daemon's modules there would delay the daemon's own start by as much again.
+    const [{ Daemon }, { registerRoutes, statusOf }, { toWire }, meta] = await Promise.all([
+      import('./daemon.js'),
+      import('./routes.js'),
+      import('../core/rest.js'),
+      repo.readMeta(),
+    ]);
+    daemon = new Daemon(repo, meta, log, cli);
     daemon.onStopped = () => process.exit();
     // A stop that was asked for ends the watchdog too; a crash is for it to answer with a new daemon.
     daemon.onStopping = () => {
