@@ -1,6 +1,6 @@
 import { callDaemon } from './client.js';
 import type { ComputeInfo } from '../daemon/compute.js';
-import { runningDaemonPid, spawnDaemon } from './daemon-control.js';
+import { callStartingDaemon, runningDaemonPid, spawnDaemon } from './daemon-control.js';
 import { NeonError } from '../core/errors.js';
 import type { StorageRequest } from '../core/storage.js';
 import { branchTree, keyValues, table, type Column } from './output.js';
@@ -111,16 +111,27 @@ export async function startCommand(
       );
     }
   }
-  const already = runningDaemonPid(repo) !== undefined;
-  let answer: { status: Status; pgs: ComputeInfo[]; notice?: string };
+  let already = runningDaemonPid(repo) !== undefined;
+  let answer: { status: Status; pgs: ComputeInfo[]; notice?: string } | undefined;
+  if (!already) {
+    try {
+      answer = await spawnDaemon(repo, (await repo.readMeta()).projectDir, cli);
+    } catch (error) {
+      // A watchdog started a new daemon in the meantime (after a crash): use that one.
+      if (!(error instanceof NeonError) || error.code !== 'already_running') throw error;
+      already = true;
+    }
+  }
   let repaired: string[] = [];
   if (already) {
-    // Running already: bring back whatever is down (failed computes, dead safekeepers), then report.
-    repaired = (await callDaemon<{ repaired: string[] }>(repo, 'POST', '/repair')).repaired;
-    answer = { status: await callDaemon<Status>(repo, 'GET', '/status'), pgs: await callDaemon<ComputeInfo[]>(repo, 'GET', '/pgs') };
-  } else {
-    answer = await spawnDaemon(repo, (await repo.readMeta()).projectDir, cli);
+    // Running already (or starting again after a crash): bring back whatever is down, then report.
+    repaired = (await callStartingDaemon<{ repaired: string[] }>(repo, 'POST', '/repair')).repaired;
+    answer = {
+      status: await callStartingDaemon<Status>(repo, 'GET', '/status'),
+      pgs: await callStartingDaemon<ComputeInfo[]>(repo, 'GET', '/pgs'),
+    };
   }
+  if (!answer) throw new NeonError('internal', 'neon start: no answer from the daemon');
   const { status, notice } = answer;
   const main = answer.pgs.find((pg) => pg.name === 'main');
   const value = {

@@ -3,7 +3,7 @@ import { callDaemon, notRunning } from './client.js';
 import type { DaemonMessage } from '../daemon/main.js';
 import { NeonError } from '../core/errors.js';
 import { isDaemonOf } from '../daemon/lock.js';
-import { signal, waitGone } from '../lib/proc.js';
+import { cmdlineOf, isAlive, processesMatching, signal, waitGone } from '../lib/proc.js';
 import type { Repository } from '../daemon/repository.js';
 
 // The daemon's entry is not imported for its value: that would load it (and child_process) into every command.
@@ -67,6 +67,38 @@ export async function spawnDaemon(repo: Repository, projectDir: string, cli: str
 }
 
 /**
+ * Call the running daemon, waiting while it is (re)starting: after a crash its watchdog starts a new one, whose
+ * REST API answers only once its components are up. Gives up after `timeoutMs` with the last error.
+ */
+export async function callStartingDaemon<T>(repo: Repository, method: string, route: string, timeoutMs = START_TIMEOUT_MS): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await callDaemon<T>(repo, method, route);
+    } catch (error) {
+      const starting = error instanceof NeonError && error.code === notRunning(repo).code;
+      if (!starting || Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+}
+
+/**
+ * A daemon that crashed is started again by its watchdog after a pause (at most 30 s): stopping then must wait
+ * for it, or the computes it would adopt keep running with nobody to stop them.
+ */
+async function daemonAfterRestart(repo: Repository): Promise<number | undefined> {
+  const watchdogs = processesMatching(repo.dir).filter((pid) => cmdlineOf(pid)?.includes('__daemon'));
+  const deadline = Date.now() + 40_000;
+  while (watchdogs.some(isAlive) && Date.now() < deadline) {
+    const pid = runningDaemonPid(repo);
+    if (pid) return pid;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return undefined;
+}
+
+/**
  * The environment of the process `neon start` spawns. Node parses the bundle NODE_EXTRA_CA_CERTS names at every
  * start (~0.1 s for the Debian bundle); the watchdog makes no TLS connections, so it starts without it and hands it
  * back to the daemon it runs (daemon/main.ts). With no watchdog the process is the daemon and keeps it.
@@ -81,7 +113,7 @@ function watchdogEnv(): NodeJS.ProcessEnv {
 
 /** Ask the daemon to stop everything and wait until its process is gone. */
 export async function stopDaemon(repo: Repository, timeoutMs = 120_000): Promise<number> {
-  const pid = runningDaemonPid(repo);
+  const pid = runningDaemonPid(repo) ?? (await daemonAfterRestart(repo));
   if (!pid) {
     fs.rmSync(repo.daemonFile, { force: true });
     throw new NeonError('not_running', `neon is not running for ${repo.dir}: nothing to stop`);

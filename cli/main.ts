@@ -294,7 +294,8 @@ export async function main(argv: string[], script: string): Promise<void> {
       // Scripts parse stderr too: the same { code, message } the REST API answers with.
       const code = error instanceof NeonError ? error.code : expected ? 'bad_usage' : 'internal';
       console.error(JSON.stringify({ code, message: messageOf(error) }));
-    } else if (expected) {
+    } else if (expected && !process.env.NEON_DEBUG) {
+      // NEON_DEBUG=1 prints where an expected error came from too.
       console.error(`neon: ${messageOf(error)}`);
     } else {
       console.error((error as Error)?.stack ?? error);

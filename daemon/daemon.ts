@@ -18,7 +18,6 @@ import type { Storage } from '../core/storage.js';
 import { WalStore } from '../wal/store.js';
 import { ImageService } from './images.js';
 import { StorageSync } from './storage-sync.js';
-import { pulledWalHolder } from './storages.js';
 import { claimStorage } from './claim.js';
 import type { Launcher } from '../core/launcher.js';
 import { Pageserver } from '../pageserver/pageserver.js';
@@ -28,6 +27,7 @@ import type { DaemonContext } from './context.js';
 import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
 import { makePrivate } from './modes.js';
 import { finishDestroys } from './trash.js';
+import { pulledWalHolder } from './storages.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
@@ -290,7 +290,9 @@ export class Daemon implements DaemonContext {
       await this.safekeepers?.stop().catch((e) => log.error('%s', messageOf(e)));
       await this.rest?.close();
       await this.pageserver?.close().catch((e) => log.error('%s', messageOf(e)));
-      await fs.rm(repo.daemonFile, { force: true });
+      // Only the daemon that holds the lock owns daemon.json: one that lost the lock to a running daemon (two
+      // `neon start`s, or a watchdog's restart) must not take that daemon's address away.
+      if (this.releaseLock) await fs.rm(repo.daemonFile, { force: true });
       await this.releaseLock?.();
       log.info('stopped');
       this.onStopped();

@@ -100,9 +100,9 @@ branching('bad input gets clear errors and changes nothing', async () => {
   await fails(['pg', 'create', '-n', 'x', '--branch', 'main'], /branch main already has a primary compute \(main\)/);
   await fails(['pg', 'create', '-n', 'x', '--at', 'FFFF/0'], /LSN FFFF\/0 is in the future of branch main/);
   await fails(['pg', 'create', '-n', 'x', '--at', '2001-01-01T00:00:00Z'], /no base image of branch main at or before time 2001-01-01/);
-  await fails(['pg', 'create', '-n', '../evil'], /invalid compute name "\.\.\/evil"/);
-  await fails(['pg', 'create', '-n', 'x'.repeat(64)], /invalid compute name/);
-  await fails(['branch', 'create', 'a/b'], /invalid branch name "a\/b"/);
+  await fails(['pg', 'create', '-n', '../evil'], /"name" must be a compute name: 1-63 letters.*\(got "\.\.\/evil"\)/);
+  await fails(['pg', 'create', '-n', 'x'.repeat(64)], /"name" must be a compute name/);
+  await fails(['branch', 'create', 'a/b'], /"name" must be a branch name.*\(got "a\/b"\)/);
   await fails(['pg', 'promote', '-n', 'main'], /compute main is a primary: only a replica can be promoted/);
   await fails(['pg', 'create', '-n', 'x', '-s', 'elsewhere'], /no storage named "elsewhere"/);
   await fails(['branch', 'delete', 'feature-a'], /branch feature-a is used by compute\(s\) feature-a/);
