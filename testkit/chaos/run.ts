@@ -158,15 +158,21 @@ async function checkLedgers(report: ChaosReport, results: LedgerResult[], urls: 
   }
 }
 
-/** Longest gap between acknowledged commits that spans a fault, per fault kind. */
+/**
+ * Per fault kind, the longest gap between consecutive acknowledged commits on main in the window from the fault
+ * until the next one (the fault takes effect a moment after it is sent, so the gap can start after `at`).
+ */
 function unavailability(injected: { kind: FaultKind; at: number }[], results: LedgerResult[]): Record<string, number> {
   const times = results.flatMap((r) => r.commitTimes).sort((a, b) => a - b);
   const out: Record<string, number> = {};
-  for (const { kind, at } of injected) {
-    const before = times.filter((t) => t <= at).at(-1) ?? at;
-    const after = times.find((t) => t > at) ?? Date.now();
-    out[kind] = Math.max(out[kind] ?? 0, Math.round((after - before) / 100) / 10);
-  }
+  injected.forEach(({ kind, at }, i) => {
+    const until = injected[i + 1]?.at ?? Infinity;
+    let longest = 0;
+    for (let j = 1; j < times.length; j++) {
+      if (times[j] > at && times[j - 1] < until) longest = Math.max(longest, times[j] - Math.max(times[j - 1], at));
+    }
+    out[kind] = Math.max(out[kind] ?? 0, Math.round(longest / 100) / 10);
+  });
   return out;
 }
 
