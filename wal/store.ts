@@ -133,7 +133,8 @@ export class WalStore implements WalSource {
   /**
    * The best copy of a WAL file: the first local one whose records verify up to where it ends, else the offloaded
    * one that does (a flipped byte in one safekeeper's file must not end a recovery early when another copy is
-   * good), else the first copy found, damaged as it is (recovery then reports where it breaks).
+   * good), else the first copy found, damaged as it is (recovery then reports where it breaks). Throws the
+   * `corrupt` error when the only copy is a stored object that does not even unpack.
    */
   async best(branch: string, name: string): Promise<BestCopy | undefined> {
     let fallback: BestCopy | undefined;
@@ -165,13 +166,15 @@ export class WalStore implements WalSource {
       }
     }
     if (!this.storage) return fallback;
+    let damaged: unknown;
     for (const key of [walObjectKey(branch, name), partialObjectKey(branch, name)]) {
       if (!(await this.storage.head(key))) continue;
       let bytes: Buffer;
       try {
         bytes = await unpackWal(key, await readObject(this.storage, key));
-      } catch {
-        continue; // its gzip CRC fails
+      } catch (error) {
+        damaged ??= error; // its gzip CRC fails: another copy may be good
+        continue;
       }
       const partial = key.endsWith(`${PARTIAL}.gz`);
       const segment = SEGMENT.test(name) ? segmentSource(name, bytes) : undefined;
@@ -183,10 +186,16 @@ export class WalStore implements WalSource {
       if (ok) return found;
       fallback ??= found;
     }
+    // The only copy is damaged beyond reading: say so (a `corrupt` error naming the object) rather than "nobody
+    // has it", which a reader would take for the end of the WAL.
+    if (!fallback && damaged) throw damaged;
     return fallback;
   }
 
-  /** The bytes of a WAL file (`000000010000000000000003`, `00000002.history`), or undefined when nobody has it. */
+  /**
+   * The bytes of a WAL file (`000000010000000000000003`, `00000002.history`), or undefined when nobody has it;
+   * a `corrupt` error when its only copy is an object that does not unpack.
+   */
   async read(branch: string, name: string): Promise<Buffer | undefined> {
     return (await this.best(branch, name))?.bytes;
   }

@@ -111,7 +111,13 @@ e2e('finished segments are stored gzip-compressed under wal/main/ and unpack to 
   await repo.client.query('create table t (x int, y text)');
   await repo.client.query("insert into t select g, repeat('x', 500) from generate_series(1, 60000) g");
   await repo.client.query('select pg_switch_wal()');
-  const segments = await caughtUp(repo);
+  // Background WAL (checkpoints, autovacuum) may finish another segment meanwhile: compare once offload has
+  // caught up with the safekeeper's newest finished segment, and nothing newer was finished since.
+  const { segments, status } = await waitFor('offload to settle on the newest finished segment', async () => {
+    const segments = await caughtUp(repo);
+    const status = await offloadStatus(repo);
+    return status.last_segment === segments.at(-1) && localSegments(repo).at(-1) === segments.at(-1) ? { segments, status } : undefined;
+  });
   assert.ok(segments.length >= 2, `several segments were finished (${segments})`);
   for (const name of segments) {
     const key = walObjectKey('main', name);
@@ -120,7 +126,6 @@ e2e('finished segments are stored gzip-compressed under wal/main/ and unpack to 
     assert.ok(packed.length < SEGMENT, `${key} is compressed (${packed.length} bytes)`);
     assert.ok((await unpackWal(key, packed)).equals(fs.readFileSync(path.join(skWal(repo), name))), `${key} holds the local segment`);
   }
-  const status = await offloadStatus(repo);
   assert.is(status.last_segment, segments.at(-1));
   assert.is(status.storage, `file://${repo.storage}`);
   const state = JSON.parse(fs.readFileSync(path.join(dir, '.neon', 'offload', 'state.json'), 'utf8'));
@@ -234,7 +239,8 @@ e2e('a failing storage delays offload but never commits; it catches up once repa
 });
 
 e2e('a restart uploads what was missed while stopped and re-uploads nothing', async () => {
-  const stored = localSegments(repo).map((name) => objectPath(repo, walObjectKey('main', name)));
+  // Only segments already offloaded: one finished just now may still be on its way (its object not there yet).
+  const stored = (await caughtUp(repo)).map((name) => objectPath(repo, walObjectKey('main', name)));
   const mtimes = stored.map((file) => fs.statSync(file).mtimeMs);
   // A segment finished while the storage fails, then the daemon stops: it is offloaded by the next start.
   const wal = path.join(repo.storage, 'wal');

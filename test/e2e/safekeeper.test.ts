@@ -117,6 +117,12 @@ durability('killed in the middle of a segment under load, it resumes and its WAL
   const [sk] = await safekeepers(one!);
   process.kill(sk.pid, 'SIGKILL');
   await new Promise((r) => setTimeout(r, 3000));
+  // On a busy machine the load may be slower than planned: keep it going until it has crossed a segment boundary.
+  await waitFor(
+    'the load to cross a segment boundary',
+    async () => (await insertLsn(client)) - start > BigInt(SEGMENT) || undefined,
+    120_000,
+  );
   stop = true;
   await load;
   const end = await insertLsn(client);
