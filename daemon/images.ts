@@ -6,7 +6,7 @@ import { formatLsn } from '../core/wal.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
 import { takeOnlineImage } from '../pageserver/take-image.js';
 import { textRows, WireConnection } from '../replication/connection.js';
-import { parseLsn } from '../core/wal.js';
+import { parseLsn, segmentOf, segmentStart } from '../core/wal.js';
 import type { Compute } from './compute.js';
 
 const CHECK_EVERY_MS = 15_000;
@@ -114,13 +114,17 @@ export class ImageService {
     if (!last) return undefined;
     try {
       const previous = await daemon.pageserver.readImage(last.key);
-      if ((previous.chain ?? 0) >= MAX_CHAIN) return undefined;
+      if ((previous.chain ?? 0) >= MAX_CHAIN) {
+        daemon.log.info('incremental image of %s not taken (%d incrementals in a row): taking a full one', branch, MAX_CHAIN);
+        return undefined;
+      }
       const t0 = Date.now();
       const connection = await WireConnection.connect({ ...daemon.primaryOf(compute.record), database: 'postgres' });
       let point: Record<string, string | null>;
       try {
         await connection.query('checkpoint');
-        const sql = 'select checkpoint_lsn, pg_current_wal_insert_lsn() as up_to from pg_control_checkpoint()';
+        const sql = `select checkpoint_lsn, pg_current_wal_insert_lsn() as up_to,
+          (select setting from pg_settings where name = 'wal_segment_size') as segment_size from pg_control_checkpoint()`;
         [point] = textRows(await connection.query(sql));
         // A commit waits for the safekeepers (synchronous replication): then they hold the checkpoint record.
         await connection.query('select txid_current()');
@@ -129,7 +133,16 @@ export class ImageService {
       }
       const upTo = parseLsn(point.up_to!);
       // More WAL than half the database: most pages changed, and BASE_BACKUP streams them faster than a replay.
-      if (upTo - parseLsn(previous.endLsn) > BigInt(previous.rawBytes) / 2n) return undefined;
+      const walBytes = upTo - walStartAfter(previous, upTo, Number(point.segment_size));
+      if (walBytes > BigInt(previous.rawBytes) / 2n) {
+        daemon.log.info(
+          'incremental image of %s not taken (%s bytes of WAL since the last image, database %d bytes): taking a full one',
+          branch,
+          String(walBytes),
+          previous.rawBytes,
+        );
+        return undefined;
+      }
       daemon.log.info('incremental image of %s: checkpoint in %d ms', branch, Date.now() - t0);
       return await daemon.pageserver.takeIncremental({
         previous,
@@ -161,4 +174,16 @@ export class ImageService {
       }
     }
   }
+}
+
+/**
+ * Where the WAL written since `image` starts, for measuring how much there is. An online image is taken with
+ * BASE_BACKUP, which ends the WAL segment it stops in (a segment switch): the rest of that segment is skipped, not
+ * written, so counting it would make a small database look mostly rewritten after one small update.
+ */
+function walStartAfter(image: ImageManifest, upTo: bigint, segmentSize: number): bigint {
+  const end = parseLsn(image.endLsn);
+  if (image.kind !== 'online' || !(segmentSize > 0)) return end;
+  const next = segmentStart(segmentOf(end, segmentSize) + 1n, segmentSize);
+  return upTo >= next ? next : end;
 }

@@ -83,7 +83,37 @@ export function copyEnd(copy: WalCopy, branch: string, segmentSize: number, data
     const flush = parseLsn(flushLsn);
     if (flush >= start && flush <= start + BigInt(segmentSize)) return flush;
   }
-  return start + BigInt(filledLength(data ?? fs.readFileSync(copy.file)));
+  const bytes = data ?? readCopy(copy);
+  if (!bytes) return start; // gone: it holds nothing now
+  return copy.partial ? start + BigInt(filledLength(bytes)) : start + BigInt(segmentSize);
+}
+
+/**
+ * Find a copy's file again after it was not where it was listed: a safekeeper renames `X.partial` to `X` when it
+ * finishes the segment, so an unfinished copy may now be a finished one (the copy is updated). False when the
+ * file is gone altogether.
+ */
+export function refreshCopy(copy: WalCopy): boolean {
+  if (fs.existsSync(copy.file)) return true;
+  if (!copy.partial) return false;
+  const finished = copy.file.slice(0, -PARTIAL_SUFFIX.length);
+  if (!fs.existsSync(finished)) return false;
+  copy.file = finished;
+  copy.partial = false;
+  return true;
+}
+
+/** A copy's bytes, following a rename to its finished name (see {@link refreshCopy}); undefined when it is gone. */
+export function readCopy(copy: WalCopy): Buffer | undefined {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return fs.readFileSync(copy.file);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      if (!refreshCopy(copy)) return undefined;
+    }
+  }
+  return undefined;
 }
 
 /** What {@link verifyCopies} found. */
@@ -107,57 +137,71 @@ export async function verifyCopies(branch: string, copies: WalCopy[]): Promise<C
     const key = `${copy.holder.name}/${copy.timeline}`;
     groups.set(key, [...(groups.get(key) ?? []), copy]);
   }
-  for (const group of groups.values()) {
-    group.sort((a, b) => (a.segno < b.segno ? -1 : a.segno > b.segno ? 1 : Number(a.partial) - Number(b.partial)));
-    const size = holderSegmentSize(group[0].holder);
-    let run: WalCopy[] = [];
-    for (const copy of group) {
-      const last = run[run.length - 1];
-      if (last && last.segno === copy.segno) continue; // a finished file and its stale .partial: the finished one counts
-      // A run ends at a gap, and after an unfinished segment (what follows it cannot continue its records).
-      if (last && (last.segno + 1n !== copy.segno || last.partial)) {
-        await verifyRun(branch, run, size, report);
-        run = [];
-      }
-      run.push(copy);
-    }
-    if (run.length) await verifyRun(branch, run, size, report);
-  }
+  for (const group of groups.values()) await verifyGroup(branch, group, report, 3);
   return report;
 }
 
-async function verifyRun(branch: string, run: WalCopy[], size: number, report: CopiesReport): Promise<void> {
+/**
+ * Verify one safekeeper's copies of one timeline. A file that is gone while it is read (its safekeeper finished
+ * the segment and renamed `X.partial` to `X`) sends its run back here with the files found again.
+ */
+async function verifyGroup(branch: string, group: WalCopy[], report: CopiesReport, retries: number): Promise<void> {
+  if (!group.length) return;
+  group.sort((a, b) => (a.segno < b.segno ? -1 : a.segno > b.segno ? 1 : Number(a.partial) - Number(b.partial)));
+  const size = holderSegmentSize(group[0].holder);
+  const runs: WalCopy[][] = [];
+  let run: WalCopy[] = [];
+  for (const copy of group) {
+    const last = run[run.length - 1];
+    if (last && last.segno === copy.segno) continue; // a finished file and its stale .partial: the finished one counts
+    // A run ends at a gap, and after an unfinished segment (what follows it cannot continue its records).
+    if (last && (last.segno + 1n !== copy.segno || last.partial)) {
+      runs.push(run);
+      run = [];
+    }
+    run.push(copy);
+  }
+  if (run.length) runs.push(run);
+  for (const each of runs) {
+    const found = await verifyRun(branch, each, size);
+    if (found) {
+      report.files += found.files;
+      report.bytes += found.bytes;
+      report.damaged.push(...found.damaged);
+    } else if (retries > 0) {
+      await verifyGroup(branch, each.filter(refreshCopy), report, retries - 1);
+    }
+  }
+}
+
+/** Verify a run of consecutive segments; undefined when one of its files is no longer where it was listed. */
+async function verifyRun(branch: string, run: WalCopy[], size: number): Promise<CopiesReport | undefined> {
+  const found: CopiesReport = { damaged: [], files: run.length, bytes: 0 };
   const bySegno = new Map(run.map((copy) => [copy.segno, copy]));
   const last = run[run.length - 1];
-  let upTo: Lsn;
   try {
-    upTo = copyEnd(last, branch, size);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return; // finished and renamed meanwhile: next time
-    throw error;
-  }
-  const source = walFileSource(
-    run.map((copy) => copy.file),
-    { timeline: last.timeline },
-  );
-  report.files += run.length;
-  report.bytes += Number(upTo - segmentStart(run[0].segno, size));
-  let from: Lsn | undefined;
-  for (;;) {
-    let result;
-    try {
-      result = await verifyWal(source, { from, upTo });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw error;
+    if (!run.every((copy) => fs.existsSync(copy.file))) return undefined;
+    const upTo = copyEnd(last, branch, size);
+    if (!fs.existsSync(last.file)) return undefined; // copyEnd found it renamed
+    const source = walFileSource(
+      run.map((copy) => copy.file),
+      { timeline: last.timeline },
+    );
+    found.bytes = Number(upTo - segmentStart(run[0].segno, size));
+    let from: Lsn | undefined;
+    for (;;) {
+      const result = await verifyWal(source, { from, upTo });
+      if (result.ok || !result.error) return found;
+      const { lsn, reason, message } = result.error;
+      const segno = lsn / BigInt(size);
+      const copy = bySegno.get(segno) ?? (segno < run[0].segno ? run[0] : last);
+      found.damaged.push({ copy, lsn, reason, detail: message });
+      if (copy.segno >= last.segno) return found;
+      from = segmentStart(copy.segno + 1n, size);
     }
-    if (result.ok || !result.error) return;
-    const { lsn, reason, message } = result.error;
-    const segno = lsn / BigInt(size);
-    const copy = bySegno.get(segno) ?? (segno < run[0].segno ? run[0] : last);
-    report.damaged.push({ copy, lsn, reason, detail: message });
-    if (copy.segno >= last.segno) return;
-    from = segmentStart(copy.segno + 1n, size);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
   }
 }
 

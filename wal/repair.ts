@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Lsn, segmentName, segmentStart } from '../core/wal.js';
-import { copyEnd, type CopyDamage, holderSegmentSize, type WalCopy } from './copies.js';
+import { copyEnd, type CopyDamage, holderSegmentSize, readCopy, refreshCopy, type WalCopy } from './copies.js';
 import { verifySegment } from './verify.js';
 
 /** A copy to repair from. */
@@ -46,13 +46,14 @@ export async function repairDamage(
     const name = segmentName(damage.copy.timeline, segno, size);
     const mine = copies.find((c) => c.holder === damage.copy.holder && c.name === name);
     if (!mine) continue;
-    const bytes = fs.readFileSync(mine.file);
+    const bytes = readCopy(mine);
+    if (!bytes) continue; // gone meanwhile
     const end = copyEnd(mine, branch, size, bytes);
     const good = await goodCopy(branch, mine, end, copies, damaged, stored, size);
     if (!good) continue;
     const length = Number(end - segmentStart(segno, size));
     if (Buffer.compare(bytes.subarray(0, length), Buffer.from(good.bytes.buffer, good.bytes.byteOffset, length)) === 0) continue;
-    result.kept.push(rewrite(mine, good.bytes.subarray(0, mine.partial ? length : size)));
+    result.kept.push(rewrite(mine, good.bytes.subarray(0, mine.partial ? length : size), size));
     result.from.push(good.label);
   }
   return result;
@@ -71,7 +72,8 @@ async function goodCopy(
   const isDamaged = (copy: WalCopy) => damaged.some((d) => d.copy.holder === copy.holder && d.copy.name === copy.name);
   for (const other of copies) {
     if (other.holder === mine.holder || other.name !== mine.name || isDamaged(other)) continue;
-    const bytes = fs.readFileSync(other.file);
+    const bytes = readCopy(other); // a .partial may have been finished (renamed) since it was listed
+    if (!bytes) continue;
     const otherEnd = copyEnd(other, branch, size, bytes);
     if (otherEnd < end) continue;
     if ((await verifySegment(other.name, bytes, { upTo: otherEnd })).ok) return { label: other.holder.name, bytes, end: otherEnd };
@@ -88,10 +90,13 @@ async function goodCopy(
  * over, so that it is either the old or the new file). An unfinished one may be open in its safekeeper, which
  * goes on writing past its flush point: it is copied aside and then mended in place, below that point only.
  */
-function rewrite(copy: WalCopy, good: Uint8Array): string {
+function rewrite(copy: WalCopy, good: Uint8Array, segmentSize: number): string {
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
+  // An unfinished copy its safekeeper finished since it was read: mended in place under its finished name (only
+  // the bytes below the old flush point are written, which are the same in both).
+  if (copy.partial && !fs.existsSync(copy.file)) refreshCopy(copy);
   const kept = `${copy.file}.corrupt-${stamp}`;
-  if (copy.partial) {
+  if (copy.partial || good.length < segmentSize) {
     fs.copyFileSync(copy.file, kept);
     const fd = fs.openSync(copy.file, 'r+');
     try {
