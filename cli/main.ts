@@ -143,7 +143,7 @@ export function createCli(script: string) {
   });
 
   cli.command('status', 'Show the daemon, its components and computes').action(async (options: GlobalOptions) => {
-    const { statusCommand } = await import('./commands.js');
+    const { statusCommand } = await import('./status.js');
     await statusCommand(repoOf(options), options, print);
   });
 
