@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isAlive } from '../../lib/proc.js';
+import { isAlive, signal } from '../../lib/proc.js';
 import { cleanup, neon, neonJson, processesOf, tmpDir } from '../env.js';
 import { query } from '../pg.js';
 import { waitFor } from '../wait.js';
@@ -197,7 +197,7 @@ async function checkSnapshots(report: ChaosReport, snapshots: string[], results:
 
 /** SIGKILL everything, delete .neon, start from storage_dest alone: how many acknowledged ids on main are gone. */
 async function lossAfterStorageRecovery(dir: string, storage: string, results: LedgerResult[]): Promise<number> {
-  for (const pid of processesOf(path.join(dir, '.neon'))) process.kill(pid, 'SIGKILL');
+  for (const pid of processesOf(path.join(dir, '.neon'))) signal(pid, 'SIGKILL');
   await sleep(1000);
   fs.rmSync(path.join(dir, '.neon'), { recursive: true, force: true });
   const started = await neonJson(['start', `--storage_dest=${storage}`], { cwd: dir });
