@@ -17,7 +17,6 @@ import { MB, PlainCluster, bin, median, run, timed } from './lib-snapshot.js';
 const scales = lib.listArg('scales', [64]);
 const runs = lib.listArg('runs', [3])[0];
 const keepLogs = process.argv.includes('--keep-logs') ? process.argv[process.argv.indexOf('--keep-logs') + 1] : undefined;
-const QUIET = JSON.stringify({ pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 } });
 
 if (!fs.existsSync(bin('pg_basebackup')) || !fs.existsSync(CLI)) {
   console.error(`bench:image needs the system PostgreSQL 15 (${lib.PG_BIN}) and the built CLI (npm run build)`);
@@ -70,12 +69,8 @@ async function neonRun(scale: number): Promise<Metrics> {
   const repo = path.join(dir, '.neon');
   const m: Metrics = {};
   try {
-    fs.writeFileSync(path.join(dir, 'neon.config.json'), QUIET);
-    await neonJson(['init', '--pg-version', '15'], cwd);
-    const url: string = (await neonJson(['start'], cwd)).connection_string;
-    lib.pgbenchInit(url, scale);
-    await lib.query(url, 'checkpoint');
-    m.dbBytes = await lib.dbSize(url);
+    const { url, dbBytes } = await lib.loadedNeon(dir, scale);
+    m.dbBytes = dbBytes;
     const daemonPid = Number(fs.readFileSync(path.join(repo, 'daemon.pid'), 'utf8'));
     const taking = timed(() => neonJson(['image', 'create'], cwd));
     const latencies = await pollStatus(repo, taking);

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { query } from '../testkit/pg.js';
-import { cleanup } from '../testkit/env.js';
+import { cleanup, neonJson } from '../testkit/env.js';
 import { asUser, chownTo, isRoot, pgUserFor } from '../postgres/user.js';
 import { decodeManifest } from '../pageserver/manifest.js';
 
@@ -237,4 +237,21 @@ export function machine(): string {
     `${os.cpus().length} cores (${cpu}), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GB RAM, node ${process.version}, ${version} (system, ${PG_BIN}), ` +
     `temp disk ${disk[0]} (${disk[1]}, ${disk[4]} used, mounted on ${disk[5]})`
   );
+}
+
+/** Background images off: a benchmark takes its images itself, at known moments. */
+export const QUIET_CONFIG = JSON.stringify({ pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 } });
+
+/**
+ * A neon repository on PostgreSQL 15 in `dir`, started, with pgbench data of `scale` checkpointed: what the
+ * snapshot and image benchmarks start from. Answers the main compute's URL and the database size.
+ */
+export async function loadedNeon(dir: string, scale: number): Promise<{ url: string; dbBytes: number }> {
+  const cwd = { cwd: dir };
+  fs.writeFileSync(path.join(dir, 'neon.config.json'), QUIET_CONFIG);
+  await neonJson(['init', '--pg-version', '15'], cwd);
+  const url: string = (await neonJson(['start'], cwd)).connection_string;
+  pgbenchInit(url, scale);
+  await query(url, 'checkpoint');
+  return { url, dbBytes: await dbSize(url) };
 }

@@ -24,7 +24,6 @@ const WAL_PAST_IMAGE = 100 * MB;
 /** --keep-logs DIR: copy each neon repository's logs/ there before it is removed (to see where the time goes). */
 const keepLogs = process.argv.includes('--keep-logs') ? process.argv[process.argv.indexOf('--keep-logs') + 1] : undefined;
 /** Background images off: the bench decides when an image is taken. */
-const QUIET = JSON.stringify({ pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 } });
 
 if (!fs.existsSync(bin('pg_basebackup'))) {
   console.error(`bench:snapshot needs the system PostgreSQL 15 (${lib.PG_BIN}): apt-get install postgresql-15`);
@@ -53,12 +52,8 @@ async function neonRun(scale: number): Promise<Metrics> {
   const repo = path.join(dir, '.neon');
   const m: Metrics = {};
   try {
-    fs.writeFileSync(path.join(dir, 'neon.config.json'), QUIET);
-    await neonJson(['init', '--pg-version', '15'], cwd);
-    const url: string = (await neonJson(['start'], cwd)).connection_string;
-    lib.pgbenchInit(url, scale);
-    await lib.query(url, 'checkpoint');
-    m.dbBytes = await lib.dbSize(url);
+    const { url, dbBytes } = await lib.loadedNeon(dir, scale);
+    m.dbBytes = dbBytes;
 
     // 2. The first base image with data (neon init took a tiny offline one of the empty cluster).
     const [imageMs, image] = await timed(() => neonJson(['image', 'create'], cwd));

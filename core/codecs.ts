@@ -3,10 +3,11 @@
  * (written here around lz4-napi's blocks), lzma (@napi-rs/lzma). Decompression of untrusted input is bounded by
  * {@link DecompressLimits}; a truncated or corrupt stream is a `NeonError` naming the file.
  */
-import { PassThrough, Readable, Transform, type TransformCallback } from 'node:stream';
+import { PassThrough, pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { createRequire } from 'node:module';
 import { NeonError } from './errors.js';
+import type { Storage } from './storage.js';
 
 const require = createRequire(import.meta.url);
 
@@ -289,4 +290,24 @@ function xxh32(input: Buffer): number {
   h = Math.imul(h, P3) >>> 0;
   h ^= h >>> 16;
   return h >>> 0;
+}
+
+/**
+ * Store `source` compressed with `codec` under `key`, counting the compressed bytes as they go. pipeline()
+ * destroys every stage on an error, so that the put fails instead of waiting forever.
+ */
+export async function putCompressed(
+  storage: Storage,
+  key: string,
+  source: Readable,
+  codec: Codec,
+  onCompressed: (bytes: number) => void,
+): Promise<void> {
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      onCompressed(chunk.length);
+      callback(null, chunk);
+    },
+  });
+  await storage.put(key, pipeline(source, compressStream(codec), counter, () => undefined));
 }

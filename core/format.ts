@@ -1,8 +1,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { NeonError } from './errors.js';
+import { messageOf, NeonError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Storage } from './storage.js';
+import { parseLsn as parseWalLsn, segmentName, segmentOf } from './wal.js';
 
 /** What the format bail hook is asked for (`--snapshot_format`). */
 export interface FormatRequest {
@@ -165,26 +166,21 @@ export async function inspectDataDir(dataDir: string): Promise<{ pgVersion: numb
 
 // ---- WAL names -------------------------------------------------------------------------------------------
 
-/** `X/Y` form of an LSN, as Postgres prints it. */
-export const formatLsn = (lsn: bigint) => `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+// The LSN maths and WAL names are core/wal.ts's; a backup's text that is not an LSN is a `bad_backup` error.
+export { formatLsn, isWalFileName } from './wal.js';
 
-/** Parse `X/Y`. */
+/** Parse `X/Y` read from a backup (a backup_label, a manifest). */
 export function parseLsn(text: string): bigint {
-  const match = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(text.trim());
-  if (!match) throw new NeonError('bad_backup', `"${text}" is not an LSN`);
-  return (BigInt('0x' + match[1]) << 32n) | BigInt('0x' + match[2]);
+  try {
+    return parseWalLsn(text);
+  } catch (error) {
+    throw new NeonError('bad_backup', messageOf(error));
+  }
 }
 
 /** The name of the WAL segment file holding `lsn` on `timeline`. */
-export function walSegmentName(timeline: number, lsn: bigint, segmentSize: number): string {
-  const segNo = lsn / BigInt(segmentSize);
-  const perId = 0x100000000n / BigInt(segmentSize);
-  const hex = (n: bigint | number) => n.toString(16).toUpperCase().padStart(8, '0');
-  return hex(timeline) + hex(segNo / perId) + hex(segNo % perId);
-}
-
-/** True for WAL segment (`000000010000000000000003`) and timeline history (`00000002.history`) names. */
-export const isWalFileName = (name: string) => /^[0-9A-F]{24}$/.test(name) || /^[0-9A-F]{8}\.history$/.test(name);
+export const walSegmentName = (timeline: number, lsn: bigint, segmentSize: number) =>
+  segmentName(timeline, segmentOf(lsn, segmentSize), segmentSize);
 
 // ---- failed imports --------------------------------------------------------------------------------------
 

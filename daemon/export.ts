@@ -10,6 +10,7 @@ import type { PgUser } from '../postgres/user.js';
 import type { DaemonContext } from './context.js';
 import { checkFormatName, openSnapshotPath, progressLogger, singleUser } from './import.js';
 import { markPoint, primaryOfBranch, resolveTarget } from './snapshots.js';
+import { withoutInternalHba } from '../postgres/internal.js';
 
 /** What `neon export` asks for: where, in which format, and which point of history (default: main's present). */
 export interface ExportRequest {
@@ -58,9 +59,6 @@ async function targetOf(daemon: ExportHost, request: ExportRequest): Promise<{ b
   return { branch, target: { action: 'promote' }, label: `the end of ${branch}'s WAL` };
 }
 
-const HBA_BEGIN = '# neon: internal access (begin)';
-const HBA_END = '# neon: internal access (end)';
-
 /**
  * Remove what only neon uses from a materialised data directory, so that vanilla Postgres runs it as it is:
  * neon.conf and the line including it, neon's block in pg_hba.conf, recovery signal files.
@@ -77,11 +75,8 @@ export async function removeNeonSettings(dataDir: string): Promise<void> {
   }
   const hba = path.join(dataDir, 'pg_hba.conf');
   const rules = await fs.readFile(hba, 'utf8').catch(() => undefined);
-  const begin = rules?.indexOf(HBA_BEGIN) ?? -1;
-  const end = rules?.indexOf(HBA_END) ?? -1;
-  if (rules !== undefined && begin >= 0 && end > begin) {
-    await fs.writeFile(hba, rules.slice(0, begin) + rules.slice(end + HBA_END.length).replace(/^\n/, ''));
-  }
+  const kept = rules === undefined ? undefined : withoutInternalHba(rules);
+  if (kept !== rules) await fs.writeFile(hba, kept!);
 }
 
 /**

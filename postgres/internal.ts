@@ -68,6 +68,13 @@ const HBA_BLOCK = [
   HBA_END,
 ].join('\n');
 
+/** pg_hba.conf text without neon's block (what an export hands to vanilla Postgres). */
+export function withoutInternalHba(text: string): string {
+  const begin = text.indexOf(HBA_BEGIN);
+  const end = text.indexOf(HBA_END);
+  return begin >= 0 && end > begin ? text.slice(0, begin) + text.slice(end + HBA_END.length).replace(/^\n/, '') : text;
+}
+
 /**
  * Put neon's lines first in a data directory's pg_hba.conf (first match wins), keeping the user's lines after
  * them. Done before every start, so clusters from older repositories and images get them too.
@@ -81,10 +88,7 @@ export async function ensureInternalHba(dataDir: string, pgUser: PgUser | undefi
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return; // not a data directory (yet)
     throw error;
   }
-  const begin = text.indexOf(HBA_BEGIN);
-  const end = text.indexOf(HBA_END);
-  const rest = begin >= 0 && end > begin ? text.slice(0, begin) + text.slice(end + HBA_END.length).replace(/^\n/, '') : text;
-  const wanted = `${HBA_BLOCK}\n${rest}`;
+  const wanted = `${HBA_BLOCK}\n${withoutInternalHba(text)}`;
   if (wanted === text) return;
   await writeFileAtomic(file, wanted, 0o600);
   if (pgUser) fs.chownSync(file, pgUser.uid, pgUser.gid);

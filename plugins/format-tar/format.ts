@@ -1,16 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { pipeline, Transform, type Readable } from 'node:stream';
-import {
-  codecOfName,
-  compressStream,
-  decompress,
-  extractTar,
-  tarStream,
-  withCodecExtension,
-  type Codec,
-  type TarMember,
-} from '../../core/archive.js';
+import type { Readable } from 'node:stream';
+import { type Codec, codecOfName, decompress, extractTar, putCompressed, type TarMember, tarStream, withCodecExtension } from '../../core/archive.js';
 import { NeonError } from '../../core/errors.js';
 import {
   checkEmptyTarget,
@@ -67,16 +58,7 @@ export function tarFormat(compression: Codec = 'none'): BackupFormat {
         e.type === 'directory' ? { path: e.rel, type: 'directory', mtime: e.mtime } : { path: e.rel, type: 'file', source: e.abs, size: e.size, mtime: e.mtime },
       );
       let stored = 0;
-      const put = async (key: string, stream: Readable) => {
-        const counter = new Transform({
-          transform(chunk: Buffer, _encoding, callback) {
-            stored += chunk.length;
-            callback(null, chunk);
-          },
-        });
-        // pipeline() destroys every stage on an error, so that the put fails instead of waiting forever.
-        await storage.put(key, pipeline(stream, compressStream(compression), counter, () => undefined));
-      };
+      const put = (key: string, stream: Readable) => putCompressed(storage, key, stream, compression, (n) => (stored += n));
       await put(
         baseName,
         tarStream(members, (member, chunk) => {

@@ -1,8 +1,8 @@
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs/promises';
-import { pipeline, Readable, Transform } from 'node:stream';
-import { compressStream, tarStream, withCodecExtension, type Codec, type TarMember } from '../../core/archive.js';
+import { Readable } from 'node:stream';
+import { type Codec, putCompressed, type TarMember, tarStream, withCodecExtension } from '../../core/archive.js';
 import { NeonError } from '../../core/errors.js';
 import {
   DB_STATES,
@@ -45,15 +45,7 @@ async function exportWalg({ dataDir, walDir, storage, pgVersion, log, onProgress
   const uncompressedSize = files.reduce((a, e) => a + e.size, 0);
   let compressedSize = 0;
   let done = 0;
-  const put = async (key: string, source: Readable) => {
-    const counter = new Transform({
-      transform(chunk: Buffer, _encoding, callback) {
-        compressedSize += chunk.length;
-        callback(null, chunk);
-      },
-    });
-    await storage.put(key, pipeline(source, compressStream(codec), counter, () => undefined));
-  };
+  const put = (key: string, source: Readable) => putCompressed(storage, key, source, codec, (n) => (compressedSize += n));
   const progress = (member: TarMember, chunk: Buffer) => onProgress?.({ step: 'tar_partitions', bytes: (done += chunk.length), totalBytes: uncompressedSize });
 
   // Tar partitions: folders in the first, files packed in walk order up to partitionSize bytes each.
