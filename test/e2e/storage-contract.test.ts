@@ -16,6 +16,7 @@ import { readObject, type Storage } from '../../core/storage.js';
 import storageFile from '../../plugins/storage-file/index.js';
 import storageS3 from '../../plugins/storage-s3/index.js';
 import { startS3, type S3Fixture } from '../../testkit/s3.js';
+import { codeOf, keys } from '../../testkit/assert.js';
 
 const MiB = 1024 * 1024;
 
@@ -64,21 +65,6 @@ const s3Backend: Backend = {
   },
 };
 
-/** The code of the NeonError that `promise` rejects with. */
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  const error = await promise.then(
-    () => 'resolved',
-    (e: unknown) => e,
-  );
-  assert.instance(error, NeonError, `expected a NeonError, got ${String(error)}`);
-  return (error as NeonError).code;
-}
-
-async function keys(storage: Storage, prefix?: string): Promise<string[]> {
-  const out: string[] = [];
-  for await (const object of storage.list(prefix)) out.push(object.key);
-  return out;
-}
 
 const text = (storage: Storage, key: string) => readObject(storage, key).then((b) => b.toString());
 

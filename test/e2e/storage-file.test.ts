@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,6 +11,7 @@ import { isTempName } from '../../core/fs-atomic.js';
 import { parseStorageUrl, readObject, type Storage } from '../../core/storage.js';
 import storageFile from '../../plugins/storage-file/index.js';
 import { cleanup, ROOT, tmpDir } from '../../testkit/env.js';
+import { codeOf, keys } from '../../testkit/assert.js';
 
 /** Open `root` through the plugin, as the storage hook does. */
 async function open(root: string, plugin = storageFile()): Promise<Storage> {
@@ -20,21 +20,6 @@ async function open(root: string, plugin = storageFile()): Promise<Storage> {
   return storage;
 }
 
-/** The code of the NeonError that `promise` rejects with. */
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  const error = await promise.then(
-    () => 'resolved',
-    (e: unknown) => e,
-  );
-  assert.instance(error, NeonError, `expected a NeonError, got ${String(error)}`);
-  return (error as NeonError).code;
-}
-
-async function keys(storage: Storage, prefix?: string): Promise<string[]> {
-  const out: string[] = [];
-  for await (const object of storage.list(prefix)) out.push(object.key);
-  return out;
-}
 
 /** Every file under `dir` (relative paths, sorted), to see what really is on disk. */
 function filesOnDisk(dir: string): string[] {

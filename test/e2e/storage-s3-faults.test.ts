@@ -13,6 +13,7 @@ import { readObject, type Storage } from '../../core/storage.js';
 import storageS3, { type StorageS3Options } from '../../plugins/storage-s3/index.js';
 import { startFaultProxy, type FaultProxy } from '../../testkit/fault-proxy.js';
 import { startS3, type S3Fixture } from '../../testkit/s3.js';
+import { keys } from '../../testkit/assert.js';
 
 const MiB = 1024 * 1024;
 
@@ -36,11 +37,6 @@ async function failure(promise: Promise<unknown>): Promise<{ error: NeonError; m
 
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
-async function keys(storage: Storage, prefix?: string): Promise<string[]> {
-  const out: string[] = [];
-  for await (const object of storage.list(prefix)) out.push(object.key);
-  return out;
-}
 
 /** A loopback port with nothing listening on it. */
 async function closedPort(): Promise<number> {
