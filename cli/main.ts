@@ -245,7 +245,7 @@ export function createCli(script: string) {
         options,
         report,
         () =>
-          `removed ${(report.images_removed as string[]).length} image(s), ${report.packs_removed} pack(s) (${report.packs_rewritten} rewritten, ${Math.round(Number(report.freed_bytes) / 1024)} kB freed) and ${report.wal_removed} WAL file(s)`,
+          `removed ${(report.images_removed as string[]).length} image(s), ${report.packs_removed} pack(s) (${report.packs_rewritten} rewritten, ${Math.round(Number(report.freed_bytes) / 1024)} kB freed) and ${report.wal_removed} WAL file(s)${report.damaged_wal_removed ? ` (and ${report.damaged_wal_removed} damaged cop${report.damaged_wal_removed === 1 ? 'y' : 'ies'} verify had set aside)` : ''}`,
       );
     });
 

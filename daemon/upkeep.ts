@@ -20,7 +20,7 @@ import {
 import type { ImageManifest } from '../pageserver/manifest.js';
 import { imageKey } from '../pageserver/manifest.js';
 import { describeDamage, localCopies, verifyCopies, type CopyDamage } from '../wal/copies.js';
-import { repairDamage, type StoredSegment } from '../wal/repair.js';
+import { keptCopyTime, repairDamage, type StoredSegment } from '../wal/repair.js';
 
 /** A point of history that must stay reachable: a snapshot, or the tip of a branch. */
 interface Point {
@@ -238,6 +238,8 @@ export interface GcReport {
   packs_rewritten: number;
   freed_bytes: number;
   wal_removed: number;
+  /** Damaged WAL copies set aside by `neon verify` (`.corrupt-<time>`) older than the WAL retention. */
+  damaged_wal_removed: number;
 }
 
 /**
@@ -271,12 +273,23 @@ export async function collectGarbage(daemon: DaemonContext, keepWalDays = 7): Pr
   const chunks = await pageserver.store.gc(live);
   const cutoff = Date.now() - keepWalDays * 86_400_000;
   let walRemoved = 0;
+  let damagedRemoved = 0;
   for (const branch of pageserver.history.branches()) {
     const before = firstNeeded.get(branch.name);
     if (before === undefined) continue;
     for (const node of daemon.safekeepers.nodes) {
       const dir = safekeeperWalDir(node.dir, branch.name);
-      const files = fs.existsSync(dir) ? fs.readdirSync(dir).sort() : [];
+      const all = fs.existsSync(dir) ? fs.readdirSync(dir).sort() : [];
+      // Damaged copies `neon verify` set aside are kept for the WAL retention, then go; they are not segments, so
+      // they must not count as the newest file below.
+      for (const file of all) {
+        const keptAt = keptCopyTime(file);
+        if (keptAt && keptAt.getTime() < cutoff) {
+          fs.rmSync(path.join(dir, file));
+          damagedRemoved++;
+        }
+      }
+      const files = all.filter((file) => !keptCopyTime(file));
       // The newest file stays: a safekeeper resumes after it.
       for (const file of files.slice(0, -1)) {
         const segment = parseSegmentName(file.replace(PARTIAL_SUFFIX, ''), SEGMENT_SIZE);
@@ -304,5 +317,6 @@ export async function collectGarbage(daemon: DaemonContext, keepWalDays = 7): Pr
     packs_rewritten: chunks.rewrittenPacks,
     freed_bytes: chunks.freedBytes,
     wal_removed: walRemoved,
+    damaged_wal_removed: damagedRemoved,
   };
 }

@@ -8,6 +8,19 @@ import { type Lsn, segmentName, segmentStart } from '../core/wal.js';
 import { copyEnd, type CopyDamage, holderSegmentSize, readCopy, refreshCopy, type WalCopy } from './copies.js';
 import { verifySegment } from './verify.js';
 
+const KEPT_MARK = '.corrupt-';
+
+/**
+ * When a kept damaged copy (`<name>.corrupt-<stamp>`) was set aside, from the stamp `rewrite` puts in its name;
+ * undefined for any other file name.
+ */
+export function keptCopyTime(file: string): Date | undefined {
+  const at = file.lastIndexOf(KEPT_MARK);
+  const stamp = at < 0 ? '' : file.slice(at + KEPT_MARK.length);
+  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})$/.exec(stamp);
+  return m ? new Date(Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6])) : undefined;
+}
+
 /** A copy to repair from. */
 export interface GoodCopy {
   /** Where it is, for the report: `sk2`, `storage`. */
@@ -95,7 +108,7 @@ function rewrite(copy: WalCopy, good: Uint8Array, segmentSize: number): string {
   // An unfinished copy its safekeeper finished since it was read: mended in place under its finished name (only
   // the bytes below the old flush point are written, which are the same in both).
   if (copy.partial && !fs.existsSync(copy.file)) refreshCopy(copy);
-  const kept = `${copy.file}.corrupt-${stamp}`;
+  const kept = `${copy.file}${KEPT_MARK}${stamp}`;
   if (copy.partial || good.length < segmentSize) {
     fs.copyFileSync(copy.file, kept);
     const fd = fs.openSync(copy.file, 'r+');

@@ -176,4 +176,19 @@ offloaded('a compute at the later LSN has every row', async () => {
   assert.is(await count(await urlOf(odir, 'x')), odamaged.rows);
 });
 
+offloaded('gc keeps the damaged copy for the WAL retention, then removes it and nothing else', async () => {
+  const walDir = path.dirname(odamaged.file);
+  const keptCopies = () => fs.readdirSync(walDir).filter((f) => f.includes('.corrupt-'));
+  const segments = () => fs.readdirSync(walDir).filter((f) => !f.includes('.corrupt-'));
+  const before = segments();
+  await neonJson(['gc'], { cwd: odir });
+  assert.is(keptCopies().length, 1, 'kept within the default 7 days');
+  // The repair happened under a second ago; its stamp has a one-second grain.
+  await new Promise((resolve) => setTimeout(resolve, 1100));
+  const report = await neonJson(['gc', '--keep-wal-days', '0'], { cwd: odir });
+  assert.is(report.damaged_wal_removed, 1, JSON.stringify(report));
+  assert.equal(keptCopies(), []);
+  assert.ok(segments().includes(before[before.length - 1]), 'the newest segment stays');
+});
+
 offloaded.run();
