@@ -1,5 +1,6 @@
 import { S3Client } from '@aws-sdk/client-s3';
 import type { S3Settings } from './options.js';
+import { retryStrategy } from './retry.js';
 
 /** A socket that stays silent this long is treated as dropped (and the request retried). */
 const IDLE_TIMEOUT_MS = 30_000;
@@ -9,13 +10,14 @@ const CONNECT_TIMEOUT_MS = 5_000;
 /**
  * Build the S3 client for resolved settings.
  *
- * - `maxAttempts: 1`: our {@link withRetry} decides about retries, so that SDK and plugin retries do not multiply.
+ * - `retryStrategy`: the plugin's policy ({@link retryStrategy}) decides about every retry, the parts of
+ *   multipart uploads included; the SDK's default strategy (3 attempts, no reset handling of its own) is not used.
  * - Checksums `WHEN_REQUIRED`: since 2025 the SDK adds CRC32 headers (and trailers on streamed bodies) to every
  *   request and validates them on responses; several S3-compatible stores reject or mangle those, and S3 itself
  *   does not require them. Content integrity is covered by SigV4 and the stores' own MD5 ETags.
  * - No `credentials` when none were given: the SDK's default chain (env, shared profile, SSO, instance role) runs.
  * - `followRegionRedirects`: a bucket in another region than configured still works on AWS.
- * - Plenty of sockets: a multipart upload runs `concurrency` parts at once and listing may run beside it.
+ * - Plenty of sockets: a multipart upload runs `concurrency` parts at once, and callers run several transfers.
  */
 export function createClient(settings: S3Settings): S3Client {
   // neon supports Node 20 on purpose; the SDK's multi-line "upgrade to Node 22" warning would otherwise print in
@@ -26,7 +28,8 @@ export function createClient(settings: S3Settings): S3Client {
     endpoint: settings.endpoint,
     forcePathStyle: settings.forcePathStyle,
     credentials: settings.credentials,
-    maxAttempts: 1,
+    maxAttempts: settings.retries + 1,
+    retryStrategy: retryStrategy(settings),
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     followRegionRedirects: true,

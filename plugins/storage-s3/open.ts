@@ -2,7 +2,6 @@ import { HeadBucketCommand } from '@aws-sdk/client-s3';
 import { createClient } from './client.js';
 import { codeOf, noBucket, statusOf, toNeonError, type S3Target } from './errors.js';
 import { parseS3Url, resolveSettings, type StorageS3Options } from './options.js';
-import { withRetry } from './retry.js';
 import { S3Storage } from './storage.js';
 
 /**
@@ -15,7 +14,7 @@ export async function openS3(requestUrl: string, options: StorageS3Options): Pro
   const target: S3Target = { bucket, endpoint: settings.endpoint, region: settings.region };
   const client = createClient(settings);
   try {
-    await withRetry(() => client.send(new HeadBucketCommand({ Bucket: bucket })), settings);
+    await client.send(new HeadBucketCommand({ Bucket: bucket }));
   } catch (error) {
     client.destroy();
     // HEAD answers carry no body, so a missing bucket is a bare 404.

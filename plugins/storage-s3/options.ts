@@ -20,7 +20,7 @@ export interface StorageS3Options {
   secretAccessKey?: string;
   /** Session token of temporary credentials. Default: `AWS_SESSION_TOKEN`. */
   sessionToken?: string;
-  /** Parts of one multipart upload in flight at once (default 4). Memory is bounded by (concurrency + 1) × part size. */
+  /** Parts of one multipart upload in flight at once (default 4). Memory per upload is about concurrency × part size. */
   concurrency?: number;
   /** Size of one multipart part in MiB (default 8, at least 5 as S3 requires); larger puts are sent in parts. */
   partSizeMb?: number;

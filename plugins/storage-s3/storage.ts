@@ -5,17 +5,15 @@ import { checkKey, type PutOptions, type Storage, type StorageObject } from '../
 import { isNotFound, toNeonError, type S3Target } from './errors.js';
 import { resumable } from './resume.js';
 import type { S3Settings } from './options.js';
-import { withRetry } from './retry.js';
-import { PartReader, SourceError } from './part-reader.js';
-import { ConditionFailed, putMultipart, putSingle, type UploadTarget } from './upload.js';
+import { ConditionFailed, SourceError, upload, type UploadTarget } from './upload.js';
 
 /**
  * A {@link Storage} over one bucket and key prefix: key `k` is the object `prefix/k`.
  *
  * Puts are atomic because S3 makes an object visible only when PutObject or CompleteMultipartUpload succeeds.
- * Bodies up to one part (8 MiB by default) go in one PutObject; larger Buffers and every stream longer than one
- * part go as a multipart upload whose parts are retried one by one, so a stream is never re-read and never held
- * whole in memory.
+ * Bodies up to one part (8 MiB by default) go in one PutObject; larger ones as a multipart upload (lib-storage's
+ * Upload, see upload.ts) whose parts are retried one by one, so a stream is never re-read nor held whole in
+ * memory. Every request is retried by the client's strategy (retry.ts).
  */
 export class S3Storage implements Storage {
   private readonly root: string;
@@ -32,7 +30,7 @@ export class S3Storage implements Storage {
   }
 
   async put(key: string, body: Buffer | string | Readable, options: PutOptions = {}): Promise<void> {
-    const upload: UploadTarget = {
+    const target: UploadTarget = {
       ...this.settings,
       client: this.client,
       bucket: this.bucket,
@@ -44,26 +42,7 @@ export class S3Storage implements Storage {
       // those too (two writers racing between HEAD and PUT can still both succeed there), and spares
       // uploading a body that would be refused.
       if (options.ifAbsent && (await this.head(key))) throw new ConditionFailed();
-      if (body instanceof Readable) {
-        const reader = new PartReader(body[Symbol.asyncIterator]());
-        const first = await reader.take(this.settings.partSize);
-        if (first.length < this.settings.partSize) return await putSingle(upload, first);
-        const next = async (buffer: Buffer | undefined) => {
-          const n = await reader.fill(buffer!);
-          return n ? buffer!.subarray(0, n) : undefined;
-        };
-        return await putMultipart(upload, next, { pooled: true, first });
-      }
-      const data = typeof body === 'string' ? Buffer.from(body) : body;
-      if (data.length <= this.settings.partSize) return await putSingle(upload, data);
-      let offset = 0;
-      const slice = async () => {
-        if (offset >= data.length) return undefined;
-        const part = data.subarray(offset, offset + this.settings.partSize);
-        offset += part.length;
-        return part;
-      };
-      await putMultipart(upload, slice, { pooled: false });
+      await upload(target, typeof body === 'string' ? Buffer.from(body) : body);
     } catch (error) {
       if (error instanceof SourceError) throw error.error;
       if (error instanceof ConditionFailed) {
@@ -76,12 +55,12 @@ export class S3Storage implements Storage {
   async get(key: string): Promise<Readable> {
     const Key = this.full(key);
     try {
-      const answer = await withRetry(() => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key })), this.settings);
+      const answer = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
       // In Node the SDK's body is the HTTP response itself: a stream, nothing is buffered here. A connection
       // lost mid-body resumes with a ranged GET of the same version (If-Match on its ETag).
       const reopen = async (from: number) => {
         const range = new GetObjectCommand({ Bucket: this.bucket, Key, Range: `bytes=${from}-`, IfMatch: answer.ETag });
-        return (await withRetry(() => this.client.send(range), this.settings)).Body as Readable;
+        return (await this.client.send(range)).Body as Readable;
       };
       const fail = (error: unknown) => toNeonError(error, this.target, `the get of "${key}"`);
       return resumable(answer.Body as Readable, answer.ContentLength, reopen, this.settings.retries, fail);
@@ -94,7 +73,7 @@ export class S3Storage implements Storage {
   async head(key: string): Promise<StorageObject | undefined> {
     const Key = this.full(key);
     try {
-      const answer = await withRetry(() => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key })), this.settings);
+      const answer = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }));
       return { key, size: answer.ContentLength ?? 0, mtime: answer.LastModified };
     } catch (error) {
       if (isNotFound(error)) return undefined;
@@ -108,12 +87,11 @@ export class S3Storage implements Storage {
     if (cut >= 0) checkKey(prefix.slice(0, cut));
     let token: string | undefined;
     do {
-      const page = await withRetry(
-        () => this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, ContinuationToken: token })),
-        this.settings,
-      ).catch((error: unknown) => {
-        throw toNeonError(error, this.target, `listing "${prefix}"`);
-      });
+      const page = await this.client
+        .send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, ContinuationToken: token }))
+        .catch((error: unknown) => {
+          throw toNeonError(error, this.target, `listing "${prefix}"`);
+        });
       // S3 returns keys in UTF-8 byte order, page after page, which is the key order the contract asks for.
       for (const object of page.Contents ?? []) {
         const key = object.Key!.slice(this.root.length);
@@ -128,7 +106,7 @@ export class S3Storage implements Storage {
   async delete(key: string): Promise<void> {
     const Key = this.full(key);
     try {
-      await withRetry(() => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key })), this.settings);
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key }));
     } catch (error) {
       // S3 answers 204 for a missing key; a few compatibles answer 404, which is the same outcome.
       if (isNotFound(error)) return;

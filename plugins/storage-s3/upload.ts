@@ -1,16 +1,9 @@
-import { createHash } from 'node:crypto';
-import {
-  AbortMultipartUploadCommand,
-  CompleteMultipartUploadCommand,
-  CreateMultipartUploadCommand,
-  HeadObjectCommand,
-  PutObjectCommand,
-  UploadPartCommand,
-  type CompletedPart,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import { createHash, type Hash } from 'node:crypto';
+import { Readable, Transform, pipeline } from 'node:stream';
+import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
 import { codeOf, isConditionFailed } from './errors.js';
-import { withRetry, type RetryStats } from './retry.js';
+import { attemptsOf } from './retry.js';
 
 /** What one upload needs: the client, where the object goes, and the limits. */
 export interface UploadTarget {
@@ -20,7 +13,6 @@ export interface UploadTarget {
   key: string;
   partSize: number;
   concurrency: number;
-  retries: number;
   /** Create only if absent: `If-None-Match: *` on the request that makes the object visible. */
   ifAbsent: boolean;
 }
@@ -28,128 +20,102 @@ export interface UploadTarget {
 /** The conditional write lost: the object existed (or another conditional write won). */
 export class ConditionFailed extends Error {}
 
-/** Send an in-memory body with one PutObject; the Buffer can be resent, so every failure is retried. */
-export async function putSingle(target: UploadTarget, data: Buffer): Promise<void> {
-  const { client, bucket, key, ifAbsent } = target;
-  const stats: RetryStats = { attempts: 0 };
-  const send = () =>
-    client.send(
-      new PutObjectCommand({ Bucket: bucket, Key: key, Body: data, ContentLength: data.length, IfNoneMatch: ifAbsent ? '*' : undefined }),
-    );
-  try {
-    await withRetry(send, target, stats);
-  } catch (error) {
-    if (!ifAbsent || !isConditionFailed(error)) throw error;
-    // A retry after a lost answer finds our own first attempt: that is a success, not a conflict.
-    if (stats.attempts > 1 && (await landed(target, `"${md5(data).toString('hex')}"`))) return;
-    throw new ConditionFailed();
+/** The caller's stream failed; rethrown as it was, since it is not a storage error. */
+export class SourceError extends Error {
+  constructor(readonly error: unknown) {
+    super('source stream failed');
   }
 }
 
 /**
- * Upload parts from `nextPart` as one multipart upload, at most `concurrency` parts in flight; the object appears
- * atomically when CompleteMultipartUpload succeeds. Each part is a Buffer, so each part is retried on its own.
- * `nextPart` gets a free buffer when `pooled` (else undefined, for callers that slice their own Buffer) and
- * returns the part, or undefined at the end; `first` is a part the caller has already read. On any failure the upload is aborted (best effort; stores also expire them).
+ * Store `body` with `@aws-sdk/lib-storage`'s Upload: one PutObject up to `partSize`, else a multipart upload
+ * with `concurrency` parts in flight, so memory stays near concurrency × partSize whatever the size (a stream
+ * is cut into parts as it is read, never held whole). Each part is a Buffer, so the client's retry strategy
+ * retries parts one by one; on failure Upload aborts the multipart upload (stores also expire them).
+ *
+ * With `ifAbsent`, `If-None-Match: *` goes on the PutObject or CompleteMultipartUpload. When that is refused
+ * after a retry (the first attempt's answer was lost), the object found is compared with ours by ETag, so our
+ * own landed first attempt is a success and not a conflict.
  */
-export async function putMultipart(
-  target: UploadTarget,
-  nextPart: (free: Buffer | undefined) => Promise<Buffer | undefined>,
-  options: { pooled: boolean; first?: Buffer },
-): Promise<void> {
-  const { client, bucket, key, ifAbsent } = target;
-  const created = await withRetry(() => client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key })), target);
-  const uploadId = created.UploadId!;
-  const parts: CompletedPart[] = [];
-  const digests: Buffer[] = [];
-  const inFlight = new Set<Promise<void>>();
-  // Part buffers are reused: memory stays at (concurrency + 1) × partSize whatever the object's size.
-  const free: Buffer[] = [];
-  let failure: unknown;
-  let size = 0;
+export async function upload(target: UploadTarget, body: Buffer | Readable): Promise<void> {
+  const digests = target.ifAbsent ? new PartDigests(target.partSize) : undefined;
+  let source: Readable | Buffer = body;
+  let sourceError: unknown;
+  if (body instanceof Readable) {
+    body.once('error', (error) => (sourceError ??= error));
+    // pipeline, not pipe: a failing source must end the tap with its error, or the upload would wait forever.
+    if (digests) source = pipeline(body, digests.tap(), () => undefined);
+  } else digests?.update(body);
+  const run = new Upload({
+    client: target.client,
+    params: { Bucket: target.bucket, Key: target.key, Body: source, IfNoneMatch: target.ifAbsent ? '*' : undefined },
+    queueSize: target.concurrency,
+    partSize: target.partSize,
+    leavePartsOnError: false,
+  });
   try {
-    for (let number = 1; ; number++) {
-      const first = number === 1 ? options.first : undefined;
-      const buffer = first ?? (options.pooled ? (free.pop() ?? Buffer.allocUnsafe(target.partSize)) : undefined);
-      const data = first ?? (await nextPart(buffer));
-      if (failure) throw failure;
-      if (!data) break;
-      size += data.length;
-      if (ifAbsent) digests[number - 1] = md5(data);
-      const upload = withRetry(
-        () =>
-          client.send(
-            new UploadPartCommand({
-              Bucket: bucket,
-              Key: key,
-              UploadId: uploadId,
-              PartNumber: number,
-              Body: data,
-              ContentLength: data.length,
-            }),
-          ),
-        target,
-      ).then(
-        (answer) => void (parts[number - 1] = { PartNumber: number, ETag: answer.ETag }),
-        (error) => void (failure ??= error),
-      );
-      const tracked = upload.finally(() => {
-        inFlight.delete(tracked);
-        if (buffer) free.push(buffer);
-      });
-      inFlight.add(tracked);
-      if (inFlight.size >= target.concurrency) await Promise.race(inFlight);
-      if (failure) throw failure;
+    await run.done();
+  } catch (error) {
+    if (sourceError) throw new SourceError(sourceError);
+    if (!target.ifAbsent) throw error;
+    // After a lost answer the retry finds the object there (412) or, for a multipart upload, the upload gone.
+    const ambiguous = attemptsOf(error) > 1 && (isConditionFailed(error) || codeOf(error) === 'NoSuchUpload');
+    if (ambiguous && (await landed(target, digests!.etag()))) return;
+    if (isConditionFailed(error)) throw new ConditionFailed();
+    throw error;
+  }
+}
+
+/**
+ * The ETag S3 gives an object, computed while it is sent: the MD5 of the body for a single PutObject, else the
+ * MD5 of the parts' MD5s followed by `-<parts>`. Parts are cut at `partSize` as lib-storage cuts them.
+ */
+class PartDigests {
+  private readonly done: Buffer[] = [];
+  private current: Hash = createHash('md5');
+  private filled = 0;
+
+  constructor(private readonly partSize: number) {}
+
+  /** A pass-through stream that hashes what goes through it. */
+  tap(): Transform {
+    return new Transform({
+      transform: (chunk: Buffer, _encoding, callback) => {
+        this.update(chunk);
+        callback(null, chunk);
+      },
+    });
+  }
+
+  update(data: Buffer): void {
+    for (let at = 0; at < data.length;) {
+      if (this.filled === this.partSize) this.next();
+      const piece = data.subarray(at, at + this.partSize - this.filled);
+      this.current.update(piece);
+      this.filled += piece.length;
+      at += piece.length;
     }
-    await Promise.all(inFlight);
-    if (failure) throw failure;
-    await complete(target, uploadId, parts, digests, size);
-  } catch (error) {
-    await Promise.allSettled(inFlight);
-    await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
-    throw error;
+  }
+
+  etag(): string {
+    if (!this.done.length) return `"${this.current.digest('hex')}"`;
+    const parts = [...this.done, this.current.digest()];
+    return `"${createHash('md5').update(Buffer.concat(parts)).digest('hex')}-${parts.length}"`;
+  }
+
+  private next(): void {
+    this.done.push(this.current.digest());
+    this.current = createHash('md5');
+    this.filled = 0;
   }
 }
 
-async function complete(target: UploadTarget, uploadId: string, parts: CompletedPart[], digests: Buffer[], size: number): Promise<void> {
-  const { client, bucket, key, ifAbsent } = target;
-  const stats: RetryStats = { attempts: 0 };
-  const etag = ifAbsent ? `"${md5(Buffer.concat(digests)).toString('hex')}-${digests.length}"` : undefined;
+/** True when the object now stored is the one we sent (same ETag). */
+async function landed(target: UploadTarget, etag: string): Promise<boolean> {
   try {
-    await withRetry(
-      () =>
-        client.send(
-          new CompleteMultipartUploadCommand({
-            Bucket: bucket,
-            Key: key,
-            UploadId: uploadId,
-            MultipartUpload: { Parts: parts },
-            IfNoneMatch: ifAbsent ? '*' : undefined,
-          }),
-        ),
-      target,
-      stats,
-    );
-  } catch (error) {
-    // After a lost answer the retry finds the upload gone (NoSuchUpload) or, when conditional, the object
-    // present: if the object is ours, the first attempt did complete.
-    const ambiguous = stats.attempts > 1 && (codeOf(error) === 'NoSuchUpload' || (ifAbsent && isConditionFailed(error)));
-    if (ambiguous && (await landed(target, etag, size))) return;
-    if (ifAbsent && isConditionFailed(error)) throw new ConditionFailed();
-    throw error;
-  }
-}
-
-/** True when the object now stored is the one we sent (same ETag, or same size when the ETag is unknown). */
-async function landed(target: UploadTarget, etag: string | undefined, size?: number): Promise<boolean> {
-  try {
-    const head = await withRetry(() => target.client.send(new HeadObjectCommand({ Bucket: target.bucket, Key: target.key })), target);
-    return etag ? head.ETag === etag : head.ContentLength === size;
+    const head = await target.client.send(new HeadObjectCommand({ Bucket: target.bucket, Key: target.key }));
+    return head.ETag === etag;
   } catch {
     return false;
   }
-}
-
-function md5(data: Buffer): Buffer {
-  return createHash('md5').update(data).digest();
 }
