@@ -4,7 +4,8 @@ import { parseStorageUrl } from '../core/storage.js';
 import type { Wire } from '../core/rest.js';
 import type { OperationInfo } from '../daemon/operations.js';
 import { Repository, repoDirFrom } from '../daemon/repository.js';
-import { followOperation, progressMode, ProgressView } from './progress.js';
+import type { TransferResult } from '../daemon/transfer.js';
+import { formatBytes, followOperation, progressMode, ProgressView } from './progress.js';
 
 interface Options {
   json?: boolean;
@@ -28,7 +29,10 @@ function snapshotOptions(options: SnapshotOptions, purpose: 'import' | 'export')
     throw new NeonError('snapshot_path_missing', `--snapshot_path is needed: the folder or URL (s3://bucket/prefix) to ${purpose} ${purpose === 'import' ? 'from' : 'to'}`);
   }
   if (options.snapshot_format === undefined || options.snapshot_format === true || String(options.snapshot_format).trim() === '') {
-    throw new NeonError('snapshot_format_missing', '--snapshot_format is needed: pgdata, tar or walg');
+    throw new NeonError(
+      'snapshot_format_missing',
+      `--snapshot_format is needed: pgdata, tar or walg${purpose === 'import' ? ` (${options.snapshot_path} holds no neon repository to clone)` : ', or neon with --snapshot'}`,
+    );
   }
   return { path: parseStorageUrl(String(options.snapshot_path)).url, format: String(options.snapshot_format) };
 }
@@ -45,6 +49,11 @@ export async function initFromSnapshot(
   storageDest: Awaited<ReturnType<typeof parseStorageUrl>> | undefined,
   print: FormatCommandDeps['print'],
 ): Promise<void> {
+  // Seed 003's "neon format": a storage a neon repository pushed to is cloned, not imported as a backup.
+  if (options.snapshot_format === undefined || String(options.snapshot_format) === NEON_FORMAT) {
+    const cloned = await initFromNeonStorage(options, storageDest, print);
+    if (cloned) return;
+  }
   const source = snapshotOptions(options, 'import');
   const { initRepository } = await import('../daemon/init.js');
   const { createLogger, silentLogger } = await import('../core/log.js');
@@ -81,6 +90,57 @@ export async function initFromSnapshot(
   );
 }
 
+/** `--snapshot_format` of a storage that neon itself pushed snapshots to (`neon snapshot push`, a storage_dest). */
+const NEON_FORMAT = 'neon';
+
+/**
+ * `neon init --snapshot_path=URL [--snapshot_format=neon]` where URL holds a neon repository: the same as `neon
+ * clone URL` without starting. False when no format was named and URL holds no neon repository (it is then a
+ * backup, and --snapshot_format must say which kind).
+ */
+async function initFromNeonStorage(
+  options: SnapshotOptions,
+  storageDest: unknown,
+  print: FormatCommandDeps['print'],
+): Promise<boolean> {
+  const named = options.snapshot_format !== undefined;
+  if (options.snapshot_path === undefined || options.snapshot_path === true) return false;
+  if (storageDest !== undefined) {
+    if (!named) return false; // a backup to import, then push to storage_dest
+    throw new NeonError('bad_usage', '--storage_dest cannot be set when cloning a neon storage: it is attached as storage "origin" and history stays in the repository');
+  }
+  const [{ cloneRepository }, { silentLogger }, { localProgress }] = await Promise.all([
+    import('../daemon/clone.js'),
+    import('../core/log.js'),
+    import('./progress.js'),
+  ]);
+  const view = new ProgressView('clone', progressMode(options.json));
+  let cloned;
+  try {
+    cloned = await cloneRepository({
+      repoDir: repoDirFrom(options.repo),
+      projectDir: process.cwd(),
+      url: String(options.snapshot_path),
+      log: silentLogger,
+      progress: localProgress(view),
+    });
+  } catch (error) {
+    if (!named && error instanceof NeonError && error.code === 'no_repository') return false;
+    throw error;
+  } finally {
+    view.finish();
+  }
+  const { meta, repo, transfer } = cloned;
+  print(options, { repository: repo.dir, postgres: meta.postgres, snapshot_format: NEON_FORMAT, cloned: transfer }, () =>
+    [
+      `Initialised a neon repository in ${repo.dir} from snapshot ${transfer.snapshot} of ${transfer.storage} (neon format, attached as storage "origin")`,
+      `PostgreSQL ${meta.postgres.fullVersion} (${meta.postgres.source}, ${meta.postgres.binDir})`,
+      'Next: neon start',
+    ].join('\n'),
+  );
+  return true;
+}
+
 interface ExportAnswer {
   snapshot_path: string;
   snapshot_format: string;
@@ -103,12 +163,13 @@ export function registerFormatCommands(cli: CAC, deps: FormatCommandDeps): void 
   cli
     .command('export', 'Write a point of history as a backup: plain PGDATA, pg_basebackup tar or WAL-G layout (default: the present of main)')
     .option('--snapshot_path <path>', 'Where: a folder, file:///path, s3://bucket/prefix, FILE_PREFIX=… or S3_PREFIX=…')
-    .option('--snapshot_format <format>', 'pgdata, tar or walg')
+    .option('--snapshot_format <format>', 'pgdata, tar or walg; or neon (with --snapshot: the same as snapshot push)')
     .option('--snapshot <name>', 'Export this snapshot')
     .option('--at <point>', 'Export this LSN, time or snapshot (on --branch)')
     .option('--branch <branch>', "With --at or alone: the branch (default: the main compute's)")
     .example('neon export --snapshot_path=/backups/pgdata --snapshot_format=pgdata')
     .example('neon export --snapshot_path=s3://bucket/walg --snapshot_format=walg --snapshot before-migration')
+    .example('neon export --snapshot_path=s3://team-bucket/alice --snapshot_format=neon --snapshot before-migration')
     .action(async (options: SnapshotOptions & { snapshot?: unknown; at?: unknown; branch?: unknown }) => {
       const { path, format } = snapshotOptions(options, 'export');
       if (options.snapshot !== undefined && options.at !== undefined) throw new NeonError('bad_usage', 'give --snapshot or --at, not both');
@@ -125,6 +186,10 @@ export function registerFormatCommands(cli: CAC, deps: FormatCommandDeps): void 
               ...(options.at !== undefined ? { at: String(options.at) } : {}),
               ...(options.branch !== undefined ? { branch: String(options.branch) } : {}),
             });
+      if (format === NEON_FORMAT) {
+        const pushed = await follow<Wire<TransferResult>>(started, options, 'export');
+        return print(options, pushed, () => `pushed snapshot ${pushed.snapshot} to ${pushed.storage} (neon format): ${formatBytes(pushed.bytes)} in ${pushed.objects} object(s)`);
+      }
       const answer = await follow(started, options, 'export');
       print(options, answer, () => `exported ${answer.label}${answer.lsn ? ` (LSN ${answer.lsn})` : ''} to ${answer.snapshot_path}: ${answer.description}`);
     });

@@ -71,8 +71,8 @@ export function createCli(script: string) {
     .option('--storage_dest <url>', 'Durable storage: a path, file:///path, s3://bucket/prefix, FILE_PREFIX=… or S3_PREFIX=…')
     .option('--pg-version <major>', 'PostgreSQL major version (default: the embedded one)')
     .option('--force', 'Delete an existing repository and create a new one')
-    .option('--snapshot_path <path>', 'Start from a backup instead of initdb: a PGDATA folder, tar or WAL-G backup, or s3:// URL (not saved)')
-    .option('--snapshot_format <format>', 'With --snapshot_path: pgdata, tar or walg')
+    .option('--snapshot_path <path>', 'Start from a backup instead of initdb: a PGDATA folder, tar or WAL-G backup, or a storage neon pushed to (not saved)')
+    .option('--snapshot_format <format>', 'With --snapshot_path: pgdata, tar, walg or neon (default neon when it holds a neon repository)')
     .action(async (options: GlobalOptions & { storage_dest?: string; pgVersion?: unknown; force?: boolean; snapshot_path?: string; snapshot_format?: string }) => {
       if (options.snapshot_path !== undefined || options.snapshot_format !== undefined) {
         const { initFromSnapshot } = await import('./format-commands.js');

@@ -7,6 +7,8 @@ import type { Daemon } from './daemon.js';
 import { exportPoint, type ExportRequest } from './export.js';
 import { importBranch } from './import-branch.js';
 import type { OperationHandle, Operations } from './operations.js';
+import { registryOf } from './storage-computes.js';
+import { pushSnapshot } from './transfer.js';
 
 type Body = Record<string, unknown>;
 
@@ -29,6 +31,8 @@ function text(body: Body, key: string, what?: string): string | undefined {
   return value;
 }
 
+/** Neon's own layout (a storage neon pushes to), beside the backup formats plugins provide. */
+const NEON_FORMAT = 'neon';
 const PATH = 'the folder or URL (file:///…, s3://bucket/prefix) of the backup';
 const FORMAT = 'pgdata, tar or walg';
 
@@ -72,6 +76,12 @@ export function registerFormatRoutes(rest: RestServer, daemon: Daemon, operation
       const input = fieldsOf(body, ['action', 'snapshot_path', 'snapshot_format']);
       if (input.action !== 'export') throw new NeonError('bad_request', `"action" must be "export", not ${JSON.stringify(input.action)}`);
       daemon.pageserver.history.snapshot(params.name); // a 404 for an unknown snapshot, before anything else
+      if (input.snapshot_format === NEON_FORMAT) {
+        // Seed 003's "neon format" is neon's own layout: the same as `POST /snapshots/:name/push`.
+        const to = text(input, 'snapshot_path', PATH)!;
+        const { storage } = await registryOf(daemon).open(to, daemon.meta.projectDir);
+        return new RestResponse(202, operations.start('push', `${params.name} to ${to}`, (handle) => pushSnapshot(daemon, storage, params.name, handle)));
+      }
       return startExport({
         snapshot: params.name,
         snapshotPath: text(input, 'snapshot_path', PATH)!,
@@ -80,6 +90,9 @@ export function registerFormatRoutes(rest: RestServer, daemon: Daemon, operation
     })
     .route('POST', '/export', async ({ body }) => {
       const input = fieldsOf(body, ['snapshot_path', 'snapshot_format', 'at', 'branch']);
+      if (input.snapshot_format === NEON_FORMAT) {
+        throw new NeonError('bad_request', 'the neon format moves snapshots: name one (POST /snapshots/:name/actions, neon export --snapshot NAME; take one with neon snapshot create)');
+      }
       return startExport({
         snapshotPath: text(input, 'snapshot_path', PATH)!,
         snapshotFormat: text(input, 'snapshot_format', FORMAT)!,
