@@ -1,6 +1,12 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import path from 'node:path';
+
+// node:crypto is loaded on the first temp name, not with this module: every CLI call imports it, and loading
+// crypto costs ~20 ms of a command that may write nothing.
+let randomBytes: typeof import('node:crypto').randomBytes | undefined;
+const random = (size: number): Buffer =>
+  (randomBytes ??= (createRequire(import.meta.url)('node:crypto') as typeof import('node:crypto')).randomBytes)(size);
 
 /** fsync a directory, so that a rename or a new entry in it survives a crash. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -14,7 +20,7 @@ export async function fsyncDir(dir: string): Promise<void> {
 
 /** The name of a temporary file beside `file`; such names are never listed as objects or state. */
 export function tempNameFor(file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${randomBytes(6).toString('hex')}`);
+  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${random(6).toString('hex')}`);
 }
 
 /** True for names made by {@link tempNameFor}. */

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -170,6 +169,8 @@ export class Repository {
 
   /** Create the bearer token the REST API requires (mode 0600, only the owner can read it). */
   async createToken(): Promise<string> {
+    // Imported here: loading node:crypto would cost every CLI call (they all import this module) ~20 ms.
+    const { randomBytes } = await import('node:crypto');
     const token = randomBytes(32).toString('base64url');
     await writeFileAtomic(this.tokenFile, token + '\n', 0o600);
     return token;
