@@ -1,21 +1,7 @@
-import { deflateRawSync } from 'node:zlib';
-import { FLAG_DEFLATE, PACK_HEADER, RECORD_HEADER, packHeader, sha256, writeRecordHeader, type PackEntries } from './format.js';
+import type { PackedChunk } from './codec.js';
+import { PACK_HEADER, RECORD_HEADER, packHeader, sha256, writeRecordHeader, type PackEntries } from './format.js';
 
-/** A chunk ready to be packed: its stored form and how it was made. */
-export interface PackedChunk {
-  stored: Buffer;
-  flags: number;
-}
-
-/**
- * Compress a chunk with deflate-raw level 1 (fast; pages compress well even at that level) and keep the raw
- * bytes when that does not make it smaller (random or already compressed data), so that reading such a chunk
- * costs no inflate.
- */
-export function packChunk(data: Buffer): PackedChunk {
-  const deflated = deflateRawSync(data, { level: 1 });
-  return deflated.length < data.length ? { stored: deflated, flags: FLAG_DEFLATE } : { stored: data, flags: 0 };
-}
+export { packChunk, type PackedChunk } from './codec.js';
 
 /**
  * A pack being filled in memory. It is also the entry list of its pack (it implements {@link PackEntries}), so

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
-import { inflateRawSync } from 'node:zlib';
 import { NeonError } from '../core/errors.js';
+import { KNOWN_FLAGS, sha256, unpackBody } from './codec.js';
+
+export { FLAG_DEFLATE, FLAG_ZSTD, sha256 } from './codec.js';
 
 /*
  * The two on-disk formats of the chunk store, also the formats of the objects in storage (a pack and its index
@@ -9,6 +11,7 @@ import { NeonError } from '../core/errors.js';
  * Pack `<id>.pack` (id = hex sha256 of the whole file):
  *   header  "NEONPACK" | version u32
  *   records sha256 of the raw chunk (32) | raw length u32 | stored length u32 | flags u8 | stored bytes
+ *   flags   0 raw, 1 deflate-raw, 2 zstd (one frame with its content size)
  *
  * Index `<id>.idx`:
  *   header  "NEONPIDX" | version u32 | entry count u32 | pack length u64 | pack id (32)
@@ -17,18 +20,22 @@ import { NeonError } from '../core/errors.js';
  *
  * The index names its pack (id and length) so that an index can never be applied to the wrong file, and it
  * carries its own checksum so that a damaged index is noticed at open and rebuilt from the pack.
+ *
+ * Versions: 1 wrote raw and deflate records; 2 adds zstd records (and the same index layout). This code writes
+ * 2 and reads both. The index version is bumped with the pack's so that a neon that reads only 1 refuses a new
+ * store when it opens it (its indexes come first), not at the first read of a zstd chunk.
  */
 
-/** Version of the pack format this code writes and reads. */
-export const PACK_VERSION = 1;
-/** Version of the index format this code writes and reads. */
-export const INDEX_VERSION = 1;
+/** Version of the pack format this code writes. */
+export const PACK_VERSION = 2;
+/** Version of the index format this code writes. */
+export const INDEX_VERSION = 2;
+/** Pack and index versions this code reads. */
+const READ_VERSIONS = new Set([1, 2]);
 /** Bytes before the first record of a pack. */
 export const PACK_HEADER = 12;
 /** Bytes of a record before its stored bytes. */
 export const RECORD_HEADER = 41;
-/** Record flag: the stored bytes are deflate-raw compressed. */
-export const FLAG_DEFLATE = 1;
 
 const PACK_MAGIC = Buffer.from('NEONPACK');
 const INDEX_MAGIC = Buffer.from('NEONPIDX');
@@ -57,21 +64,16 @@ export function isHash(value: string): boolean {
   return HASH.test(value);
 }
 
-/** Hex sha256 of `data`. */
-export function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
 /** A `corrupt` error: stored bytes are not what was written. */
 export function corrupt(message: string): NeonError {
   return new NeonError('corrupt', message, { status: 500 });
 }
 
 /** A `bad_format` error: a file written by another version of the format. */
-function badFormat(file: string, kind: string, version: number, known: number): NeonError {
+function badFormat(file: string, kind: string, version: number): NeonError {
   return new NeonError(
     'bad_format',
-    `${file} is a ${kind} of format version ${version}, but this neon reads version ${known}: it was written by a newer neon (upgrade), or it is not a neon ${kind}`,
+    `${file} is a ${kind} of format version ${version}, but this neon reads versions ${[...READ_VERSIONS].join(' and ')}: it was written by a newer neon (upgrade), or it is not a neon ${kind}`,
     { status: 500 },
   );
 }
@@ -90,7 +92,7 @@ export function checkPackHeader(head: Buffer, file: string): void {
     throw corrupt(`${file} is damaged: it does not start with a neon pack header`);
   }
   const version = head.readUInt32BE(8);
-  if (version !== PACK_VERSION) throw badFormat(file, 'pack', version, PACK_VERSION);
+  if (!READ_VERSIONS.has(version)) throw badFormat(file, 'pack', version);
 }
 
 /** Write a record header at `at`. */
@@ -115,20 +117,7 @@ export function unpackChunk(buf: Buffer, at: number, entries: PackEntries, i: nu
   if (buf.readUInt32BE(at + 32) !== raw || buf.readUInt32BE(at + 36) !== stored || buf[at + 40] !== flags) {
     throw new Error(`the record header at byte ${entries.offsets[i]} disagrees with the index`);
   }
-  const body = buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + stored);
-  let data: Buffer;
-  if (flags === FLAG_DEFLATE) {
-    try {
-      // maxOutputLength: a damaged stream must not inflate into gigabytes.
-      data = inflateRawSync(body, { maxOutputLength: Math.max(raw, 1) });
-    } catch (error) {
-      throw new Error(`its compressed bytes do not inflate (${(error as Error).message})`);
-    }
-  } else if (flags === 0) {
-    data = body;
-  } else {
-    throw new Error(`unknown record flags ${flags}`);
-  }
+  const data = unpackBody(buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + stored), flags, raw);
   if (data.length !== raw) throw new Error(`it inflates to ${data.length} bytes, not ${raw}`);
   if (sha256(data) !== hash) throw new Error('its bytes do not match its sha256');
   return data;
@@ -156,7 +145,7 @@ export function scanPack(bytes: Buffer, file: string, id?: string): PackEntries 
       throw corrupt(`${file} is truncated: record ${hashes.length} at byte ${at} has no complete header`);
     const size = bytes.readUInt32BE(at + 36);
     const flag = bytes[at + 40];
-    if (flag !== 0 && flag !== FLAG_DEFLATE)
+    if (!KNOWN_FLAGS.has(flag))
       throw corrupt(`${file} is damaged: record ${hashes.length} at byte ${at} has unknown flags ${flag}`);
     if (at + RECORD_HEADER + size > bytes.length) throw corrupt(`${file} is truncated: record ${hashes.length} at byte ${at} is cut short`);
     hashes.push(bytes.toString('hex', at, at + 32));
@@ -211,7 +200,7 @@ export function decodeIndex(buf: Buffer, file: string, id: string): PackIndex {
     throw corrupt(`${file} is damaged: it is not a neon pack index`);
   }
   const version = buf.readUInt32BE(8);
-  if (version !== INDEX_VERSION) throw badFormat(file, 'pack index', version, INDEX_VERSION);
+  if (!READ_VERSIONS.has(version)) throw badFormat(file, 'pack index', version);
   const count = buf.readUInt32BE(12);
   const end = INDEX_HEADER + count * INDEX_ENTRY;
   if (buf.length !== end + INDEX_TRAILER) throw corrupt(`${file} is damaged: ${buf.length} bytes for ${count} entries`);

@@ -1,4 +1,5 @@
 import type { ChunkStore } from '../chunkstore/index.js';
+import { ChunkPipeline, type ChunkPipelineOptions } from '../chunkstore/pipeline.js';
 import type { ImageMirror } from './image-cache.js';
 import type { ImageFile } from './manifest.js';
 
@@ -8,6 +9,8 @@ export const PAGE_SIZE = 8192;
 /**
  * Turns a stream of files (from a tar archive or a folder walk) into image entries: every file is cut into
  * 8 KiB chunks on page boundaries and each chunk goes to the chunk store, which keeps only the ones it lacks.
+ * Chunks are hashed and compressed on worker threads (chunkstore/pipeline.ts): the files' chunk lists are
+ * complete only after {@link finish}; await {@link drain} whenever {@link busy} so memory stays bounded.
  */
 export class ImageBuilder {
   readonly files: ImageFile[] = [];
@@ -15,12 +18,32 @@ export class ImageBuilder {
   private current?: ImageFile & { chunks: string[] };
   private carry: Buffer[] = [];
   private carried = 0;
+  private readonly pipeline: ChunkPipeline;
 
   constructor(
-    private readonly store: ChunkStore,
+    store: ChunkStore,
     /** Also written out as plain files (see ImageCache), when given. */
     private readonly mirror?: ImageMirror,
-  ) {}
+    options?: ChunkPipelineOptions,
+  ) {
+    this.pipeline = new ChunkPipeline(store, options);
+  }
+
+  /** True when enough chunks wait for the workers that the caller should await {@link drain}. */
+  get busy(): boolean {
+    return this.pipeline.busy;
+  }
+
+  /** Wait until the workers and the store's pack writes have caught up (memory bound). */
+  drain(): Promise<void> {
+    return this.pipeline.drain();
+  }
+
+  /** End the current file and wait until every chunk is in the store (not flushed) and every list complete. */
+  async finish(): Promise<void> {
+    this.endFile();
+    await this.pipeline.finish();
+  }
 
   addDir(path: string, mode: number): void {
     this.files.push({ path, type: 'dir', mode, size: 0 });
@@ -71,7 +94,9 @@ export class ImageBuilder {
   }
 
   private emit(page: Buffer): void {
-    this.current!.chunks.push(this.store.add(page).hash);
+    const chunks = this.current!.chunks;
+    chunks.push(''); // filled in when the page's batch is packed
+    this.pipeline.add(page, chunks, chunks.length - 1);
     this.carry = [];
     this.carried = 0;
   }

@@ -25,8 +25,8 @@ export interface ImageSource {
   mirror?: ImageMirror;
 }
 
-/** Input bytes between two waits for the chunk store's background pack writes. */
-const DRAIN_EVERY = 32 * 1024 * 1024;
+/** Input bytes between two checks that the hashing workers and the pack writes keep up. */
+const DRAIN_EVERY = 8 * 1024 * 1024;
 
 /** The manifest of an image whose files the builder holds (all its chunks flushed by now). */
 function finish(
@@ -95,18 +95,22 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
         },
         data(chunk) {
           parser!.write(chunk);
-          // Packs are written in the background; every few MB stop reading until they have caught up.
+          // Pages are hashed and packs written in the background; every few MB stop reading until they have
+          // caught up (at once when they have).
           received += chunk.length;
           if (received - drainedAt > DRAIN_EVERY) {
             drainedAt = received;
             connection.pause();
-            void store.drain().finally(() => connection.resume());
+            builder.drain().then(
+              () => connection.resume(),
+              () => connection.resume(), // the failure is reported by finish()
+            );
           }
         },
       },
     );
     parser?.end();
-    builder.endFile();
+    await builder.finish();
     await store.flush();
     return finish(source, builder, before, {
       timeline: result.timeline,
@@ -181,14 +185,18 @@ export async function takeOfflineImage(source: ImageSource & { dataDir: string }
     builder.beginFile(rel, fs.statSync(full).mode & 0o7777);
     const fd = fs.openSync(full, 'r');
     try {
-      for (let read; (read = fs.readSync(fd, buffer, 0, buffer.length, null)) > 0;) builder.write(buffer.subarray(0, read));
+      for (let read; (read = fs.readSync(fd, buffer, 0, buffer.length, null)) > 0;) {
+        builder.write(buffer.subarray(0, read));
+        if (builder.busy) await builder.drain();
+      }
     } finally {
       fs.closeSync(fd);
     }
     builder.endFile();
-    await store.drain();
+    await builder.drain();
   };
   await walk('');
+  await builder.finish();
   await store.flush();
   return finish(source, builder, before, {
     timeline: control.timeline,

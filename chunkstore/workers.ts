@@ -1,0 +1,129 @@
+// A small pool of worker threads that hash and compress batches of chunks off the main thread, so that the
+// daemon's event loop (its REST API) stays responsive while a base image is taken. Written by hand: a pool
+// library (piscina…) resolves its own worker file, which the esbuild bundle of dist/ does not ship, and the
+// pool needed here is one message type and a FIFO per worker.
+import fs from 'node:fs';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { processBatch, type BatchResult } from './codec.js';
+
+/** A batch sent to a worker: chunk i is `input[starts[i] .. starts[i+1])`. */
+export interface BatchRequest {
+  id: number;
+  input: ArrayBuffer;
+  starts: ArrayBuffer;
+}
+
+/** A worker's answer: the result and the input buffer (moved back for reuse), or what went wrong. */
+export type BatchReply = { id: number; result: BatchResult; input: ArrayBuffer } | { id: number; error: string };
+
+interface Pending {
+  resolve(reply: { result: BatchResult; input: ArrayBuffer }): void;
+  reject(error: Error): void;
+}
+
+interface Slot {
+  worker: Worker;
+  pending: Map<number, Pending>;
+}
+
+/** Most workers a pool starts, whatever the core count: the main thread still parses and packs. */
+const MAX_WORKERS = 4;
+
+/**
+ * The worker entry: `chunk-worker.js` in dist/ (this module is bundled into dist/<folder>/ or dist/chunks/, one
+ * level below dist/), or `chunk-worker.ts` beside this file when run from sources under tsx (tests, benchmarks). Undefined when neither exists: batches then run on the calling thread.
+ */
+function workerEntry(): URL | undefined {
+  const candidates = import.meta.url.endsWith('.ts')
+    ? ['./chunk-worker.ts']
+    : ['../chunkstore/chunk-worker.js', './chunk-worker.js', './chunkstore/chunk-worker.js'];
+  for (const candidate of candidates) {
+    const url = new URL(candidate, import.meta.url);
+    if (url.protocol === 'file:' && fs.existsSync(fileURLToPath(url))) return url;
+  }
+  return undefined;
+}
+
+/**
+ * Runs {@link processBatch} on worker threads, one per core (at most {@link MAX_WORKERS}). A batch goes to the
+ * worker with the fewest batches queued; each worker answers its batches in order. A worker that dies fails
+ * its queued batches and is replaced on the next run. Idle workers do not keep the process alive.
+ */
+export class ChunkWorkers {
+  private readonly slots: Slot[] = [];
+  private nextId = 1;
+
+  constructor(
+    readonly size = Math.max(1, Math.min(os.availableParallelism(), MAX_WORKERS)),
+    private readonly entry: URL | undefined = workerEntry(),
+  ) {}
+
+  /** False when no worker entry exists (batches run inline). */
+  get threaded(): boolean {
+    return this.entry !== undefined;
+  }
+
+  /** Process a batch; `input` and `starts` are moved to the worker (unusable by the caller afterwards). */
+  run(input: ArrayBuffer, starts: Uint32Array): Promise<{ result: BatchResult; input: ArrayBuffer }> {
+    if (!this.entry) return Promise.resolve({ result: processBatch(new Uint8Array(input), starts), input });
+    const slot = this.pick();
+    const id = this.nextId++;
+    const request: BatchRequest = { id, input, starts: starts.buffer as ArrayBuffer };
+    return new Promise((resolve, reject) => {
+      if (slot.pending.size === 0) slot.worker.ref();
+      slot.pending.set(id, { resolve, reject });
+      slot.worker.postMessage(request, [input, request.starts]);
+    });
+  }
+
+  /** Stop every worker (batches in flight fail). */
+  async close(): Promise<void> {
+    const slots = this.slots.splice(0);
+    await Promise.all(slots.map((slot) => slot.worker.terminate()));
+  }
+
+  private pick(): Slot {
+    let best = this.slots.reduce<Slot | undefined>((a, b) => (!a || b.pending.size < a.pending.size ? b : a), undefined);
+    if (!best || (best.pending.size > 0 && this.slots.length < this.size)) best = this.spawn();
+    return best;
+  }
+
+  private spawn(): Slot {
+    const worker = this.entry!.pathname.endsWith('.ts')
+      ? // From sources: the worker needs tsx's loader before it can import a .ts entry.
+        new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(this.entry!.href)}); });`, {
+          eval: true,
+          name: 'neon-chunk-worker',
+        })
+      : new Worker(this.entry!, { name: 'neon-chunk-worker' });
+    const slot: Slot = { worker, pending: new Map() };
+    worker.unref();
+    const fail = (error: Error) => {
+      const index = this.slots.indexOf(slot);
+      if (index >= 0) this.slots.splice(index, 1);
+      for (const pending of slot.pending.values()) pending.reject(error);
+      slot.pending.clear();
+    };
+    worker.on('message', (reply: BatchReply) => {
+      const pending = slot.pending.get(reply.id);
+      if (!pending) return;
+      slot.pending.delete(reply.id);
+      if (slot.pending.size === 0) worker.unref();
+      if ('error' in reply) pending.reject(new Error(`a hashing worker failed: ${reply.error}`));
+      else pending.resolve(reply);
+    });
+    worker.on('error', (error) => fail(new Error(`a hashing worker failed: ${error.message}`)));
+    worker.on('exit', (code) => fail(new Error(`a hashing worker exited with code ${code}`)));
+    this.slots.push(slot);
+    return slot;
+  }
+}
+
+let shared: ChunkWorkers | undefined;
+
+/** The process's pool, started on first use. */
+export function chunkWorkers(): ChunkWorkers {
+  return (shared ??= new ChunkWorkers());
+}
