@@ -6,6 +6,8 @@ import { resolveTarget, createSnapshot } from './snapshots.js';
 import { formatLsn } from '../core/wal.js';
 import { readControlFile } from '../pageserver/pg-control.js';
 import type { Snapshot } from '../pageserver/history.js';
+import { discard, keepState, pruneKept, usableState } from './kept.js';
+import { CREATION_SETTINGS } from './computes.js';
 
 /** What `neon checkout` answers. */
 export interface CheckoutResult {
@@ -30,6 +32,11 @@ function newBranchName(daemon: DaemonContext, parent: string): string {
  * Switch the main compute to another point of history without losing the one it leaves: that one gets an
  * automatic snapshot, and its branch ends there. The target becomes a new branch forked at that point, unless
  * it is exactly where a checkout left a branch: then the main compute continues that branch from its tip.
+ *
+ * Nothing already materialised is thrown away: the data directory left is kept as it stopped (daemon/kept.ts),
+ * so going back to it is a rename and a plain start; a new branch starts from a clone of its image's cached copy
+ * (or, where the file system cannot clone, the older copy itself, renamed), and only WAL is replayed. The
+ * directory replaced is removed in the background.
  */
 export async function checkout(daemon: DaemonContext, text: unknown): Promise<CheckoutResult> {
   const main = daemon.compute('main');
@@ -45,9 +52,8 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
   if (main.state === 'running') left = await createSnapshot(daemon, { auto: true });
   const home = path.dirname(main.dataDir);
   const next = path.join(home, 'pgdata.next');
-  const old = path.join(home, 'pgdata.old');
   const walDir = path.join(home, 'restore-wal');
-  for (const dir of [next, old, walDir]) fs.rmSync(dir, { recursive: true, force: true });
+  for (const dir of [next, path.join(home, 'pgdata.old'), walDir]) fs.rmSync(dir, { recursive: true, force: true });
 
   // Stop the primary first: on its way out it sends its last WAL (the shutdown checkpoint, which pg_control
   // names) to the safekeepers, which then hold the branch's tip.
@@ -56,10 +62,10 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
   const tip = readControlFile(main.dataDir).checkpoint;
   await history.updateBranch(from, { tipLsn: formatLsn(tip), leftAt: left?.name });
 
-  let swapped = false;
+  let old: string | undefined;
   const restoreOld = async () => {
-    if (swapped) {
-      fs.rmSync(main.dataDir, { recursive: true, force: true });
+    if (old) {
+      if (fs.existsSync(main.dataDir)) await discard(daemon, main.dataDir);
       fs.renameSync(old, main.dataDir);
     }
     main.record = { ...main.record, branch: from, recovery: undefined };
@@ -69,17 +75,26 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
   };
 
   try {
-    const prepared = await daemon.pageserver.prepare(
-      target.branch,
-      continued ? { action: 'promote' } : { lsn: target.lsn, time: target.time, timeline: target.timeline, action: 'promote' },
-      next,
-      walDir,
-    );
-    fs.renameSync(main.dataDir, old);
-    swapped = true;
+    // Back to where a checkout left a branch: its data directory, kept as it stopped there, starts as it is.
+    const kept = continued ? await usableState(daemon, target.branch) : undefined;
+    let recovery: NonNullable<typeof main.record.recovery> | undefined;
+    if (kept) {
+      fs.renameSync(kept, next);
+      main.reachedLsn = targetBranch.tipLsn;
+    } else {
+      const prepared = await daemon.pageserver.prepare(
+        target.branch,
+        continued ? { action: 'promote' } : { lsn: target.lsn, time: target.time, timeline: target.timeline, action: 'promote' },
+        next,
+        walDir,
+        { takeCache: true },
+      );
+      recovery = { settings: { ...prepared.settings, ...CREATION_SETTINGS }, until: 'promoted', walDir };
+    }
+    old = keepState(daemon, main.dataDir, from);
     fs.renameSync(next, main.dataDir);
     const branch = continued ? target.branch : newBranchName(daemon, target.branch);
-    main.record = { ...main.record, branch, recovery: { settings: prepared.settings, until: 'promoted', walDir } };
+    main.record = { ...main.record, branch, recovery };
     await daemon.saveCompute(main.record);
     // Starting it attaches the safekeepers to its branch (the computeStarted hook).
     await main.start();
@@ -93,13 +108,14 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
       });
   } catch (error) {
     // On success the compute removed the WAL gathered for its recovery once promoted (see Compute).
-    for (const dir of [next, walDir]) fs.rmSync(dir, { recursive: true, force: true });
+    await discard(daemon, next);
+    fs.rmSync(walDir, { recursive: true, force: true });
     await restoreOld().catch((e) =>
       daemon.log.error('could not go back to branch %s after a failed checkout: %s', from, (e as Error).message),
     );
     throw error;
   }
-  fs.rmSync(old, { recursive: true, force: true });
+  pruneKept(daemon);
   daemon.sync?.schedule();
   return { branch: main.record.branch, continued, target: target.label, reached_lsn: main.reachedLsn ?? null, left: left?.name ?? null };
 }

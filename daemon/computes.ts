@@ -115,6 +115,15 @@ async function tipTarget(daemon: DaemonContext, branch: string): Promise<Recover
 
 type Kind = Pick<ComputeRecord, 'readOnly' | 'replica' | 'at'>;
 
+/**
+ * Settings of a new compute's first start (its recovery). A promotion starts a new timeline: Postgres creates its
+ * first segment and, at the end-of-recovery checkpoint, pre-allocates the next, each zero-filled and fsynced by
+ * default: 32 MiB written and waited for before the first query, for WAL not yet written. Without the zero fill a
+ * new segment is created with one write at its end (safe: WAL pages carry their own headers and CRCs, and
+ * Postgres zero-fills only to reserve the space, which a laptop's file system rarely runs out of mid-segment).
+ */
+export const CREATION_SETTINGS: Record<string, string> = { wal_init_zero: 'off' };
+
 /** Restore the branch's history into the compute's folder, start it there, and make it a compute of the repository. */
 async function materialise(
   daemon: DaemonContext,
@@ -132,7 +141,7 @@ async function materialise(
     const prepared = await daemon.pageserver.prepare(branch, standby ? { action: 'promote' } : target, path.join(home, 'pgdata'), walDir, {
       finishedWalOnly: standby,
     });
-    const settings = { ...prepared.settings };
+    const settings = { ...prepared.settings, ...CREATION_SETTINGS };
     if (standby) {
       // A replica streams from the primary, and restores older WAL from the store until it catches up.
       // It logs in as neon's internal role over the private socket: no user's password change can cut it off.

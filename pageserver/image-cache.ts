@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { PgUser } from '../postgres/user.js';
 import type { ImageManifest } from './manifest.js';
-import { checkPath, createTree } from './restore.js';
+import { checkPath, createTree, fixTree } from './restore.js';
+import { clonesIn, copyFiles, copyTree, treeBytes } from './clone.js';
 import { BLCKSZ, checkPage, firstBlockOf, storedChecksum } from './page-checksum.js';
 
 /** A damaged file of an image's cached copy: the first bad page (or a wrong size). */
@@ -24,18 +25,46 @@ export interface ImageMirror {
 }
 
 const DONE = '.complete';
+const INCOMING = 'incoming-';
+const GiB = 1024 ** 3;
+
+/** Options of the {@link ImageCache}. */
+export interface ImageCacheOptions {
+  /**
+   * Disk space that copies of older images (not the newest of their branch) may use together; the oldest go first.
+   * Default: a quarter of the free space of the file system, at most 4 GiB. 0 keeps only the newest per branch.
+   */
+  olderBudgetBytes?: number;
+}
 
 /**
- * Plain copies of the newest image of each branch, beside the chunk store. Restoring from chunks reads, inflates
- * and checks every 8 KiB page; restoring from this copy is a file clone (copy-on-write where the file system
- * offers it, an in-kernel copy otherwise), as fast as `cp -a`. It costs the disk space of one image per branch,
- * and is only a cache: the chunk store stays the truth, and a missing or incomplete copy is simply not used.
+ * Plain copies of images, beside the chunk store: the newest of each branch always, older ones within a disk
+ * budget. Restoring from chunks reads, inflates and checks every 8 KiB page; restoring from a copy is a file clone
+ * (copy-on-write where the file system offers it, an in-kernel copy otherwise), as fast as `cp -a`, or, for a
+ * checkout on a file system that cannot clone, a rename of the older copy itself. It is only a cache: the chunk
+ * store stays the truth, and a missing or incomplete copy is simply not used.
  */
 export class ImageCache {
-  constructor(readonly dir: string) {}
+  /** Copies being read (cloned from): never taken away or evicted meanwhile. */
+  private readonly reading = new Map<string, number>();
+
+  constructor(
+    readonly dir: string,
+    private readonly options: ImageCacheOptions = {},
+  ) {
+    // A cache write that a crash or a kill interrupted leaves its incoming folder: nothing will ever commit it.
+    for (const entry of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+      if (entry.startsWith(INCOMING)) fs.rmSync(path.join(dir, entry), { recursive: true, force: true });
+    }
+  }
 
   private folderOf(key: string): string {
     return path.join(this.dir, key.replace(/\//g, '_').replace(/\.json\.gz$/, ''));
+  }
+
+  /** True when copies here are clones that cost no data (XFS with reflink, btrfs). */
+  get clones(): boolean {
+    return clonesIn(this.dir);
   }
 
   /** True when a complete copy of the image `key` is here. */
@@ -46,8 +75,9 @@ export class ImageCache {
   /** Start a copy of an image being taken; commit it under the image's key once the image is stored. */
   writer(): ImageMirror & { commit(key: string): void; abandon(): void } {
     fs.mkdirSync(this.dir, { recursive: true });
-    const root = fs.mkdtempSync(path.join(this.dir, 'incoming-'));
+    const root = fs.mkdtempSync(path.join(this.dir, INCOMING));
     let fd: number | undefined;
+    let bytes = 0;
     return {
       addDir: (dir) => fs.mkdirSync(path.join(root, dir), { recursive: true }),
       beginFile: (file) => {
@@ -56,6 +86,7 @@ export class ImageCache {
       },
       write: (data) => {
         for (let done = 0; done < data.length;) done += fs.writeSync(fd!, data, done);
+        bytes += data.length;
       },
       endFile: () => {
         if (fd !== undefined) fs.closeSync(fd);
@@ -64,14 +95,9 @@ export class ImageCache {
       commit: (key) => {
         const final = this.folderOf(key);
         fs.rmSync(final, { recursive: true, force: true });
-        fs.writeFileSync(path.join(root, DONE), '');
+        fs.writeFileSync(path.join(root, DONE), JSON.stringify({ bytes }));
         fs.renameSync(root, final);
-        // One copy per branch: the older ones of the same branch go.
-        const prefix = path.basename(final).replace(/_[0-9a-f]{16}$/, '_');
-        for (const other of fs.readdirSync(this.dir)) {
-          if (other.startsWith(prefix) && path.join(this.dir, other) !== final)
-            fs.rmSync(path.join(this.dir, other), { recursive: true, force: true });
-        }
+        this.prune();
       },
       abandon: () => {
         if (fd !== undefined) fs.closeSync(fd);
@@ -87,44 +113,112 @@ export class ImageCache {
 
   /**
    * Take the copy of image `key` out of the cache to advance it in place into a newer image (an incremental:
-   * Postgres replays WAL in it). It stops being the copy of `key` at once (computes made meanwhile restore from
-   * chunks); it moves to `root` (a folder that must not exist, on the same file system: Postgres must be able to
-   * reach it); commit() files it under the new image's key, abandon() removes it. Undefined when there is no copy.
+   * Postgres replays WAL in it). Where copies are clones the copy of `key` stays (an older copy, within the
+   * budget) and a clone of it is advanced; otherwise it stops being the copy of `key` at once (computes made
+   * meanwhile restore from chunks). It goes to `root` (a folder that must not exist, on the same file system:
+   * Postgres must be able to reach it); commit() files it under the new image's key, abandon() removes it.
+   * Undefined when there is no copy.
    */
-  adopt(key: string, root: string): { root: string; commit(key: string): void; abandon(): void } | undefined {
+  async adopt(key: string, root: string): Promise<{ root: string; commit(key: string): void; abandon(): void } | undefined> {
     if (!this.has(key)) return undefined;
-    fs.renameSync(this.folderOf(key), root);
+    if (this.clones) {
+      await this.reader(key, () => copyTree(this.folderOf(key), root));
+    } else {
+      if (this.reading.get(key)) return undefined;
+      fs.renameSync(this.folderOf(key), root);
+    }
     fs.rmSync(path.join(root, DONE), { force: true });
     return {
       root,
       commit: (next) => {
         const final = this.folderOf(next);
         fs.rmSync(final, { recursive: true, force: true });
-        fs.writeFileSync(path.join(root, DONE), '');
+        fs.writeFileSync(path.join(root, DONE), JSON.stringify({ bytes: treeBytes(root) }));
         fs.renameSync(root, final);
+        this.prune();
       },
       abandon: () => fs.rmSync(root, { recursive: true, force: true }),
     };
   }
 
-  /** Clone the copy of `manifest` (stored as `key`) into `dataDir`, with the manifest's modes; files in parallel. */
-  async restore(key: string, manifest: ImageManifest, dataDir: string, owner?: PgUser, concurrency = 8): Promise<number> {
+  /**
+   * Materialise the copy of `manifest` (stored as `key`) as `dataDir`, with the manifest's modes and owner. Files
+   * are cloned (or copied in the kernel) in parallel; with `take`, where the file system cannot clone and the copy
+   * is an older one (not the newest of its branch, which incrementals and new computes clone), the copy itself is
+   * renamed into place instead, a metadata change whatever the size (it leaves the cache). Returns the bytes.
+   */
+  async restore(
+    key: string,
+    manifest: ImageManifest,
+    dataDir: string,
+    owner?: PgUser,
+    options: { take?: boolean; concurrency?: number; progress?: (bytes: number) => void } = {},
+  ): Promise<number> {
     const source = this.folderOf(key);
-    const files = createTree(manifest, dataDir, owner);
-    let bytes = 0;
-    const next = files[Symbol.iterator]();
-    const worker = async () => {
-      for (let item = next.next(); !item.done; item = next.next()) {
-        const entry = item.value;
-        const target = path.join(dataDir, checkPath(entry));
-        await fs.promises.copyFile(path.join(source, entry.path), target, fs.constants.COPYFILE_FICLONE);
-        await fs.promises.chmod(target, entry.mode & 0o7777);
-        if (owner) await fs.promises.lchown(target, owner.uid, owner.gid);
-        bytes += entry.size;
+    if (options.take && !this.clones && !this.reading.get(key) && !this.isNewest(key)) {
+      fs.renameSync(source, dataDir);
+      fixTree(manifest, dataDir, owner, [DONE]);
+      options.progress?.(manifest.rawBytes);
+      return manifest.rawBytes;
+    }
+    return this.reader(key, async () => {
+      const files = createTree(manifest, dataDir, owner).map((entry) => ({
+        from: path.join(source, entry.path),
+        to: path.join(dataDir, checkPath(entry)),
+        mode: entry.mode,
+        size: entry.size,
+      }));
+      return copyFiles(files, { owner, concurrency: options.concurrency, progress: options.progress });
+    });
+  }
+
+  private async reader<T>(key: string, work: () => Promise<T>): Promise<T> {
+    this.reading.set(key, (this.reading.get(key) ?? 0) + 1);
+    try {
+      return await work();
+    } finally {
+      this.reading.set(key, this.reading.get(key)! - 1);
+    }
+  }
+
+  /** The complete copies: folder name, branch prefix, size, and when each was made. */
+  private entries(): { name: string; prefix: string; bytes: number; made: number }[] {
+    const found = [];
+    for (const name of fs.existsSync(this.dir) ? fs.readdirSync(this.dir) : []) {
+      const done = path.join(this.dir, name, DONE);
+      if (name.startsWith(INCOMING) || !fs.existsSync(done)) continue;
+      let bytes: number;
+      try {
+        bytes = Number(JSON.parse(fs.readFileSync(done, 'utf8')).bytes);
+      } catch {
+        bytes = treeBytes(path.join(this.dir, name)); // written by an older neon: an empty marker
       }
-    };
-    await Promise.all(Array.from({ length: concurrency }, worker));
-    return bytes;
+      found.push({ name, prefix: name.replace(/_[0-9a-f]{16}$/, '_'), bytes, made: fs.statSync(done).mtimeMs });
+    }
+    return found;
+  }
+
+  // Image keys end in the LSN as 16 hex digits: within a branch, the greatest name is the newest image.
+  private isNewest(key: string): boolean {
+    const name = path.basename(this.folderOf(key));
+    const prefix = name.replace(/_[0-9a-f]{16}$/, '_');
+    return !this.entries().some((other) => other.prefix === prefix && other.name > name);
+  }
+
+  /** Drop older copies beyond the budget, the oldest first; the newest of each branch always stays. */
+  prune(): void {
+    const all = this.entries();
+    const newest = new Map<string, string>();
+    for (const entry of all) if ((newest.get(entry.prefix) ?? '') < entry.name) newest.set(entry.prefix, entry.name);
+    const older = all
+      .filter((entry) => newest.get(entry.prefix) !== entry.name)
+      .sort((a, b) => b.made - a.made || (a.name < b.name ? 1 : -1));
+    let budget = this.options.olderBudgetBytes ?? defaultBudget(this.dir);
+    for (const entry of older) {
+      const key = [...this.reading.keys()].find((k) => this.reading.get(k) && path.basename(this.folderOf(k)) === entry.name);
+      if (entry.bytes <= budget || key) budget -= entry.bytes;
+      else fs.rmSync(path.join(this.dir, entry.name), { recursive: true, force: true });
+    }
   }
 
   /**
@@ -186,4 +280,13 @@ export class ImageCache {
 
 function hashOf(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+function defaultBudget(dir: string): number {
+  try {
+    const { bavail, bsize } = fs.statfsSync(dir);
+    return Math.min(4 * GiB, (bavail * bsize) / 4);
+  } catch {
+    return 0;
+  }
 }

@@ -80,7 +80,7 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
   try {
     await stageWal(ctx.wal, ctx.spans, from, walDir, { owner: ctx.owner, until: request.upTo });
     const { changes, checkpointEnd } = await readChanges(walDir, previous, request);
-    const adopted = ctx.cache.adopt(previousKey, path.join(ctx.scratch, 'data'));
+    const adopted = await ctx.cache.adopt(previousKey, path.join(ctx.scratch, 'data'));
     if (!adopted) throw needsFull(`the previous image ${previousKey} has no plain copy to advance`);
     try {
       await replayTo({

@@ -209,7 +209,7 @@ export class Pageserver {
     target: RecoveryTarget,
     dataDir: string,
     walDir: string,
-    options: { finishedWalOnly?: boolean } = {},
+    options: { finishedWalOnly?: boolean; takeCache?: boolean } = {},
   ): Promise<Prepared> {
     const wal = this.deps.wal;
     if (!wal) throw new Error('the pageserver has no WAL store here');
@@ -222,7 +222,8 @@ export class Pageserver {
     });
     const key = imageKey(image.branch, parseLsn(image.endLsn));
     try {
-      if (this.cache.has(key)) await this.cache.restore(key, image, dataDir, this.deps.owner);
+      // takeCache: an older image's copy may be renamed into place (a checkout), see ImageCache.restore.
+      if (this.cache.has(key)) await this.cache.restore(key, image, dataDir, this.deps.owner, { take: options.takeCache });
       else await restoreImage(this.store, image, dataDir, { owner: this.deps.owner });
     } catch (error) {
       fs.rmSync(dataDir, { recursive: true, force: true });

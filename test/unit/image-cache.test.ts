@@ -1,0 +1,132 @@
+// The plain image cache on the file system the tests run on: leftovers of interrupted writes, copies (a clone
+// where the file system clones, an in-kernel copy otherwise), taking an older copy by rename, and the budget.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { ImageCache } from '../../pageserver/image-cache.js';
+import { clonesIn, copyTree } from '../../pageserver/clone.js';
+import type { ImageManifest } from '../../pageserver/manifest.js';
+
+const test = suite('image cache');
+let dir = '';
+test.before.each(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neon-cache-'));
+});
+test.after.each(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+/** An image of a few files (one of 3 MiB, so that copies use more than one system call), written into the cache. */
+function put(cache: ImageCache, lsn: number, fill: number, branch = 'main'): { key: string; manifest: ImageManifest } {
+  const key = `images/${branch}/${lsn.toString(16).toUpperCase().padStart(16, '0')}.json.gz`;
+  const files = [
+    { path: 'base', type: 'dir' as const, mode: 0o700, size: 0 },
+    { path: 'base/1', type: 'dir' as const, mode: 0o700, size: 0 },
+    { path: 'base/1/1259', type: 'file' as const, mode: 0o600, size: 3 * 1024 * 1024 },
+    { path: 'PG_VERSION', type: 'file' as const, mode: 0o640, size: 3 },
+    { path: 'empty', type: 'file' as const, mode: 0o600, size: 0 },
+  ];
+  const writer = cache.writer();
+  writer.addDir('base', 0o700);
+  writer.addDir('base/1', 0o700);
+  writer.beginFile('base/1/1259', 0o600);
+  writer.write(Buffer.alloc(3 * 1024 * 1024, fill));
+  writer.endFile();
+  writer.beginFile('PG_VERSION', 0o640);
+  writer.write(Buffer.from('15\n'));
+  writer.endFile();
+  writer.beginFile('empty', 0o600);
+  writer.endFile();
+  writer.commit(key);
+  const manifest = { files, rawBytes: 3 * 1024 * 1024 + 3 } as unknown as ImageManifest;
+  return { key, manifest };
+}
+
+const modeOf = (file: string) => fs.statSync(file).mode & 0o777;
+
+test('leftovers of a cache write that was interrupted (incoming-*) are removed when the cache is opened', () => {
+  const cacheDir = path.join(dir, 'cache');
+  const cache = new ImageCache(cacheDir);
+  const { key } = put(cache, 0x1000000, 1);
+  const interrupted = cache.writer(); // never committed nor abandoned: the process was killed
+  interrupted.beginFile('big', 0o600);
+  interrupted.write(Buffer.alloc(1024 * 1024, 7));
+  interrupted.endFile();
+  assert.equal(fs.readdirSync(cacheDir).filter((name) => name.startsWith('incoming-')).length, 1, 'the interrupted write left its folder');
+  const reopened = new ImageCache(cacheDir);
+  assert.equal(
+    fs.readdirSync(cacheDir).filter((name) => name.startsWith('incoming-')),
+    [],
+    'no incoming-* folder after the cache is opened again',
+  );
+  assert.ok(reopened.has(key), 'the committed copy stays');
+});
+
+test('restore clones or copies every file with the manifest’s modes, and the copy stays in the cache', async () => {
+  const cache = new ImageCache(path.join(dir, 'cache'));
+  const { key, manifest } = put(cache, 0x1000000, 9);
+  const data = path.join(dir, 'pgdata');
+  const bytes = await cache.restore(key, manifest, data);
+  assert.is(bytes, manifest.rawBytes);
+  assert.ok(fs.readFileSync(path.join(data, 'base/1/1259')).equals(Buffer.alloc(3 * 1024 * 1024, 9)), 'the relation file is the same');
+  assert.is(fs.readFileSync(path.join(data, 'PG_VERSION'), 'utf8'), '15\n');
+  assert.is(fs.statSync(path.join(data, 'empty')).size, 0);
+  assert.is(modeOf(path.join(data, 'PG_VERSION')), 0o640);
+  assert.is(modeOf(data), 0o700);
+  // Writing into the restored copy must never change the cache (a clone is copy-on-write, a copy is separate).
+  fs.writeFileSync(path.join(data, 'base/1/1259'), Buffer.alloc(8192, 0xee), { flag: 'r+' });
+  const again = path.join(dir, 'pgdata2');
+  await cache.restore(key, manifest, again);
+  assert.is(fs.readFileSync(path.join(again, 'base/1/1259'))[0], 9, 'the cached copy is unchanged after the first one was written');
+  assert.is(typeof clonesIn(dir), 'boolean');
+});
+
+test('copyTree copies folders, files and symlinks with their modes (the clone or the fallback of this file system)', async () => {
+  const source = path.join(dir, 'src');
+  fs.mkdirSync(path.join(source, 'a/b'), { recursive: true, mode: 0o750 });
+  fs.chmodSync(path.join(source, 'a'), 0o750);
+  fs.writeFileSync(path.join(source, 'a/b/file'), Buffer.alloc(5 * 1024 * 1024 + 17, 3), { mode: 0o604 });
+  fs.symlinkSync('a/b/file', path.join(source, 'link'));
+  const target = path.join(dir, 'dst');
+  const bytes = await copyTree(source, target);
+  assert.is(bytes, 5 * 1024 * 1024 + 17);
+  assert.ok(fs.readFileSync(path.join(target, 'a/b/file')).equals(Buffer.alloc(5 * 1024 * 1024 + 17, 3)));
+  assert.is(modeOf(path.join(target, 'a/b/file')), 0o604);
+  assert.is(modeOf(path.join(target, 'a')), 0o750);
+  assert.is(fs.readlinkSync(path.join(target, 'link')), 'a/b/file');
+});
+
+test('an older copy is kept within the budget; taken for a checkout it is renamed into place (or cloned where that is free)', async () => {
+  const cache = new ImageCache(path.join(dir, 'cache'), { olderBudgetBytes: 10 * 1024 * 1024 });
+  const older = put(cache, 0x1000000, 1);
+  const newest = put(cache, 0x2000000, 2);
+  assert.ok(cache.has(older.key), 'the older copy is kept (within the budget)');
+  const data = path.join(dir, 'pgdata');
+  await cache.restore(older.key, older.manifest, data, undefined, { take: true });
+  assert.ok(fs.readFileSync(path.join(data, 'base/1/1259')).equals(Buffer.alloc(3 * 1024 * 1024, 1)));
+  assert.is(modeOf(path.join(data, 'PG_VERSION')), 0o640);
+  assert.not.ok(fs.existsSync(path.join(data, '.complete')), 'no cache marker in the data directory');
+  assert.is(cache.has(older.key), cache.clones, 'renamed away where copies cost data, kept where they are clones');
+  // The newest copy of a branch is never taken: incrementals and new computes clone it.
+  const data2 = path.join(dir, 'pgdata2');
+  await cache.restore(newest.key, newest.manifest, data2, undefined, { take: true });
+  assert.ok(cache.has(newest.key), 'the newest copy stays');
+});
+
+test('older copies beyond the budget go, the oldest first; the newest of each branch always stays', () => {
+  const cache = new ImageCache(path.join(dir, 'cache'), { olderBudgetBytes: 4 * 1024 * 1024 });
+  const first = put(cache, 0x1000000, 1);
+  const second = put(cache, 0x2000000, 2);
+  const third = put(cache, 0x3000000, 3);
+  const other = put(cache, 0x1000000, 4, 'feature');
+  assert.not.ok(cache.has(first.key), 'the oldest older copy went (two do not fit in 4 MiB)');
+  assert.ok(cache.has(second.key), 'the newer older copy fits');
+  assert.ok(cache.has(third.key) && cache.has(other.key), 'the newest of each branch stays');
+  const none = new ImageCache(path.join(dir, 'cache0'), { olderBudgetBytes: 0 });
+  const a = put(none, 0x1000000, 1);
+  const b = put(none, 0x2000000, 2);
+  assert.not.ok(none.has(a.key), 'budget 0: only the newest');
+  assert.ok(none.has(b.key));
+});
+
+test.run();
