@@ -2,8 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Transform, pipeline, type Readable } from 'node:stream';
 import { NeonError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import { readObject, type Storage } from '../core/storage.js';
@@ -70,37 +69,86 @@ async function putOnce(storage: Storage, key: string, body: Buffer | Readable, r
   }
 }
 
+/** Options of {@link pushPacks}. */
+export interface PushOptions {
+  /** Key prefix of the packs in storage (default `chunks/`). */
+  prefix?: string;
+  /**
+   * Push only the packs holding these chunks (what one snapshot's image references) rather than every local
+   * pack. Rejects with `chunk_missing` when the store lacks one of them.
+   */
+  chunks?: Iterable<string>;
+  /** Told the bytes about to be sent, once the remote was listed (for progress totals). */
+  onPlan?: (bytes: number) => void;
+}
+
 /**
- * Upload the packs of `store` that `storage` lacks (under `prefix`, default `chunks/`): seals the pending pack,
- * lists the storage once, then for each missing pack uploads the pack, checked against its id so that a
- * damaged local file is never published, and then its index. A pack object of the wrong size (a damaged
- * upload) is replaced: its content is fixed by its id.
+ * Upload the packs of `store` (all, or those holding `options.chunks`) that `storage` lacks: seals the pending
+ * pack, lists the storage once, then for each missing pack uploads the pack, checked against its id as it
+ * streams so that a damaged local file is never published, and then its index. A pack object of the wrong size
+ * (a damaged upload) is replaced: its content is fixed by its id.
  */
-export async function pushPacks(store: ChunkStore, storage: Storage, prefix = 'chunks/'): Promise<PushResult> {
+export async function pushPacks(store: ChunkStore, storage: Storage, options: PushOptions = {}): Promise<PushResult> {
+  const prefix = options.prefix ?? 'chunks/';
   await store.flush();
+  const ids = options.chunks ? packsHolding(store, options.chunks) : store.packs();
   const remote = await listRemote(storage, prefix);
-  const uploaded = new Set<string>();
-  let bytes = 0;
-  const ids = store.packs();
-  await eachLimit(ids, UPLOADS, async (id) => {
+  const plan: { id: string; pack?: number; replace: boolean; index: boolean }[] = [];
+  let planned = 0;
+  for (const id of ids) {
     const there = remote.get(id);
-    const packFile = store.packFile(id);
-    const size = (await fs.stat(packFile)).size;
-    if (there?.pack !== size) {
-      // Streamed twice (hash, then upload) rather than held in memory: a sealed pack never changes.
-      if ((await hashFile(packFile)) !== id) throw corrupt(`${packFile} is damaged (its content does not hash to its name); it was not uploaded`);
-      if (await putOnce(storage, `${prefix}${id}.pack`, createReadStream(packFile), there?.pack !== undefined)) bytes += size;
-      uploaded.add(id);
+    const size = (await fs.stat(store.packFile(id))).size;
+    const step = { id, pack: there?.pack !== size ? size : undefined, replace: there?.pack !== undefined, index: there?.idx === undefined };
+    if (step.pack === undefined && !step.index) continue;
+    plan.push(step);
+    planned += (step.pack ?? 0) + (step.index ? (await fs.stat(store.indexFile(id))).size : 0);
+  }
+  options.onPlan?.(planned);
+  let bytes = 0;
+  await eachLimit(plan, UPLOADS, async ({ id, pack, replace, index }) => {
+    if (pack !== undefined) {
+      const packFile = store.packFile(id);
+      // Hashed on its way out rather than read twice: a mismatch fails the stream, so the put publishes nothing.
+      const body = pipeline(createReadStream(packFile), checkedAgainst(id, packFile), () => undefined);
+      if (await putOnce(storage, `${prefix}${id}.pack`, body, replace)) bytes += pack;
     }
-    if (there?.idx === undefined) {
+    if (index) {
       const indexFile = store.indexFile(id);
-      const index = await fs.readFile(indexFile);
-      decodeIndex(index, indexFile, id); // never publish a damaged index
-      if (await putOnce(storage, `${prefix}${id}.idx`, index, false)) bytes += index.length;
-      uploaded.add(id);
+      const data = await fs.readFile(indexFile);
+      decodeIndex(data, indexFile, id); // never publish a damaged index
+      if (await putOnce(storage, `${prefix}${id}.idx`, data, false)) bytes += data.length;
     }
   });
-  return { uploaded: ids.filter((id) => uploaded.has(id)), bytes };
+  return { uploaded: plan.map((step) => step.id), bytes };
+}
+
+/** Ids of the written packs holding `chunks`, in the store's pack order. */
+function packsHolding(store: ChunkStore, chunks: Iterable<string>): string[] {
+  const ids = new Set<string>();
+  for (const hash of chunks) {
+    const pack = store.locate(hash)?.pack;
+    if (pack) ids.add(pack);
+    // Held but in no pack: a chunk every store holds implicitly (the zero page), nothing to send.
+    else if (!store.has(hash)) {
+      throw new NeonError('chunk_missing', `chunk ${hash} is not in the chunk store ${store.dir}: it cannot be pushed`, { status: 404 });
+    }
+  }
+  return store.packs().filter((id) => ids.has(id));
+}
+
+/** A pass-through that fails at the end unless what went through hashes (SHA-256) to `id`. */
+function checkedAgainst(id: string, file: string): Transform {
+  const hash = createHash('sha256');
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      hash.update(chunk);
+      done(null, chunk);
+    },
+    flush(done) {
+      const got = hash.digest('hex');
+      done(got === id ? null : corrupt(`${file} is damaged (its content does not hash to its name); it was not uploaded`));
+    },
+  });
 }
 
 /**
@@ -153,13 +201,6 @@ export async function pullPacks(store: ChunkStore, storage: Storage, hashes: Ite
     await fs.rm(path.join(cache, `${id}.idx`), { force: true });
   });
   return { downloaded, bytes };
-}
-
-/** SHA-256 of a file, read as a stream. */
-async function hashFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(file), hash);
-  return hash.digest('hex');
 }
 
 /** The index of remote pack `id`: from the local cache when it is there and intact, else from storage. */

@@ -50,22 +50,32 @@ export function countingStorage(storage: Storage, count: (bytes: number, objects
     list: (prefix) => storage.list(prefix),
     delete: (key) => storage.delete(key),
     async put(key, body, options) {
-      await storage.put(key, body, options);
-      count(typeof body === 'string' ? Buffer.byteLength(body) : Buffer.isBuffer(body) ? body.length : 0, 1);
+      if (typeof body === 'string' || Buffer.isBuffer(body)) {
+        await storage.put(key, body, options);
+        return count(typeof body === 'string' ? Buffer.byteLength(body) : body.length, 1);
+      }
+      // A stream is counted as it goes, so that progress moves during a long upload.
+      await storage.put(
+        key,
+        pipeline(body, counter(), () => undefined),
+        options,
+      );
+      count(0, 1);
     },
     async get(key) {
       const source = await storage.get(key);
-      const counter = new Transform({
-        transform(chunk: Buffer, _encoding, done) {
-          count(chunk.length, 0);
-          done(null, chunk);
-        },
-      });
       count(0, 1);
-      pipeline(source, counter, () => undefined); // an error of the source destroys the counter with it
-      return counter as Readable;
+      return pipeline(source, counter(), () => undefined); // an error of the source destroys the counter with it
     },
   };
+  function counter(): Transform {
+    return new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        count(chunk.length, 0);
+        done(null, chunk);
+      },
+    });
+  }
 }
 
 /** Put unless present; a conflict (another writer's copy of a content-addressed object) counts as present. */
@@ -145,9 +155,9 @@ export async function pushSnapshot(daemon: DaemonContext, target: Storage, name:
   const remote = new Set<string>();
   for await (const object of target.list('wal/')) remote.add(object.key);
   const missing = wal.filter((ref) => !remote.has(walObjectKey(ref.branch, ref.name)));
-  op.step('packs', await packBytesToSend(pageserver, target));
-
-  await pushPacks(pageserver.store, storage);
+  // Only the packs this snapshot's image references: other snapshots' data stays local until they are pushed.
+  const chunks = new Set(image.files.flatMap((f) => f.chunks ?? []));
+  await pushPacks(pageserver.store, storage, { chunks, onPlan: (bytes) => op.step('packs', bytes) });
   op.step('image');
   const key = imageKey(image.branch, parseLsn(image.endLsn));
   if (!(await target.head(key))) await putOnce(storage, key, fs.readFileSync(path.join(pageserver.dir, ...key.split('/'))));
@@ -192,19 +202,6 @@ export async function pushSnapshot(daemon: DaemonContext, target: Storage, name:
   };
   await storage.put(snapshotKey(name), JSON.stringify(record, null, 2));
   return { snapshot: name, storage: target.url, ...moved, upToDate: false };
-}
-
-/** Bytes of the local packs the storage lacks: what the pack step sends (for the progress total). */
-async function packBytesToSend(pageserver: Pageserver, storage: Storage): Promise<number> {
-  await pageserver.store.flush();
-  const there = new Set<string>();
-  for await (const object of storage.list('chunks/')) there.add(object.key);
-  let total = 0;
-  for (const id of pageserver.store.packs()) {
-    if (!there.has(`chunks/${id}.pack`)) total += fs.statSync(pageserver.store.packFile(id)).size;
-    if (!there.has(`chunks/${id}.idx`)) total += fs.statSync(pageserver.store.indexFile(id)).size;
-  }
-  return total;
 }
 
 /** What a pull writes into. */
