@@ -15,6 +15,7 @@ import { KeyedMutex } from '../lib/keyed-mutex.js';
 import { makeComputeHome } from './modes.js';
 import { moveToTrash } from './trash.js';
 import { isReplica } from './schemas.js';
+import { createStorageReplica } from './storage-replica.js';
 
 /** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export interface CreateComputeRequest {
@@ -47,6 +48,7 @@ export async function createCompute(daemon: DaemonContext, request: CreateComput
   if (storage !== undefined && storage !== 'default') {
     // Over an attached storage: its snapshot is pulled (only what is missing), and the compute forks from it.
     if (request.branch !== undefined) throw new NeonError('bad_request', '"branch" and "storage_name" exclude each other');
+    if (isReplica(request.is_replica)) return createStorageReplica(daemon, name, storage, optionalString(request, 'at'));
     const pulled = await pullForCompute(daemon, storage, optionalString(request, 'at'));
     const created = await createCompute(daemon, { ...request, storage_name: undefined, branch: pulled.branch, at: pulled.snapshot });
     if (!created.read_only && !created.replica) await adoptLogin(daemon, name);

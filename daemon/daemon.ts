@@ -28,6 +28,7 @@ import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repo
 import { makePrivate } from './modes.js';
 import { finishDestroys } from './trash.js';
 import { pulledWalHolder } from './storages.js';
+import { storageComputeStarted } from './storage-replica.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
@@ -159,6 +160,8 @@ export class Daemon implements DaemonContext {
       const record = this.compute(name).record;
       if (isPrimary(record)) this.safekeepers.attach(record.branch, this.primaryOf(record));
     });
+    // Computes over pulled snapshots: this repository's login, and a storage replica's WAL follower.
+    this.hooks.computeStarted.tapPromise('neon:storage-computes', ({ name }) => storageComputeStarted(this, name));
     await Promise.all([...this.computes.values()].filter((c) => c.record.running).map((c) => c.start()));
     await this.safekeepers.start();
     // Stopped primaries too: their streams report that the primary is down, and resume when it is back.

@@ -10,6 +10,7 @@ import type { Daemon } from './daemon.js';
 import { RestResponse, type RestServer } from '../core/rest.js';
 import * as schemas from './schemas.js';
 import { registerStorageRoutes } from './storage-routes.js';
+import { startAsStorageReplica } from './storage-replica.js';
 import { registerFormatRoutes } from './format-routes.js';
 import { Operations } from './operations.js';
 
@@ -40,6 +41,9 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
               );
             }
             if (schemas.isReplica(body.is_replica) && !record.replica) {
+              // A compute over another repository's storage becomes a standby following that repository.
+              const standby = await startAsStorageReplica(daemon, record.name);
+              if (standby) return standby;
               throw new NeonError(
                 'not_a_replica',
                 `compute ${record.name} is not a replica: create one with neon pg create -n NAME --branch ${record.branch} --replica`,

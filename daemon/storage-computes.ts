@@ -1,5 +1,5 @@
 import type { DaemonContext } from './context.js';
-import { StorageRegistry } from './storages.js';
+import { StorageRegistry, type PulledBranch } from './storages.js';
 import { pullSnapshot } from './transfer.js';
 
 /** The registry of attached storages of the daemon's repository. */
@@ -15,7 +15,7 @@ export async function pullForCompute(
   daemon: DaemonContext,
   storageName: string,
   at?: string,
-): Promise<{ branch: string; snapshot: string }> {
+): Promise<{ branch: string; snapshot: string; url: string; remoteBranch: string }> {
   const registry = registryOf(daemon);
   await registry.get(storageName);
   const { storage, name } = await registry.open(storageName);
@@ -23,7 +23,16 @@ export async function pullForCompute(
   const noProgress = { step: () => undefined, add: () => undefined };
   const pulled = await pullSnapshot(into, storage, name, at, noProgress, { rename: true });
   daemon.log.info('pulled snapshot %s from %s for a compute: %d bytes', pulled.snapshot, storage.url, pulled.bytes);
-  return { branch: pulled.branch, snapshot: pulled.snapshot };
+  return { branch: pulled.branch, snapshot: pulled.snapshot, url: storage.url, remoteBranch: pulled.record.snapshot.branch };
+}
+
+/** Where a branch's line of history starts when that is a pulled snapshot: the pulled branch and its origin. */
+export async function pulledOrigin(daemon: DaemonContext, branch: string): Promise<(PulledBranch & { branch: string }) | undefined> {
+  const { history } = daemon.pageserver;
+  if (!history.hasBranch(branch)) return undefined;
+  const root = history.chain(branch)[0].branch;
+  const pulled = (await registryOf(daemon).pulled())[root];
+  return pulled && { ...pulled, branch: root };
 }
 
 /** The computes whose branch's line of history starts at a snapshot pulled from storage `name`. */

@@ -1,0 +1,122 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { cleanup, neonJson, tmpDir } from '../../testkit/env.js';
+import { query } from '../../testkit/pg.js';
+
+/*
+ * Two repositories on one machine standing in for two machines: A writes to its storage_dest (a folder), B
+ * attaches that folder as a storage and runs computes over it. B never talks to A's Postgres: everything goes
+ * through the storage, as it would between two laptops sharing a bucket.
+ */
+
+interface Ctx {
+  root: string;
+  a: string;
+  b: string;
+  dest: string;
+  aUrl: string;
+  env: Record<string, string>;
+}
+
+const ctx = {} as Ctx;
+const test = suite<Ctx>('computes over another repository\'s storage: replica, read-only, login', ctx);
+const json = (cwd: string, args: string[]) => neonJson(args, { cwd, env: ctx.env });
+
+const count = async (url: string) => (await query<{ n: number }>(url, 'select count(*)::int as n from t'))[0].n;
+
+/** Poll until `check` holds (generous: the machine is shared), or fail with what was last seen. */
+async function eventually<T>(what: string, read: () => Promise<T>, check: (value: T) => boolean, timeoutMs = 180_000): Promise<T> {
+  let last: T | undefined;
+  let error: unknown;
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(500)) {
+    try {
+      last = await read();
+      if (check(last)) return last;
+    } catch (e) {
+      error = e;
+    }
+  }
+  throw new Error(`${what}: last seen ${JSON.stringify(last)}${error ? ` (${(error as Error).message})` : ''}`);
+}
+
+test.before(async (c) => {
+  c.root = tmpDir('neon-storage-replica-');
+  c.a = path.join(c.root, 'a');
+  c.b = path.join(c.root, 'b');
+  c.dest = path.join(c.root, 'a-dest');
+  fs.mkdirSync(c.a, { mode: 0o755 });
+  fs.mkdirSync(c.b, { mode: 0o755 });
+  c.env = { NEON_PORT: '0' };
+  const started = await json(c.a, ['start', '--storage_dest', c.dest]);
+  c.aUrl = started.connection_string;
+  await query(c.aUrl, 'create table t as select g as id from generate_series(1, 1000) g');
+  await json(c.a, ['snapshot', 'create', 'first']);
+  // A's background sync pushes the snapshot's history and a base image: B can start from it once both are there.
+  await eventually(
+    "A's storage holds the snapshot and an image",
+    async () => {
+      const history = fs.readFileSync(path.join(c.dest, 'history.json'), 'utf8');
+      const images = fs.readdirSync(path.join(c.dest, 'images', 'main'));
+      return history.includes('"first"') && images.length > 0;
+    },
+    (ok) => ok,
+  );
+  await json(c.b, ['start']);
+  await json(c.b, ['storage', 'attach', '-n', 'a', '--type', 'native', '--path', c.dest]);
+});
+
+test.after(async (c) => {
+  await cleanup(c.root);
+});
+
+test('pg create -s then pg start --replica: a standby that follows A through its storage and refuses writes', async (c) => {
+  const created = await json(c.b, ['pg', 'create', '-n', 'r', '-s', 'a']);
+  assert.is(created.replica, false, 'pg create alone makes a primary, as before');
+  const standby = await json(c.b, ['pg', 'start', '-n', 'r', '--replica']);
+  assert.is(standby.replica, true);
+  assert.is(standby.state, 'running');
+  assert.is(await count(standby.connection_string), 1000, "B's replica sees A's rows, logging in with the printed string");
+
+  await query(c.aUrl, 'insert into t select g from generate_series(1001, 1500) g');
+  await eventually("B's replica sees A's new rows", () => count(standby.connection_string), (n) => n === 1500);
+
+  const refused = await query(standby.connection_string, 'insert into t values (0)').then(
+    () => undefined,
+    (error: Error) => error.message,
+  );
+  assert.match(refused ?? 'accepted', /read-only transaction/);
+  const shown = await json(c.b, ['pg', 'show', '-n', 'r']);
+  assert.is(shown.replica, true);
+});
+
+test('pg create -s --replica makes the standby at once; it keeps following after pg stop / pg start', async (c) => {
+  const standby = await json(c.b, ['pg', 'create', '-n', 'r2', '-s', 'a', '--replica']);
+  assert.is(standby.replica, true);
+  await query(c.aUrl, 'insert into t select g from generate_series(1501, 1600) g');
+  await eventually('the new standby catches up', () => count(standby.connection_string), (n) => n === 1600);
+  await json(c.b, ['pg', 'stop', '-n', 'r2']);
+  await query(c.aUrl, 'insert into t select g from generate_series(1601, 1700) g');
+  const again = await json(c.b, ['pg', 'start', '-n', 'r2', '--replica']);
+  await eventually('after a restart it follows again', () => count(again.connection_string), (n) => n === 1700);
+});
+
+test("a read-only compute over A's snapshot answers to B's password", async (c) => {
+  const frozen = await json(c.b, ['pg', 'create', '-n', 'frozen', '-s', 'a', '--read-only', '--at', 'first']);
+  assert.is(frozen.read_only, true);
+  assert.is(await count(frozen.connection_string), 1000);
+  const main = await json(c.b, ['pg', 'show', '-n', 'main']);
+  const password = (s: string) => decodeURIComponent(new URL(s).password);
+  assert.is(password(frozen.connection_string), password(main.connection_string), "B's password");
+  const wrong = new URL(frozen.connection_string);
+  wrong.password = 'not-the-password';
+  const denied = await query(wrong.toString(), 'select 1').then(
+    () => 'logged in',
+    (error: Error) => error.message,
+  );
+  assert.match(denied, /authentication failed/);
+});
+
+test.run();
