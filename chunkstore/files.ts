@@ -1,9 +1,9 @@
+import { createHash } from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { NeonError } from '../core/errors.js';
 import { fsyncDir, isTempName, writeFileAtomic } from '../core/fs-atomic.js';
-import { PACK_HEADER, checkPackHeader, decodeIndex, encodeIndex, scanPack, type PackEntries } from './format.js';
-import { eachLimit } from './pool.js';
+import { PACK_HEADER, checkPackHeader, decodeIndex, encodeIndex, indexLength, scanPack, type PackEntries } from './format.js';
 
 const PACK_NAME = /^([0-9a-f]{64})\.(pack|idx)$/;
 
@@ -50,55 +50,70 @@ export interface LoadedPack {
   rebuilt: boolean;
 }
 
-/**
- * Load the index of every pack in `<dir>/packs`. Temp files (a crash mid-write) and indexes without their pack
- * are ignored. A missing or damaged index (or one that disagrees with its pack's length) is rebuilt by scanning
- * the pack, which must then hash to its name, and written back. Throws `corrupt` when a pack that needs a
- * rebuild is itself damaged, `bad_format` for files of another format version.
- */
-export async function loadPacks(dir: string): Promise<LoadedPack[]> {
-  const folder = path.join(dir, 'packs');
-  const names = await fs.readdir(folder);
+/** The packs in `<dir>/packs` (ids, sorted) and which of them have an index file. Temp files are ignored. */
+export async function listPacks(dir: string): Promise<{ packs: string[]; indexes: Set<string> }> {
   const packs = new Set<string>();
   const indexes = new Set<string>();
-  for (const name of names) {
+  for (const name of await fs.readdir(path.join(dir, 'packs'))) {
     if (isTempName(name)) continue;
     const match = PACK_NAME.exec(name);
     if (match) (match[2] === 'pack' ? packs : indexes).add(match[1]);
   }
-  const loaded: LoadedPack[] = [];
-  await eachLimit([...packs].sort(), 16, async (id) => {
-    const file = packPath(dir, id);
-    const stat = await fs.stat(file);
-    if (indexes.has(id)) {
-      try {
-        const index = decodeIndex(await fs.readFile(indexPath(dir, id)), indexPath(dir, id), id);
-        if (index.packLength === stat.size) {
-          loaded.push({ id, entries: index.entries, length: stat.size, rebuilt: false });
-          return;
-        }
-      } catch (error) {
-        if (!(error instanceof NeonError) || error.code !== 'corrupt') throw error;
-      }
-    }
-    let entries: PackEntries;
-    try {
-      entries = scanPack(await fs.readFile(file), file, id);
-    } catch (error) {
-      if (error instanceof NeonError && error.code === 'corrupt') {
-        throw new NeonError(
-          'corrupt',
-          `${error.message}; its index is missing or damaged, so its chunks cannot be trusted: fetch it again from storage or move it away`,
-          { status: 500, cause: error },
-        );
-      }
-      throw error;
-    }
-    await writeFileAtomic(indexPath(dir, id), encodeIndex(entries, id, stat.size));
-    loaded.push({ id, entries, length: stat.size, rebuilt: true });
-  });
   // A deterministic order, so that which copy of a duplicated chunk wins does not depend on I/O timing.
-  return loaded.sort((a, b) => (a.id < b.id ? -1 : 1));
+  return { packs: [...packs].sort(), indexes };
+}
+
+/**
+ * Load the index of pack `id` (`hasIndex`: its .idx exists). A missing or damaged index (or one that disagrees
+ * with its pack's length) is rebuilt by scanning the pack, which must then hash to its name, and written back.
+ * Throws `corrupt` when a pack that needs a rebuild is itself damaged, `bad_format` for another format version.
+ */
+export async function loadPack(dir: string, id: string, hasIndex: boolean): Promise<LoadedPack> {
+  const file = packPath(dir, id);
+  const stat = await fs.stat(file);
+  if (hasIndex) {
+    try {
+      const index = decodeIndex(await fs.readFile(indexPath(dir, id)), indexPath(dir, id), id);
+      if (index.packLength === stat.size) return { id, entries: index.entries, length: stat.size, rebuilt: false };
+    } catch (error) {
+      if (!(error instanceof NeonError) || error.code !== 'corrupt') throw error;
+    }
+  }
+  let entries: PackEntries;
+  try {
+    entries = scanPack(await fs.readFile(file), file, id);
+  } catch (error) {
+    if (error instanceof NeonError && error.code === 'corrupt') {
+      throw new NeonError(
+        'corrupt',
+        `${error.message}; its index is missing or damaged, so its chunks cannot be trusted: fetch it again from storage or move it away`,
+        { status: 500, cause: error },
+      );
+    }
+    throw error;
+  }
+  await writeFileAtomic(indexPath(dir, id), encodeIndex(entries, id, stat.size));
+  return { id, entries, length: stat.size, rebuilt: true };
+}
+
+/**
+ * The checksum (last 32 bytes) of pack `id`'s index when that index is intact, describes this pack and its
+ * length is `packLength`; undefined otherwise (missing, damaged, or of another pack). Reads the index whole
+ * and hashes it, but decodes no entry.
+ */
+export async function indexTrailer(dir: string, id: string, packLength: number): Promise<Buffer | undefined> {
+  let buf: Buffer;
+  try {
+    buf = await fs.readFile(indexPath(dir, id));
+  } catch (error) {
+    if (isMissing(error)) return undefined;
+    throw error;
+  }
+  if (buf.length < 88 || buf.length !== indexLength(buf.readUInt32BE(12))) return undefined;
+  if (buf.toString('hex', 24, 56) !== id || Number(buf.readBigUInt64BE(16)) !== packLength) return undefined;
+  const trailer = buf.subarray(buf.length - 32);
+  if (!createHash('sha256').update(buf.subarray(0, buf.length - 32)).digest().equals(trailer)) return undefined;
+  return Buffer.from(trailer);
 }
 
 /** Remove temp files older than `ageMs` in `folder` (writes that a crash interrupted). */

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { NeonError } from '../core/errors.js';
 import { PackBuilder } from './builder.js';
-import { PACK_HEADER, RECORD_HEADER, corrupt, indexLength, unpackChunk } from './format.js';
+import { PACK_HEADER, RECORD_HEADER, corrupt, indexLength, unpackChunk, type PackEntries } from './format.js';
 import { isMissing, packPath, removePackFiles, removeStaleTemps, writePackFiles, type HandleCache } from './files.js';
 import type { PackSlot, PackTable } from './table.js';
 
@@ -42,14 +42,15 @@ export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise
   const { table } = ctx;
   const drop: PackSlot[] = [];
   const rewrite: PackSlot[] = [];
+  // One walk over the index (not a lookup per chunk): the live bytes each pack holds.
+  const liveBytes = new Map<PackSlot, number>();
+  await table.forEach((hash, slot, stored) => {
+    if (live.has(hash)) liveBytes.set(slot, (liveBytes.get(slot) ?? 0) + RECORD_HEADER + stored);
+  });
   for (const slot of table.writtenSlots()) {
-    let liveBytes = 0;
-    for (let i = 0; i < slot.entries.count; i++) {
-      const hash = slot.entries.hashes[i];
-      if (live.has(hash) && table.pointsTo(hash, slot, i)) liveBytes += RECORD_HEADER + slot.entries.stored[i];
-    }
-    if (liveBytes === 0) drop.push(slot);
-    else if (liveBytes * 2 < slot.length - PACK_HEADER) rewrite.push(slot);
+    const bytes = liveBytes.get(slot) ?? 0;
+    if (bytes === 0) drop.push(slot);
+    else if (bytes * 2 < slot.length - PACK_HEADER) rewrite.push(slot);
   }
 
   let freedBytes = 0;
@@ -61,8 +62,8 @@ export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise
     const { bytes, id } = made.seal();
     const same = table.written(id);
     if (same) {
-      // An identical pack is already on disk (content-addressed): use it.
-      table.claimAll(same, (current) => moving.has(current.no));
+      // An identical pack is already on disk (content-addressed): use it (its entries are those of `made`).
+      table.claimAll(same, (current) => moving.has(current.no), made);
       return;
     }
     await writePackFiles(ctx.dir, id, bytes, made);
@@ -79,11 +80,12 @@ export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise
         status: 404,
       });
     });
-    const { hashes, offsets, stored, raw, flags } = slot.entries;
-    for (let i = 0; i < slot.entries.count; i++) {
+    const entries = await table.entriesOf(slot);
+    const { hashes, offsets, stored, raw, flags } = entries;
+    for (let i = 0; i < entries.count; i++) {
       if (!live.has(hashes[i]) || !table.pointsTo(hashes[i], slot, i)) continue;
       try {
-        unpackChunk(bytes, offsets[i], slot.entries, i);
+        unpackChunk(bytes, offsets[i], entries, i);
       } catch (error) {
         throw corrupt(`gc stopped: chunk ${hashes[i]} in ${file} is damaged (${(error as Error).message}); no pack was removed`);
       }
@@ -100,13 +102,15 @@ export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise
   let removedPacks = 0;
   let rewrittenPacks = 0;
   for (const slot of [...drop, ...rewrite]) {
+    const entries = await table.entriesOf(slot);
     // Decide and unhook in one synchronous step, so that add() cannot dedupe against this pack in between.
-    if (holdsNeeded(table, slot, live, ctx.touched)) continue;
+    if (holdsNeeded(table, slot, entries, live, ctx.touched)) continue;
+    const count = table.countOf(slot);
     table.dropSlot(slot);
     const file = packPath(ctx.dir, slot.id!);
     ctx.handles.forget(file);
     await removePackFiles(ctx.dir, slot.id!);
-    freedBytes += slot.length + indexLength(slot.entries.count);
+    freedBytes += slot.length + indexLength(count);
     if (moving.has(slot.no)) rewrittenPacks++;
     else removedPacks++;
   }
@@ -115,10 +119,10 @@ export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise
   return { removedPacks, rewrittenPacks, freedBytes };
 }
 
-/** True when the map still finds, in `slot`, a chunk that is live or was deduplicated against during gc. */
-function holdsNeeded(table: PackTable, slot: PackSlot, live: Set<string>, touched: Set<string>): boolean {
-  for (let i = 0; i < slot.entries.count; i++) {
-    const hash = slot.entries.hashes[i];
+/** True when the index still finds, in `slot`, a chunk that is live or was deduplicated against during gc. */
+function holdsNeeded(table: PackTable, slot: PackSlot, entries: PackEntries, live: Set<string>, touched: Set<string>): boolean {
+  for (let i = 0; i < entries.count; i++) {
+    const hash = entries.hashes[i];
     if ((live.has(hash) || touched.has(hash)) && table.pointsTo(hash, slot, i)) return true;
   }
   return false;

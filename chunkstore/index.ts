@@ -1,12 +1,12 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { NeonError } from '../core/errors.js';
-import { PackBuilder, packChunk, type PackedChunk } from './builder.js';
-import { ZERO_PAGE_HASH, isZeroPage, zeroPage } from './codec.js';
-import { RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk } from './format.js';
-import { HandleCache, indexPath, isMissing, loadPacks, packPath, writePackFiles } from './files.js';
+import { PackBuilder, packChunk } from './builder.js';
+import { FLAG_DEFLATE, RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk } from './format.js';
+import { HandleCache, indexPath, isMissing, packPath, writePackFiles } from './files.js';
 import { collectGarbage, type GcResult } from './gc.js';
-import { PackTable, type PackSlot } from './table.js';
+import { openTable } from './open.js';
+import { type Location, type PackSlot, type PackTable } from './table.js';
 import { verifyChunks, type VerifyResult } from './verify.js';
 
 export type { GcResult } from './gc.js';
@@ -58,7 +58,8 @@ const MAX_CHUNK = 1024 * 1024 * 1024;
 /**
  * Content-addressed, compressed, deduplicated storage of chunks (pages of Postgres base images), packed into
  * files of about `packSize` bytes in `<dir>/packs/`: `<id>.pack` holds the records, `<id>.idx` says where each
- * chunk is (see format.ts). Every index is loaded at open into one map, so has() is a map lookup.
+ * chunk is (see format.ts). The chunk index is on disk (table.ts, midx.ts), so memory does not grow with the
+ * store: has() is a binary search over 4-byte hash prefixes plus, on a match, one positional read.
  *
  * add() is synchronous: it compresses the chunk into the pack being filled, and when that pack is full it is
  * sealed and queued to be written in the background. Its chunks stay readable from memory until then. flush()
@@ -68,7 +69,6 @@ const MAX_CHUNK = 1024 * 1024 * 1024;
  * One process owns a store folder: gc assumes nobody else adds to it meanwhile.
  */
 export class ChunkStore {
-  private readonly table = new PackTable();
   private readonly handles = new HandleCache(32);
   private filling?: { slot: PackSlot; builder: PackBuilder };
   /** Sealed packs waiting to be written, oldest first; the first is being written. */
@@ -88,11 +88,13 @@ export class ChunkStore {
     readonly dir: string,
     /** Stored bytes at which a pack is sealed. */
     readonly packSize: number,
+    private readonly table: PackTable,
   ) {}
 
   /**
-   * Open (creating it if needed) the store in `dir`: load every pack index, rebuilding missing or damaged ones
-   * from their packs. Temp files of interrupted writes are ignored. Throws `corrupt` when a pack that needs a
+   * Open (creating it if needed) the store in `dir`: open its chunk index, checked against every pack index and
+   * rebuilt from them when it disagrees (see open.ts), rebuilding missing or damaged pack indexes from their
+   * packs. Temp files of interrupted writes are ignored. Throws `corrupt` when a pack that needs a
    * rebuild is itself damaged, and `bad_format` for files of an unknown format version.
    */
   static async open(dir: string, options: ChunkStoreOptions = {}): Promise<ChunkStore> {
@@ -100,14 +102,9 @@ export class ChunkStore {
     if (!Number.isInteger(packSize) || packSize < 1024 || packSize > MAX_PACK_SIZE) {
       throw new NeonError('bad_option', `packSize must be an integer between 1024 and ${MAX_PACK_SIZE} bytes, not ${packSize}`);
     }
-    const store = new ChunkStore(path.resolve(dir), packSize);
-    await fs.mkdir(path.join(store.dir, 'packs'), { recursive: true });
-    for (const pack of await loadPacks(store.dir)) {
-      const slot = store.table.createSlot(pack.entries);
-      store.table.markWritten(slot, pack.id, pack.length);
-      store.table.claimAll(slot);
-    }
-    return store;
+    const folder = path.resolve(dir);
+    await fs.mkdir(path.join(folder, 'packs'), { recursive: true });
+    return new ChunkStore(folder, packSize, await openTable(folder));
   }
 
   /**
@@ -115,7 +112,6 @@ export class ChunkStore {
    * found here is kept by it (as for add()), so that `if (!store.has(h)) store.add(page)` is safe during gc.
    */
   has(hash: string): boolean {
-    if (hash === ZERO_PAGE_HASH) return true; // held implicitly, never stored (see codec.ts)
     const found = this.table.has(hash);
     if (found) this.touched?.add(hash);
     return found;
@@ -128,36 +124,23 @@ export class ChunkStore {
   add(data: Buffer): ChunkRef {
     this.assertOpen();
     if (data.length > MAX_CHUNK) throw new NeonError('chunk_too_large', `a chunk of ${data.length} bytes is larger than ${MAX_CHUNK}`);
-    if (isZeroPage(data)) return { hash: ZERO_PAGE_HASH, size: data.length };
     const hash = sha256(data);
     if (this.table.has(hash)) {
       this.touched?.add(hash);
       return { hash, size: data.length };
     }
-    return this.addPacked(hash, data.length, packChunk(data));
-  }
-
-  /**
-   * Store a chunk hashed and compressed elsewhere (by the hashing workers, see pipeline.ts): as add(), without
-   * the work. `hash` must be the sha256 of the `rawLength` raw bytes that `chunk` holds; `chunk.stored` is copied.
-   */
-  addPacked(hash: string, rawLength: number, chunk: PackedChunk): ChunkRef {
-    this.assertOpen();
-    if (this.table.has(hash)) {
-      this.touched?.add(hash);
-      return { hash, size: rawLength };
-    }
+    const chunk = packChunk(data);
     if (this.filling && !this.filling.builder.fits(chunk.stored.length)) this.seal();
     if (!this.filling) {
       const builder = new PackBuilder(this.packSize);
       this.filling = { builder, slot: this.table.createSlot(builder, builder.bytes) };
     }
     const { builder, slot } = this.filling;
-    const entry = builder.append(hash, rawLength, chunk);
+    const entry = builder.append(hash, data.length, chunk);
     slot.bytes = builder.bytes; // the builder may have moved to a bigger buffer
     this.table.claim(slot, entry);
     if (builder.full) this.seal();
-    return { hash, size: rawLength };
+    return { hash, size: data.length };
   }
 
   /**
@@ -191,23 +174,21 @@ export class ChunkStore {
    */
   async read(hash: string): Promise<Buffer> {
     this.assertOpen();
-    if (hash === ZERO_PAGE_HASH) return zeroPage();
     for (let attempt = 0; ; attempt++) {
       const location = this.table.find(hash);
       if (!location) throw new NeonError('chunk_missing', `chunk ${hash} is not in the chunk store ${this.dir}`, { status: 404 });
-      const { slot, entry } = location;
-      const { offsets, stored, flags } = slot.entries;
+      const { slot } = location;
       if (slot.bytes) {
-        const data = this.unpack(slot.bytes, offsets[entry], slot, entry, 'the pack in memory');
+        const data = this.unpack(slot.bytes, location.offset, location, 'the pack in memory');
         // A raw chunk is a view of the pack buffer: copy it so the caller cannot change the pack.
-        return flags[entry] !== 0 ? data : Buffer.from(data);
+        return location.flags === FLAG_DEFLATE ? data : Buffer.from(data);
       }
       const file = packPath(this.dir, slot.id!);
       let record: Buffer;
       try {
         record = await this.handles.use(file, async (handle) => {
-          const buf = Buffer.allocUnsafe(RECORD_HEADER + stored[entry]);
-          const { bytesRead } = await handle.read(buf, 0, buf.length, offsets[entry]);
+          const buf = Buffer.allocUnsafe(RECORD_HEADER + location.stored);
+          const { bytesRead } = await handle.read(buf, 0, buf.length, location.offset);
           return buf.subarray(0, bytesRead);
         });
       } catch (error) {
@@ -216,7 +197,7 @@ export class ChunkStore {
         if (attempt < 3 && this.table.find(hash)?.slot !== slot) continue;
         throw new NeonError('chunk_missing', `chunk ${hash} is indexed in ${file}, but that pack file is gone`, { status: 404 });
       }
-      return this.unpack(record, 0, slot, entry, file);
+      return this.unpack(record, 0, location, file);
     }
   }
 
@@ -224,13 +205,12 @@ export class ChunkStore {
   locate(hash: string): ChunkLocation | undefined {
     const location = this.table.find(hash);
     if (!location) return undefined;
-    const { slot, entry } = location;
     return {
-      pack: slot.written ? slot.id : undefined,
-      offset: slot.entries.offsets[entry] + RECORD_HEADER,
-      storedLength: slot.entries.stored[entry],
-      rawLength: slot.entries.raw[entry],
-      compressed: slot.entries.flags[entry] !== 0,
+      pack: location.slot.written ? location.slot.id : undefined,
+      offset: location.offset + RECORD_HEADER,
+      storedLength: location.stored,
+      rawLength: location.raw,
+      compressed: location.flags === FLAG_DEFLATE,
     };
   }
 
@@ -258,9 +238,7 @@ export class ChunkStore {
   /** Re-read and re-hash chunks (`hashes`, or all): which are missing, which are damaged and in which pack. */
   verify(hashes?: Iterable<string>): Promise<VerifyResult> {
     this.assertOpen();
-    // The zero page is never stored, so there is nothing of it to re-read.
-    const wanted = hashes && [...hashes].filter((hash) => hash !== ZERO_PAGE_HASH);
-    return verifyChunks({ dir: this.dir, table: this.table, handles: this.handles }, wanted);
+    return verifyChunks({ dir: this.dir, table: this.table, handles: this.handles }, hashes);
   }
 
   /**
@@ -322,6 +300,9 @@ export class ChunkStore {
     await this.flush();
     this.closed = true;
     this.handles.closeAll();
+    // Leave the chunk index file complete, so that the next open reads no pack index.
+    if (this.table.needsMerge()) await this.table.merge();
+    await this.table.close();
   }
 
   private assertOpen(): void {
@@ -329,11 +310,19 @@ export class ChunkStore {
   }
 
   /** Verify and inflate the record at `at` of `buf`; `corrupt` names `file` and the hash. */
-  private unpack(buf: Buffer, at: number, slot: PackSlot, entry: number, file: string): Buffer {
+  private unpack(buf: Buffer, at: number, location: Location, file: string): Buffer {
+    const one = {
+      count: 1,
+      hashes: [location.hash],
+      offsets: Uint32Array.of(location.offset),
+      stored: Uint32Array.of(location.stored),
+      raw: Uint32Array.of(location.raw),
+      flags: Uint8Array.of(location.flags),
+    };
     try {
-      return unpackChunk(buf, at, slot.entries, entry);
+      return unpackChunk(buf, at, one, 0);
     } catch (error) {
-      throw corrupt(`chunk ${slot.entries.hashes[entry]} in pack ${file} is damaged: ${(error as Error).message}`);
+      throw corrupt(`chunk ${location.hash} in pack ${file} is damaged: ${(error as Error).message}`);
     }
   }
 

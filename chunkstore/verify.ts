@@ -1,6 +1,6 @@
 import fs, { type FileHandle } from 'node:fs/promises';
 import { NeonError } from '../core/errors.js';
-import { PACK_HEADER, RECORD_HEADER, checkPackHeader, unpackChunk } from './format.js';
+import { PACK_HEADER, RECORD_HEADER, checkPackHeader, unpackChunk, type PackEntries } from './format.js';
 import { isMissing, packPath, type HandleCache } from './files.js';
 import type { PackSlot, PackTable } from './table.js';
 
@@ -38,21 +38,49 @@ export async function verifyChunks(ctx: VerifyContext, hashes?: Iterable<string>
       if (location) want(location.slot, location.entry);
       else result.missing.push(hash);
     }
-  } else {
-    for (const slot of ctx.table.allSlots()) {
-      for (let i = 0; i < slot.entries.count; i++) if (ctx.table.pointsTo(slot.entries.hashes[i], slot, i)) want(slot, i);
+    for (const [slot, entries] of wanted) {
+      const all = await entriesOf(ctx, slot, result);
+      if (all) await verifySlot(ctx, slot, all, entries, result);
     }
+    return result;
   }
-  for (const [slot, entries] of wanted) await verifySlot(ctx, slot, entries, result);
+  // Everything: one pack at a time, so that only one pack's entries are in memory.
+  for (const slot of ctx.table.allSlots()) {
+    const all = await entriesOf(ctx, slot, result);
+    if (!all) continue;
+    const entries: number[] = [];
+    for (let i = 0; i < all.count; i++) if (ctx.table.pointsTo(all.hashes[i], slot, i)) entries.push(i);
+    await verifySlot(ctx, slot, all, entries, result);
+  }
   return result;
 }
 
-async function verifySlot(ctx: VerifyContext, slot: PackSlot, entries: number[], result: VerifyResult): Promise<void> {
-  const { hashes, offsets, stored } = slot.entries;
+/**
+ * The entries of `slot`. When its .idx cannot be read (removed or damaged behind the store's back), the chunks
+ * the index sends to it are reported (missing when the pack is gone too, corrupt otherwise) and undefined returned.
+ */
+async function entriesOf(ctx: VerifyContext, slot: PackSlot, result: VerifyResult): Promise<PackEntries | undefined> {
+  try {
+    return await ctx.table.entriesOf(slot);
+  } catch (error) {
+    if (!isMissing(error) && !(error instanceof NeonError)) throw error;
+    const packGone = await fs.stat(packPath(ctx.dir, slot.id!)).then(() => false, (e: unknown) => (isMissing(e) ? true : Promise.reject(e)));
+    await ctx.table.forEach((hash, at) => {
+      if (at !== slot) return;
+      if (packGone) result.missing.push(hash);
+      else result.corrupt.push({ hash, pack: slot.id! });
+    });
+    return undefined;
+  }
+}
+
+async function verifySlot(ctx: VerifyContext, slot: PackSlot, all: PackEntries, entries: number[], result: VerifyResult): Promise<void> {
+  if (!entries.length) return;
+  const { hashes, offsets, stored } = all;
   const pack = slot.id ?? 'unsealed';
   if (slot.bytes) {
     // Not written yet: check the copy in memory.
-    for (const i of entries) check(() => unpackChunk(slot.bytes!, offsets[i], slot.entries, i), hashes[i], pack, result);
+    for (const i of entries) check(() => unpackChunk(slot.bytes!, offsets[i], all, i), hashes[i], pack, result);
     return;
   }
   const file = packPath(ctx.dir, slot.id!);
@@ -78,13 +106,13 @@ async function verifySlot(ctx: VerifyContext, slot: PackSlot, entries: number[],
     const wantedBytes = entries.reduce((sum, i) => sum + RECORD_HEADER + stored[i], 0);
     if (wantedBytes * 4 >= slot.length) {
       const whole = await handle.readFile();
-      for (const i of entries) check(() => unpackChunk(whole, offsets[i], slot.entries, i), hashes[i], pack, result);
+      for (const i of entries) check(() => unpackChunk(whole, offsets[i], all, i), hashes[i], pack, result);
       return;
     }
     for (const i of entries) {
       const record = Buffer.alloc(RECORD_HEADER + stored[i]);
       const { bytesRead: got } = await handle.read(record, 0, record.length, offsets[i]);
-      check(() => unpackChunk(record.subarray(0, got), 0, slot.entries, i), hashes[i], pack, result);
+      check(() => unpackChunk(record.subarray(0, got), 0, all, i), hashes[i], pack, result);
     }
   } finally {
     await handle.close();
