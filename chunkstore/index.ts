@@ -1,8 +1,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { NeonError } from '../core/errors.js';
-import { PackBuilder, packChunk } from './builder.js';
-import { FLAG_DEFLATE, RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk } from './format.js';
+import { PackBuilder, packChunk, type PackedChunk } from './builder.js';
+import { ZERO_PAGE_HASH, isZeroPage, zeroPage } from './codec.js';
+import { RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk } from './format.js';
 import { HandleCache, indexPath, isMissing, packPath, writePackFiles } from './files.js';
 import { collectGarbage, type GcResult } from './gc.js';
 import { openTable } from './open.js';
@@ -112,6 +113,7 @@ export class ChunkStore {
    * found here is kept by it (as for add()), so that `if (!store.has(h)) store.add(page)` is safe during gc.
    */
   has(hash: string): boolean {
+    if (hash === ZERO_PAGE_HASH) return true; // held implicitly, never stored (see codec.ts)
     const found = this.table.has(hash);
     if (found) this.touched?.add(hash);
     return found;
@@ -124,23 +126,36 @@ export class ChunkStore {
   add(data: Buffer): ChunkRef {
     this.assertOpen();
     if (data.length > MAX_CHUNK) throw new NeonError('chunk_too_large', `a chunk of ${data.length} bytes is larger than ${MAX_CHUNK}`);
+    if (isZeroPage(data)) return { hash: ZERO_PAGE_HASH, size: data.length };
     const hash = sha256(data);
     if (this.table.has(hash)) {
       this.touched?.add(hash);
       return { hash, size: data.length };
     }
-    const chunk = packChunk(data);
+    return this.addPacked(hash, data.length, packChunk(data));
+  }
+
+  /**
+   * Store a chunk hashed and compressed elsewhere (by the hashing workers, see pipeline.ts): as add(), without
+   * the work. `hash` must be the sha256 of the `rawLength` raw bytes that `chunk` holds; `chunk.stored` is copied.
+   */
+  addPacked(hash: string, rawLength: number, chunk: PackedChunk): ChunkRef {
+    this.assertOpen();
+    if (this.table.has(hash)) {
+      this.touched?.add(hash);
+      return { hash, size: rawLength };
+    }
     if (this.filling && !this.filling.builder.fits(chunk.stored.length)) this.seal();
     if (!this.filling) {
       const builder = new PackBuilder(this.packSize);
       this.filling = { builder, slot: this.table.createSlot(builder, builder.bytes) };
     }
     const { builder, slot } = this.filling;
-    const entry = builder.append(hash, data.length, chunk);
+    const entry = builder.append(hash, rawLength, chunk);
     slot.bytes = builder.bytes; // the builder may have moved to a bigger buffer
     this.table.claim(slot, entry);
     if (builder.full) this.seal();
-    return { hash, size: data.length };
+    return { hash, size: rawLength };
   }
 
   /**
@@ -174,6 +189,7 @@ export class ChunkStore {
    */
   async read(hash: string): Promise<Buffer> {
     this.assertOpen();
+    if (hash === ZERO_PAGE_HASH) return zeroPage();
     for (let attempt = 0; ; attempt++) {
       const location = this.table.find(hash);
       if (!location) throw new NeonError('chunk_missing', `chunk ${hash} is not in the chunk store ${this.dir}`, { status: 404 });
@@ -181,7 +197,7 @@ export class ChunkStore {
       if (slot.bytes) {
         const data = this.unpack(slot.bytes, location.offset, location, 'the pack in memory');
         // A raw chunk is a view of the pack buffer: copy it so the caller cannot change the pack.
-        return location.flags === FLAG_DEFLATE ? data : Buffer.from(data);
+        return location.flags !== 0 ? data : Buffer.from(data);
       }
       const file = packPath(this.dir, slot.id!);
       let record: Buffer;
@@ -210,7 +226,7 @@ export class ChunkStore {
       offset: location.offset + RECORD_HEADER,
       storedLength: location.stored,
       rawLength: location.raw,
-      compressed: location.flags === FLAG_DEFLATE,
+      compressed: location.flags !== 0,
     };
   }
 
@@ -238,7 +254,9 @@ export class ChunkStore {
   /** Re-read and re-hash chunks (`hashes`, or all): which are missing, which are damaged and in which pack. */
   verify(hashes?: Iterable<string>): Promise<VerifyResult> {
     this.assertOpen();
-    return verifyChunks({ dir: this.dir, table: this.table, handles: this.handles }, hashes);
+    // The zero page is never stored, so there is nothing of it to re-read.
+    const wanted = hashes && [...hashes].filter((hash) => hash !== ZERO_PAGE_HASH);
+    return verifyChunks({ dir: this.dir, table: this.table, handles: this.handles }, wanted);
   }
 
   /**

@@ -316,8 +316,10 @@ export class PackTable {
   private async mergeNow(): Promise<void> {
     const states = [...this.slots.values()].filter((state) => state.slot.written);
     for (const state of states) state.trailer ??= await readTrailer(indexPath(this.dir, state.slot.id!));
+    // Only chunks of the packs listed: a pack written while the trailers were read waits for the next merge.
+    const listed = new Set(states);
     const batch: [string, number][] = [];
-    for (const entry of this.tail) if (this.slots.get(Math.floor(entry[1] / ENTRY_SPACE))?.slot.written) batch.push(entry);
+    for (const entry of this.tail) if (listed.has(this.slots.get(Math.floor(entry[1] / ENTRY_SPACE))!)) batch.push(entry);
     batch.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const number = new Map(states.map((state, k) => [state, k]));
     const packs: MidxPack[] = states.map((s) => ({ id: s.slot.id!, length: s.slot.length, count: s.count, trailer: s.trailer! }));
