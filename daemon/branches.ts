@@ -5,6 +5,7 @@ import { NeonError } from '../core/errors.js';
 import { markPoint, primaryOfBranch, resolveTarget } from './snapshots.js';
 import { checkName, type Branch } from '../pageserver/history.js';
 import { formatLsn, safekeeperWalDir } from '../core/wal.js';
+import { registryOf } from './storage-computes.js';
 
 /** `POST /branches`: a new line of history. */
 export interface CreateBranchRequest {
@@ -51,11 +52,19 @@ export async function createBranch(daemon: DaemonContext, request: CreateBranchR
   return branch;
 }
 
-/** `DELETE /branches/:name`: refused while a compute, a child branch or a snapshot still uses it. */
+/**
+ * `DELETE /branches/:name`: refused while a compute, a child branch or a snapshot still uses it. A branch pulled
+ * from a storage (a root of its own) can be deleted too; the snapshot it was pulled for goes with it (the storage
+ * still holds it: pull it again), and so do its pulled WAL and image manifests; `neon gc` then frees the chunks
+ * only it used.
+ */
 export async function deleteBranch(daemon: DaemonContext, name: string): Promise<void> {
   const { history } = daemon.pageserver;
   const branch = history.branch(name);
-  if (!branch.parent) throw new NeonError('branch_root', `${name} is the root branch: every other branch starts from it`, { status: 409 });
+  const registry = registryOf(daemon);
+  const pulled = (await registry.pulled())[name];
+  if (!branch.parent && !pulled)
+    throw new NeonError('branch_root', `${name} is the root branch: every other branch starts from it`, { status: 409 });
   const users = [...daemon.computes.values()].filter((c) => c.record.branch === name).map((c) => c.record.name);
   if (users.length)
     throw new NeonError('branch_in_use', `branch ${name} is used by compute(s) ${users.join(', ')}: destroy them first`, { status: 409 });
@@ -69,9 +78,17 @@ export async function deleteBranch(daemon: DaemonContext, name: string): Promise
     .snapshots()
     .filter((s) => s.branch === name)
     .map((s) => s.name);
-  if (snapshots.length)
-    throw new NeonError('branch_in_use', `branch ${name} has snapshot(s) ${snapshots.join(', ')}: delete them first`, { status: 409 });
+  const own = snapshots.filter((s) => s !== pulled?.snapshot);
+  if (own.length)
+    throw new NeonError('branch_in_use', `branch ${name} has snapshot(s) ${own.join(', ')}: delete them first`, { status: 409 });
+  if (pulled && history.hasSnapshot(pulled.snapshot)) await history.deleteSnapshot(pulled.snapshot);
   await history.deleteBranch(name);
+  // Forgotten after the branch: a crash in between leaves a record that gc and a new pull ignore, never a branch
+  // whose origin is unknown. Its pulled WAL goes; gc removes a folder that a crash left behind.
+  if (pulled) {
+    await registry.forgetPulled(name);
+    fs.rmSync(path.join(daemon.repo.dir, 'pulled', 'wal', name), { recursive: true, force: true });
+  }
   daemon.safekeepers.detach(name);
   // Its own history goes with it: WAL on the safekeepers and in storage, and its base images.
   for (const node of daemon.safekeepers.nodes) fs.rmSync(safekeeperWalDir(node.dir, name), { recursive: true, force: true });

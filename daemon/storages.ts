@@ -220,4 +220,9 @@ export class StorageRegistry {
   async recordPulled(branch: string, info: PulledBranch): Promise<void> {
     await this.update((data) => void (data.pulled[branch] = info));
   }
+
+  /** Forget that local branch `branch` was pulled (it was deleted). */
+  async forgetPulled(branch: string): Promise<void> {
+    await this.update((data) => void delete data.pulled[branch]);
+  }
 }

@@ -5,29 +5,20 @@ import { messageOf } from '../core/errors.js';
 import { readObject } from '../core/storage.js';
 import {
   DEFAULT_SEGMENT_SIZE as SEGMENT_SIZE,
-  type Lsn,
   parseLsn,
   parseSegmentName,
   PARTIAL_SUFFIX,
   partialObjectKey,
   safekeeperWalDir,
-  segmentOf,
   unpackWal,
-  walFileOfKey,
   walObjectKey,
-  walObjectPrefix,
 } from '../core/wal.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
 import { imageKey } from '../pageserver/manifest.js';
-import { describeDamage, localCopies, verifyCopies, type CopyDamage } from '../wal/copies.js';
-import { keptCopyTime, repairDamage, type StoredSegment } from '../wal/repair.js';
-
-/** A point of history that must stay reachable: a snapshot, or the tip of a branch. */
-interface Point {
-  label: string;
-  branch: string;
-  lsn?: Lsn;
-}
+import { describeDamage, localCopies, verifyCopies, type CopyDamage, type WalHolder } from '../wal/copies.js';
+import { repairDamage, type StoredSegment } from '../wal/repair.js';
+import { points, walNeeds } from './history-points.js';
+import { pulledWalHolder } from './storages.js';
 
 /** One thing `neon verify` found wrong. */
 export interface Problem {
@@ -43,30 +34,6 @@ export interface VerifyReport {
   ok: boolean;
   checked: { points: number; images: number; chunks: number; wal_files: number; wal_copies: number; wal_mb: number; cached_images: number };
   problems: Problem[];
-}
-
-function points(daemon: DaemonContext, snapshots?: string[]): Point[] {
-  const { history } = daemon.pageserver;
-  const chosen = snapshots?.length ? snapshots.map((name) => history.snapshot(name)) : history.snapshots();
-  const list: Point[] = chosen.map((s) => ({ label: `snapshot ${s.name}`, branch: s.branch, lsn: parseLsn(s.lsn) }));
-  if (!snapshots?.length) for (const branch of history.branches()) list.push({ label: `tip of ${branch.name}`, branch: branch.name });
-  return list;
-}
-
-/** The WAL segment numbers a point needs on each branch of its line: from its image's start up to the point. */
-function walNeeds(daemon: DaemonContext, point: Point, image: ImageManifest): { branch: string; from: bigint; to?: bigint }[] {
-  const start = parseLsn(image.startLsn);
-  return daemon.pageserver.history
-    .chain(point.branch)
-    .filter((span) => span.to === undefined || span.to > start)
-    .map((span) => {
-      const to = span.to ?? point.lsn;
-      return {
-        branch: span.branch,
-        from: segmentOf(start > span.from ? start : span.from, SEGMENT_SIZE),
-        to: to === undefined ? undefined : segmentOf(to, SEGMENT_SIZE),
-      };
-    });
 }
 
 /**
@@ -138,10 +105,15 @@ export async function verifyRepository(daemon: DaemonContext, snapshots?: string
   };
 }
 
+/** Where WAL is kept here: the safekeepers, and the WAL pulled with snapshots from storages (`<repo>/pulled`). */
+function walHolders(daemon: DaemonContext): WalHolder[] {
+  return [...daemon.safekeepers.nodes, pulledWalHolder(daemon.repo.dir)];
+}
+
 // Local copies are verified record by record (./../wal/copies.ts); a file that only storage holds is checked by its
 // gzip CRC, which proves it is what was uploaded.
 async function checkWal(daemon: DaemonContext, branch: string, name: string): Promise<string | undefined> {
-  for (const node of daemon.safekeepers.nodes) {
+  for (const node of walHolders(daemon)) {
     for (const file of [name, `${name}${PARTIAL_SUFFIX}`]) {
       if (fs.existsSync(path.join(safekeeperWalDir(node.dir, branch), file))) return undefined;
     }
@@ -170,7 +142,7 @@ async function checkLocalWal(
   problems: Problem[],
 ): Promise<{ files: number; bytes: number }> {
   const total = { files: 0, bytes: 0 };
-  const holders = daemon.safekeepers.nodes;
+  const holders = walHolders(daemon);
   for (const [branch, needs] of ranges) {
     const wanted = (segno: bigint) => needs.some((need) => segno >= need.from && (need.to === undefined || segno <= need.to));
     const copies = localCopies(holders, branch, wanted);
@@ -231,92 +203,3 @@ async function checkImageCache(daemon: DaemonContext, images: ImageManifest[], p
   return checked;
 }
 
-/** What `neon gc` removed. */
-export interface GcReport {
-  images_removed: string[];
-  packs_removed: number;
-  packs_rewritten: number;
-  freed_bytes: number;
-  wal_removed: number;
-  /** Damaged WAL copies set aside by `neon verify` (`.corrupt-<time>`) older than the WAL retention. */
-  damaged_wal_removed: number;
-}
-
-/**
- * Remove what no snapshot and no branch tip needs: older images (the newest of each branch stays), chunks no
- * kept image names, and WAL before the oldest point still needed on each branch, unless it is younger than the
- * retention (`keepWalDays`, so that recent history stays reachable by time).
- */
-export async function collectGarbage(daemon: DaemonContext, keepWalDays = 7): Promise<GcReport> {
-  const { pageserver, storage } = daemon;
-  const keep = new Map<string, ImageManifest>();
-  const firstNeeded = new Map<string, bigint>();
-  for (const point of points(daemon)) {
-    const image = await pageserver.chooseImage(point.branch, { lsn: point.lsn });
-    keep.set(imageKey(image.branch, parseLsn(image.endLsn)), image);
-    for (const need of walNeeds(daemon, point, image)) {
-      const known = firstNeeded.get(need.branch);
-      if (known === undefined || need.from < known) firstNeeded.set(need.branch, need.from);
-    }
-  }
-  const removed: string[] = [];
-  for (const branch of pageserver.history.branches()) {
-    for (const image of pageserver.images(branch.name)) {
-      if (keep.has(image.key)) continue;
-      fs.rmSync(path.join(pageserver.dir, ...image.key.split('/')), { force: true });
-      pageserver.cache.remove(image.key);
-      await storage?.delete(image.key);
-      removed.push(image.key);
-    }
-  }
-  const live = new Set([...keep.values()].flatMap((image) => image.files.flatMap((f) => f.chunks ?? [])));
-  const chunks = await pageserver.store.gc(live);
-  const cutoff = Date.now() - keepWalDays * 86_400_000;
-  let walRemoved = 0;
-  let damagedRemoved = 0;
-  for (const branch of pageserver.history.branches()) {
-    const before = firstNeeded.get(branch.name);
-    if (before === undefined) continue;
-    for (const node of daemon.safekeepers.nodes) {
-      const dir = safekeeperWalDir(node.dir, branch.name);
-      const all = fs.existsSync(dir) ? fs.readdirSync(dir).sort() : [];
-      // Damaged copies `neon verify` set aside are kept for the WAL retention, then go; they are not segments, so
-      // they must not count as the newest file below.
-      for (const file of all) {
-        const keptAt = keptCopyTime(file);
-        if (keptAt && keptAt.getTime() < cutoff) {
-          fs.rmSync(path.join(dir, file));
-          damagedRemoved++;
-        }
-      }
-      const files = all.filter((file) => !keptCopyTime(file));
-      // The newest file stays: a safekeeper resumes after it.
-      for (const file of files.slice(0, -1)) {
-        const segment = parseSegmentName(file.replace(PARTIAL_SUFFIX, ''), SEGMENT_SIZE);
-        const full = path.join(dir, file);
-        if (segment && segment.segno < before && fs.statSync(full).mtimeMs < cutoff) {
-          fs.rmSync(full);
-          walRemoved++;
-        }
-      }
-    }
-    if (!storage) continue;
-    for await (const object of storage.list(walObjectPrefix(branch.name))) {
-      const file = walFileOfKey(branch.name, object.key);
-      const segment = file && parseSegmentName(file.name, SEGMENT_SIZE);
-      if (segment && segment.segno < before && (object.mtime?.getTime() ?? 0) < cutoff) {
-        await storage.delete(object.key);
-        walRemoved++;
-      }
-    }
-  }
-  daemon.sync?.schedule();
-  return {
-    images_removed: removed,
-    packs_removed: chunks.removedPacks,
-    packs_rewritten: chunks.rewrittenPacks,
-    freed_bytes: chunks.freedBytes,
-    wal_removed: walRemoved,
-    damaged_wal_removed: damagedRemoved,
-  };
-}

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { cleanup, neonJson, tmpDir } from '../../testkit/env.js';
+import { cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
 
 /*
@@ -117,6 +117,54 @@ test("a read-only compute over A's snapshot answers to B's password", async (c) 
     (error: Error) => error.message,
   );
   assert.match(denied, /authentication failed/);
+});
+
+test('neon verify checks the pulled WAL: a damaged byte there is found, naming the pulled branch', async (c) => {
+  // The branch r was a primary on before it became a standby (the safekeepers hold none of its WAL: they refuse
+  // another database system's primary; see the issue notes).
+  await json(c.b, ['branch', 'delete', 'r']);
+  const clean = await json(c.b, ['verify']);
+  assert.ok(clean.ok, JSON.stringify(clean.problems));
+  // A finishes its segment: the standby's follower keeps the finished copy with the pulled branch.
+  await query(c.aUrl, 'select pg_switch_wal()');
+  const dir = path.join(c.b, '.neon', 'pulled', 'wal', 'pulled.first');
+  const finished = await eventually(
+    'the follower keeps the finished segment',
+    async () => fs.readdirSync(dir).filter((f) => /^[0-9A-F]{24}$/.test(f)),
+    (files) => files.length > 0,
+  );
+  const file = path.join(dir, finished[0]);
+  const bytes = fs.readFileSync(file);
+  bytes[40_000] ^= 0xff;
+  fs.writeFileSync(file, bytes);
+  const damaged = await neon(['verify', '--json'], { cwd: c.b, env: c.env });
+  assert.is.not(damaged.code, 0);
+  assert.match(damaged.stdout + damaged.stderr, new RegExp(`pulled\\.first/${finished[0]}`));
+});
+
+test('branch delete of a pulled branch: refused while used, then it goes, and gc frees what only it used', async (c) => {
+  const used = await neon(['branch', 'delete', 'pulled.first'], { cwd: c.b, env: c.env });
+  assert.is.not(used.code, 0);
+  assert.match(used.stderr, /is used by compute\(s\) .*r2|child branch/);
+  for (const name of ['r', 'r2', 'frozen']) await json(c.b, ['pg', 'destroy', '-n', name]);
+  await json(c.b, ['branch', 'create', 'kid', '--parent', 'pulled.first', '--at', 'first']);
+  const child = await neon(['branch', 'delete', 'pulled.first'], { cwd: c.b, env: c.env });
+  assert.match(child.stderr, /has child branch\(es\) kid: delete them first/);
+  await json(c.b, ['branch', 'delete', 'kid']);
+  await json(c.b, ['branch', 'delete', 'pulled.first']);
+  const branches = (await json(c.b, ['branch', 'list'])).map((b: { name: string }) => b.name);
+  assert.equal(branches, ['main']);
+  const snapshots = (await json(c.b, ['snapshot', 'list'])).map((s: { name: string }) => s.name);
+  assert.not.ok(snapshots.includes('first'), 'the pulled snapshot went with its branch');
+  assert.not.ok(fs.existsSync(path.join(c.b, '.neon', 'pulled', 'wal', 'pulled.first')), 'its pulled WAL is gone');
+  const gc = await json(c.b, ['gc']);
+  assert.ok(gc.freed_bytes > 0, `gc freed the chunks only A's image used: ${JSON.stringify(gc)}`);
+  const verified = await json(c.b, ['verify']);
+  assert.ok(verified.ok, JSON.stringify(verified.problems));
+  assert.ok(fs.existsSync(path.join(c.dest, 'history.json')), "A's storage is untouched");
+  // It can be pulled again: the storage still holds it.
+  const again = await json(c.b, ['pg', 'create', '-n', 'again', '-s', 'a', '--read-only', '--at', 'first']);
+  assert.is(await count(again.connection_string), 1000);
 });
 
 test.run();
