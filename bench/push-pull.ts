@@ -1,29 +1,36 @@
-// Push and pull of a pgbench snapshot to s3rver on loopback against a plain multipart upload / a plain download
-// of the same objects with the same SDK (ratio in one run, median of 3); the incremental push after a 1 % change
-// (bytes moved ÷ raw changed pages); the daemon's peak RSS during the transfers.
+// Push and pull of a pgbench snapshot to s3rver on loopback against a plain lib-storage Upload / a plain GetObject
+// streamed to a file of the same objects with the same SDK (ratio in one run, median of --runs, default 3); the
+// incremental push after a 1 % change (bytes moved ÷ raw changed pages); the daemon's peak RSS during the transfers.
 //   npm run bench:push-pull -- --scale 64        (about 1 GB; the default scale 8 is about 130 MB)
+//   --runs N                                      (timed runs of each side)
+//   NEON_BENCH_PROFILE=/dir                       (a CPU profile of the daemon per push and pull, see cpu-profile.cjs)
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pipeline } from 'node:stream/promises';
-import {
-  CompleteMultipartUploadCommand,
-  CreateMultipartUploadCommand,
-  GetObjectCommand,
-  S3Client,
-  UploadPartCommand,
-} from '@aws-sdk/client-s3';
+import os from 'node:os';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
 import { cleanup, neonJson, tmpDir } from '../testkit/env.js';
 import { query } from '../testkit/pg.js';
 import { startS3 } from '../testkit/s3.js';
+import { waitFor } from '../testkit/wait.js';
 import { listArg } from './lib-snapshot.js';
 
 const MB = 1024 * 1024;
 const scale = listArg('scale', [8])[0];
+const runs = listArg('runs', [3])[0];
 const root = tmpDir('neon-bench-pushpull-');
 const s3 = await startS3();
-const env = { ...s3.env, NEON_PORT: '0' };
+const profile = process.env.NEON_BENCH_PROFILE;
+const env: Record<string, string> = {
+  ...s3.env,
+  NEON_PORT: '0',
+  ...(process.env.NEON_TRACE ? { NEON_TRACE: process.env.NEON_TRACE } : {}),
+  ...(profile ? { NODE_OPTIONS: `--require ${path.resolve('bench/cpu-profile.cjs')}`, NEON_CPU_PROFILE_DIR: profile } : {}),
+};
+const load = () => `load ${os.loadavg()[0].toFixed(1)}`;
 const client = new S3Client({
   ...s3.options,
   credentials: { accessKeyId: s3.options.accessKeyId, secretAccessKey: s3.options.secretAccessKey },
@@ -43,6 +50,17 @@ async function peakRss<T>(pid: number, work: () => Promise<T>): Promise<{ value:
   } finally {
     clearInterval(timer);
     sample();
+  }
+}
+
+/** Run `work`, profiling daemon `pid` meanwhile when NEON_BENCH_PROFILE is set (see cpu-profile.cjs). */
+async function profiled<T>(pid: number, work: () => Promise<T>): Promise<T> {
+  if (!profile) return work();
+  process.kill(pid, 'SIGUSR2');
+  try {
+    return await work();
+  } finally {
+    process.kill(pid, 'SIGUSR2');
   }
 }
 
@@ -67,30 +85,25 @@ function objectFiles(prefix: string): Map<string, string> {
   return files;
 }
 
-/** A plain multipart upload of each file (8 MB parts, 4 in flight), as an SDK user would write it. */
+// The plugin's defaults, so that both sides send the same requests: 8 MiB parts, 4 in flight per object.
+const PART_SIZE = 8 * MB;
+const QUEUE_SIZE = 4;
+
+/** A plain lib-storage Upload of each file (streamed from disk), 4 objects at a time, as an SDK user would write it. */
 async function plainUpload(files: Map<string, string>, prefix: string): Promise<void> {
   const queue = [...files];
   await Promise.all(
     Array.from({ length: 4 }, async () => {
       for (let next = queue.shift(); next; next = queue.shift()) {
         const [key, file] = next;
-        const Key = `${prefix}/${key}`;
-        const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: s3.bucket, Key }));
-        const body = fs.readFileSync(file);
-        const parts = [];
-        for (let i = 0, n = 1; i < Math.max(body.length, 1); i += 8 * MB, n++) {
-          const { ETag } = await client.send(
-            new UploadPartCommand({ Bucket: s3.bucket, Key, UploadId, PartNumber: n, Body: body.subarray(i, i + 8 * MB) }),
-          );
-          parts.push({ ETag, PartNumber: n });
-        }
-        await client.send(new CompleteMultipartUploadCommand({ Bucket: s3.bucket, Key, UploadId, MultipartUpload: { Parts: parts } }));
+        const params = { Bucket: s3.bucket, Key: `${prefix}/${key}`, Body: fs.createReadStream(file) };
+        await new Upload({ client, params, partSize: PART_SIZE, queueSize: QUEUE_SIZE }).done();
       }
     }),
   );
 }
 
-/** A plain download of each object to a file, 4 at a time. */
+/** A plain GetObject of each object streamed to a file, 4 at a time. */
 async function plainDownload(keys: string[], into: string): Promise<void> {
   const queue = [...keys];
   await Promise.all(
@@ -115,35 +128,47 @@ try {
   const idleRss = Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${daemonA}/status`, 'utf8'))![1]) * 1024;
   const pushes: number[] = [];
   const uploads: number[] = [];
-  let peak = 0;
+  const loads: string[] = [];
+  let pushPeak = 0;
+  let pullPeak = 0;
   let firstBytes = 0;
-  for (let i = 1; i <= 3; i++) {
+  for (let i = 1; i <= runs; i++) {
     const push = await peakRss(daemonA, () =>
-      timed(() => neonJson(['snapshot', 'push', 's1', '--to', `s3://${s3.bucket}/run${i}`], { cwd: a, env })),
+      profiled(daemonA, () => timed(() => neonJson(['snapshot', 'push', 's1', '--to', `s3://${s3.bucket}/run${i}`], { cwd: a, env }))),
     );
-    peak = Math.max(peak, push.peak);
+    pushPeak = Math.max(pushPeak, push.peak);
     pushes.push(push.value.seconds);
     firstBytes = push.value.value.result.bytes;
     uploads.push((await timed(() => plainUpload(objectFiles(`run${i}`), `plain${i}`))).seconds);
+    loads.push(load());
+    console.log(`push run ${i}: ours ${pushes.at(-1)!.toFixed(2)} s, plain ${uploads.at(-1)!.toFixed(2)} s (${loads.at(-1)})`);
   }
   const pulls: number[] = [];
   const downloads: number[] = [];
   const keys = [...objectFiles('run1').keys()];
-  for (let i = 1; i <= 3; i++) {
+  for (let i = 1; i <= runs; i++) {
     const b = path.join(root, `b${i}`);
     fs.mkdirSync(b, { mode: 0o755 });
     await neonJson(['start'], { cwd: b, env });
+    // A new repository images its own database in the background: let that finish, so that the pull is timed alone.
+    await waitFor(
+      'the first image of the pulling repository',
+      async () => (await neonJson(['image', 'list'], { cwd: b, env })).length > 0,
+      120_000,
+    );
     const daemonB = (await neonJson(['status'], { cwd: b, env })).daemon.pid as number;
     const pull = await peakRss(daemonB, () =>
-      timed(() => neonJson(['snapshot', 'pull', 's1', '--from', `s3://${s3.bucket}/run1`], { cwd: b, env })),
+      profiled(daemonB, () => timed(() => neonJson(['snapshot', 'pull', 's1', '--from', `s3://${s3.bucket}/run1`], { cwd: b, env }))),
     );
-    peak = Math.max(peak, pull.peak);
+    pullPeak = Math.max(pullPeak, pull.peak);
     pulls.push(pull.value.seconds);
     await neonJson(['stop'], { cwd: b, env });
     const into = path.join(root, `plain-download-${i}`);
     fs.mkdirSync(into);
     downloads.push((await timed(() => plainDownload(keys, into))).seconds);
     fs.rmSync(into, { recursive: true });
+    loads.push(load());
+    console.log(`pull run ${i}: ours ${pulls.at(-1)!.toFixed(2)} s, plain ${downloads.at(-1)!.toFixed(2)} s (${loads.at(-1)})`);
   }
 
   // 1 % of pgbench_accounts' pages, contiguous; the pages changed are the old ones and those the new versions went to.
@@ -153,24 +178,33 @@ try {
   const [before] = await query(started.connection_string, pagesOf);
   await query(started.connection_string, `update pgbench_accounts set abalance = abalance + 1 where aid <= ${changed}`);
   const [after] = await query(started.connection_string, pagesOf);
+  const rawChanged = (before.n + after.n) * 8192;
+  // As a user would: a snapshot right after the change (reached by WAL from the last image) ...
   await neonJson(['snapshot', 'create', 's2'], { cwd: a, env });
   const incremental = await neonJson(['snapshot', 'push', 's2', '--to', `s3://${s3.bucket}/run1`], { cwd: a, env });
-  const rawChanged = (before.n + after.n) * 8192;
+  // ... and one after an image of the changed database (its new chunks are the changed pages).
+  await neonJson(['image', 'create'], { cwd: a, env });
+  await neonJson(['snapshot', 'create', 's3'], { cwd: a, env });
+  const imaged = await neonJson(['snapshot', 'push', 's3', '--to', `s3://${s3.bucket}/run1`], { cwd: a, env });
+  const incrementalLoad = load();
 
+  const n = `median of ${runs}`;
   const ratio = (ours: number[], plain: number[]) => (median(plain) / median(ours)).toFixed(2);
-  console.log(`pgbench scale ${scale}: first push ${(firstBytes / MB).toFixed(1)} MB`);
+  const mb = (bytes: number) => `${(bytes / MB).toFixed(2)} MB`;
+  console.log(`pgbench scale ${scale}: first push ${mb(firstBytes)}; load averages after each run: ${loads.join(', ')}`);
   console.log(
-    `push: ${median(pushes).toFixed(2)} s (median of 3) vs plain multipart upload ${median(uploads).toFixed(2)} s: throughput ratio ${ratio(pushes, uploads)}`,
+    `push: ${median(pushes).toFixed(2)} s (${n}) vs plain lib-storage Upload ${median(uploads).toFixed(2)} s: ratio ${ratio(pushes, uploads)}`,
   );
   console.log(
-    `pull: ${median(pulls).toFixed(2)} s (median of 3) vs plain download ${median(downloads).toFixed(2)} s: throughput ratio ${ratio(pulls, downloads)}`,
+    `pull: ${median(pulls).toFixed(2)} s (${n}) vs plain GetObject to file ${median(downloads).toFixed(2)} s: ratio ${ratio(pulls, downloads)}`,
   );
   console.log(
-    `incremental push after 1 % change: ${(incremental.result.bytes / MB).toFixed(2)} MB moved, raw changed pages ${(rawChanged / MB).toFixed(2)} MB ` +
-      `(${before.n}+${after.n} pages): ratio ${(incremental.result.bytes / rawChanged).toFixed(2)}`,
+    `incremental push after 1 % change (${before.n}+${after.n} pages, ${mb(rawChanged)} raw): ` +
+      `by WAL ${mb(incremental.result.bytes)} (ratio ${(incremental.result.bytes / rawChanged).toFixed(2)}), ` +
+      `after an image ${mb(imaged.result.bytes)} (ratio ${(imaged.result.bytes / rawChanged).toFixed(2)}) (${incrementalLoad})`,
   );
   console.log(
-    `daemon peak RSS during transfers: ${(peak / MB).toFixed(0)} MB (pusher's daemon before them: ${(idleRss / MB).toFixed(0)} MB)`,
+    `daemon peak RSS: push ${(pushPeak / MB).toFixed(0)} MB, pull ${(pullPeak / MB).toFixed(0)} MB (pusher's daemon before: ${(idleRss / MB).toFixed(0)} MB)`,
   );
 } finally {
   await cleanup(root);

@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, pipeline, type Readable } from 'node:stream';
 import { NeonError } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fs-atomic.js';
+import { tempNameFor } from '../core/fs-atomic.js';
 import { readObject, type Storage } from '../core/storage.js';
 import { corrupt, decodeIndex, isHash, type PackEntries } from './format.js';
 import { isMissing } from './files.js';
@@ -193,7 +193,7 @@ export async function pullPacks(store: ChunkStore, storage: Storage, hashes: Ite
   const downloaded: string[] = [];
   await eachLimit(chosen, DOWNLOADS, async (id) => {
     const key = `${prefix}${id}.pack`;
-    const body = await readObject(storage, key);
+    const body = await readSized(storage, key, remote.get(id)!.pack!);
     bytes += body.length;
     await store.importPack(body, { id, source: `${key} in ${storage.url}` });
     downloaded.push(id);
@@ -212,6 +212,26 @@ async function remoteIndex(storage: Storage, key: string, id: string, cached: st
   }
   const body = await readObject(storage, key);
   const { entries } = decodeIndex(body, `${key} in ${storage.url}`, id);
-  await writeFileAtomic(cached, body);
+  // A cache, checked by its checksum when read: a rename keeps readers from half a file, no fsync is needed.
+  const temp = tempNameFor(cached);
+  await fs.writeFile(temp, body);
+  await fs.rename(temp, cached);
   return { entries, fetched: body.length };
+}
+
+/**
+ * Read an object the listing said is `size` bytes into one buffer of that size, rather than a list of pieces
+ * concatenated at the end (a copy of every pack). A shorter object is left for the caller's hash check to refuse.
+ */
+async function readSized(storage: Storage, key: string, size: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for await (const chunk of await storage.get(key)) {
+    const piece = chunk as Buffer;
+    if (at + piece.length > size)
+      throw corrupt(`${key} in ${storage.url} is longer than listed (${size} bytes); nothing of it was installed`);
+    piece.copy(out, at);
+    at += piece.length;
+  }
+  return out.subarray(0, at);
 }

@@ -25,6 +25,7 @@ import { primaryOfBranch } from './snapshots.js';
 import { readStoredRepository, type StoredRepository } from './storage-sync.js';
 import type { StorageRegistry } from './storages.js';
 import { readObject } from '../core/storage.js';
+import { trace } from '../lib/trace.js';
 
 /** What a push or a pull moved. */
 export interface TransferResult {
@@ -78,6 +79,18 @@ export function countingStorage(storage: Storage, count: (bytes: number, objects
   }
 }
 
+/** `op`, noting each step in the NEON_TRACE file (lib/trace.ts), so that a slow transfer shows which step was slow. */
+function traced(op: OperationHandle, what: string): OperationHandle {
+  trace('transfer', `${what}: start`);
+  return {
+    step(step, totalBytes) {
+      trace('transfer', `${what}: ${step}`);
+      op.step(step, totalBytes);
+    },
+    add: (bytes, objects) => op.add(bytes, objects),
+  };
+}
+
 /** Put unless present; a conflict (another writer's copy of a content-addressed object) counts as present. */
 async function putOnce(storage: Storage, key: string, body: Buffer | string): Promise<void> {
   await storage.put(key, body, { ifAbsent: true }).catch((error) => {
@@ -121,7 +134,8 @@ async function checkRemote(storage: Storage, systemId: string | undefined): Prom
  * snapshot, and last the snapshot record. Every object is skipped when it is there, so a push that was
  * interrupted continues where it stopped.
  */
-export async function pushSnapshot(daemon: DaemonContext, target: Storage, name: string, op: OperationHandle): Promise<TransferResult> {
+export async function pushSnapshot(daemon: DaemonContext, target: Storage, name: string, given: OperationHandle): Promise<TransferResult> {
+  const op = traced(given, `push ${name}`);
   const { pageserver } = daemon;
   const snapshot = pageserver.history.snapshot(name);
   const lsn = parseLsn(snapshot.lsn);
@@ -201,6 +215,7 @@ export async function pushSnapshot(daemon: DaemonContext, target: Storage, name:
     pushedAt: new Date().toISOString(),
   };
   await storage.put(snapshotKey(name), JSON.stringify(record, null, 2));
+  trace('transfer', `push ${name}: done`);
   return { snapshot: name, storage: target.url, ...moved, upToDate: false };
 }
 
@@ -228,9 +243,10 @@ export async function pullSnapshot(
   source: Storage,
   storageName: string | null,
   wanted: string | undefined,
-  op: OperationHandle,
+  given: OperationHandle,
   options: { branch?: string; rename?: boolean } = {},
 ): Promise<TransferResult & { branch: string; record: RemoteSnapshot }> {
+  const op = traced(given, `pull ${wanted ?? 'newest'}`);
   op.step('checking');
   const record = await findRemoteSnapshot(source, wanted);
   const { snapshot } = record;
@@ -300,5 +316,6 @@ export async function pullSnapshot(
   if (!history.hasBranch(branch))
     await history.addBranch({ name: branch, parent: null, forkLsn: null, createdAt: new Date().toISOString() });
   await history.addSnapshot({ ...snapshot, name: localName, branch, auto: false });
+  trace('transfer', `pull ${localName}: done`);
   return { snapshot: localName, storage: source.url, ...moved, branch, record, upToDate: false };
 }
