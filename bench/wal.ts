@@ -5,15 +5,18 @@
 //   (d) three neon safekeepers                                       'ANY 2 (sk1, sk2, sk3)'
 // Each configuration gets a fresh cluster (initdb, pgbench -i -s 10, checkpoint), its receivers, and
 // pgbench -c N -j N -T seconds -l. Prints TPS, p50/p99 latency (from the per-transaction logs), the TPS ratios
-// c/b (target ≥ 0.9) and d/b (target ≥ 0.8), and the receivers' RSS and CPU. The primary is the system
-// PostgreSQL in all four (pg_receivewal refuses to stream from a newer server than itself).
+// c/b (target ≥ 0.9) and d/b (target ≥ 0.8), each configuration's TPS ratio to plain (a), and the receivers'
+// RSS and CPU, as µs of CPU per committed transaction (the safekeeper's beside pg_receivewal's). The primary is
+// the system PostgreSQL in all four (pg_receivewal refuses to stream from a newer server than itself).
 //
-//   npm run bench:wal [-- --seconds 30] [--clients 4] [--scale 10] [--rounds 1]
+//   npm run bench:wal [-- --seconds 30] [--clients 4] [--scale 10] [--rounds 3] [--configs abcd]
+//                      [--cpu-prof <dir>]   (a V8 CPU profile of each safekeeper process, for `node --cpu-prof`)
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { buildSync } from 'esbuild';
 import pg from 'pg';
 import { asUser, chownTo, isRoot, pgUserFor } from '../postgres/user.js';
 import { freePort } from '../lib/net.js';
@@ -26,7 +29,12 @@ const arg = (name: string, fallback: number) => {
 const seconds = arg('seconds', 30);
 const clients = arg('clients', 4);
 const scale = arg('scale', 10);
-const rounds = arg('rounds', 1);
+const rounds = arg('rounds', 3);
+const text = (name: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+};
+const cpuProfDir = text('cpu-prof') && path.resolve(text('cpu-prof')!);
 const PASSWORD = 'secret';
 const SETTINGS = `listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
@@ -37,7 +45,8 @@ fsync = on
 synchronous_commit = on
 shared_buffers = 128MB
 `;
-const RUNNER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'safekeeper-runner.ts');
+// NEON_BENCH_RUNNER: the runner of another checkout (an older safekeeper), to compare two versions.
+const RUNNER_SOURCE = process.env.NEON_BENCH_RUNNER ?? path.join(path.dirname(fileURLToPath(import.meta.url)), 'safekeeper-runner.ts');
 const pgUser = pgUserFor('postgres');
 
 /** A bin folder of the system PostgreSQL with pg_receivewal and pgbench (installing it when root and missing). */
@@ -71,16 +80,39 @@ function run(command: string, args: string[], options: { cwd?: string; asPg?: bo
   return result.stdout;
 }
 
-/** Resident set (kB) and CPU ticks (utime + stime, 1/100 s) of a running process. */
-function procStats(pid: number): { rssKb: number; ticks: number } | undefined {
+/** Resident set (kB) and CPU ticks (utime + stime, and stime alone; 1/100 s) of a running process. */
+function procStats(pid: number): { rssKb: number; ticks: number; sysTicks: number } | undefined {
   try {
     const rss = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // from field 3 (state) on
-    return { rssKb: Number(rss?.[1] ?? 0), ticks: Number(fields[11]) + Number(fields[12]) }; // fields 14 and 15
+    const [utime, stime] = [Number(fields[11]), Number(fields[12])]; // fields 14 and 15
+    return { rssKb: Number(rss?.[1] ?? 0), ticks: utime + stime, sysTicks: stime };
   } catch {
     return undefined;
   }
+}
+
+let bundled: string | undefined;
+/**
+ * The safekeeper runner bundled into one JavaScript file, as the product ships it (dist/): a receiver run
+ * through a TypeScript loader would carry the loader's heap and threads and be measured with them.
+ */
+function runner(): string {
+  if (bundled) return bundled;
+  const dir = tmpDir('neon-bench-wal-runner-');
+  teardowns.add(async () => fs.rmSync(dir, { recursive: true, force: true }));
+  const outfile = path.join(dir, 'safekeeper-runner.mjs');
+  buildSync({
+    entryPoints: [RUNNER_SOURCE],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    outfile,
+    logLevel: 'warning',
+  });
+  return (bundled = outfile);
 }
 
 interface Receiver {
@@ -90,9 +122,11 @@ interface Receiver {
 }
 interface Result {
   tps: number;
+  /** Transactions pgbench committed during the run. */
+  transactions: number;
   p50: number;
   p99: number;
-  receivers: { name: string; maxRssMb: number; cpuSeconds: number }[];
+  receivers: { name: string; maxRssMb: number; cpuSeconds: number; sysSeconds: number }[];
 }
 type Kind = 'a' | 'b' | 'c' | 'd';
 const CONFIGS: Record<Kind, { label: string; standbys: string[]; quorum: number }> = {
@@ -101,6 +135,8 @@ const CONFIGS: Record<Kind, { label: string; standbys: string[]; quorum: number 
   c: { label: '(c) 1 neon safekeeper', standbys: ['sk1'], quorum: 1 },
   d: { label: '(d) 3 neon safekeepers, ANY 2', standbys: ['sk1', 'sk2', 'sk3'], quorum: 2 },
 };
+const kinds = (['a', 'b', 'c', 'd'] as const).filter((k) => (text('configs') ?? 'abcd').includes(k));
+if (!kinds.length) throw new Error('--configs takes letters among a, b, c and d (e.g. --configs abc)');
 
 function startReceiver(name: string, dir: string, port: number): Receiver {
   const folder = path.join(dir, name);
@@ -116,7 +152,8 @@ function startReceiver(name: string, dir: string, port: number): Receiver {
   } else {
     const primary = { host: '127.0.0.1', port, user: 'repl', password: PASSWORD };
     const config = { name, branch: 'main', dir: folder, slot: `neon_${name}`, primary };
-    child = spawn(process.execPath, ['--import', 'tsx', RUNNER, folder], {
+    const profile = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [];
+    child = spawn(process.execPath, [...profile, runner(), folder], {
       stdio,
       env: { ...process.env, NEON_BENCH_SAFEKEEPER: JSON.stringify(config) },
     });
@@ -155,7 +192,7 @@ async function pgbench(dir: string, port: number, receivers: Receiver[]): Promis
   const args = ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-c', String(clients), '-j', String(clients)];
   args.push('-T', String(seconds), '-l', `--log-prefix=${path.join(dir, 'txlog')}`, 'postgres');
   const pids = receivers.map((r) => r.process.pid!);
-  const start = pids.map((pid) => procStats(pid)?.ticks ?? 0);
+  const start = pids.map((pid) => procStats(pid));
   const maxRss = pids.map(() => 0);
   const sample = () => pids.forEach((pid, i) => (maxRss[i] = Math.max(maxRss[i], procStats(pid)?.rssKb ?? 0)));
   const timer = setInterval(sample, 500);
@@ -166,9 +203,10 @@ async function pgbench(dir: string, port: number, receivers: Receiver[]): Promis
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
   clearInterval(timer);
   sample();
-  const end = pids.map((pid) => procStats(pid)?.ticks ?? 0);
+  const end = pids.map((pid) => procStats(pid));
   if (code !== 0) throw new Error(`pgbench failed (exit ${code}):\n${output}`);
   const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(output)?.[1]);
+  const transactions = Number(/number of transactions actually processed: (\d+)/.exec(output)?.[1]);
   // Per-transaction logs: "client_id transaction_no time_us script_no epoch epoch_us"; one file per thread.
   const latencies: number[] = [];
   for (const file of fs.readdirSync(dir).filter((f) => f.startsWith('txlog.'))) {
@@ -181,9 +219,15 @@ async function pgbench(dir: string, port: number, receivers: Receiver[]): Promis
   const pct = (p: number) => latencies[Math.max(0, Math.ceil(p * latencies.length) - 1)] ?? NaN;
   return {
     tps,
+    transactions,
     p50: pct(0.5),
     p99: pct(0.99),
-    receivers: receivers.map((r, i) => ({ name: r.name, maxRssMb: maxRss[i] / 1024, cpuSeconds: (end[i] - start[i]) / 100 })),
+    receivers: receivers.map((r, i) => ({
+      name: r.name,
+      maxRssMb: maxRss[i] / 1024,
+      cpuSeconds: ((end[i]?.ticks ?? 0) - (start[i]?.ticks ?? 0)) / 100,
+      sysSeconds: ((end[i]?.sysTicks ?? 0) - (start[i]?.sysTicks ?? 0)) / 100,
+    })),
   };
 }
 
@@ -253,41 +297,61 @@ console.log(
 );
 
 const results: Record<Kind, Result[]> = { a: [], b: [], c: [], d: [] };
+const loads: string[] = [];
+const loadAverage = () => fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 for (let round = 1; round <= rounds; round++) {
-  for (const kind of ['a', 'b', 'c', 'd'] as const) {
+  for (const kind of kinds) {
     process.stderr.write(`round ${round}/${rounds}: ${CONFIGS[kind].label}… `);
     const result = await runConfiguration(kind);
     results[kind].push(result);
-    process.stderr.write(`${result.tps.toFixed(0)} TPS\n`);
+    process.stderr.write(`${result.tps.toFixed(0)} TPS (load average ${loadAverage()})\n`);
   }
+  loads.push(loadAverage());
 }
+await Promise.all([...teardowns].map((t) => t())); // the bundled runner
 
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 };
-const tps = (kind: Kind) => median(results[kind].map((r) => r.tps));
+/** Median over the rounds of a per-round ratio (each round's configurations ran back to back, under like load). */
+const ratioOf = (kind: Kind, base: Kind) =>
+  results[base].length ? median(results[kind].map((r, i) => r.tps / results[base][i].tps)) : NaN;
+const fixed = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : '–');
 const targets: Partial<Record<Kind, number>> = { c: 0.9, d: 0.8 };
-console.log('| configuration | TPS | p50 ms | p99 ms | TPS ratio vs (b) | target |');
-console.log('|---|---:|---:|---:|---:|---|');
-for (const kind of ['a', 'b', 'c', 'd'] as const) {
-  const ratio = tps(kind) / tps('b');
+console.log('| configuration | TPS | p50 ms | p99 ms | TPS ratio vs (a) | TPS ratio vs (b) | target |');
+console.log('|---|---:|---:|---:|---:|---:|---|');
+for (const kind of kinds) {
+  const ratio = ratioOf(kind, 'b');
   const target = targets[kind];
-  const verdict = target ? `≥ ${target} ${ratio >= target ? '✓' : '✗'}` : '';
-  const p50 = median(results[kind].map((r) => r.p50));
-  const p99 = median(results[kind].map((r) => r.p99));
-  console.log(
-    `| ${CONFIGS[kind].label} | ${tps(kind).toFixed(0)} | ${p50.toFixed(2)} | ${p99.toFixed(2)} | ${ratio.toFixed(2)} | ${verdict} |`,
-  );
+  const verdict = target && Number.isFinite(ratio) ? `≥ ${target} ${ratio >= target ? '✓' : '✗'}` : '';
+  const column = (pick: (r: Result) => number) => median(results[kind].map(pick));
+  const cells = [column((r) => r.tps).toFixed(0), fixed(column((r) => r.p50)), fixed(column((r) => r.p99))];
+  console.log(`| ${CONFIGS[kind].label} | ${cells.join(' | ')} | ${fixed(ratioOf(kind, 'a'))} | ${fixed(ratio)} | ${verdict} |`);
 }
-console.log('\nReceiver processes during the pgbench run (max RSS sampled every 500 ms; CPU = utime + stime):');
-for (const kind of ['b', 'c', 'd'] as const) {
+console.log('\nReceiver processes during the pgbench run (max RSS sampled every 500 ms; CPU = utime + stime from /proc):');
+const cpuPerTx: Partial<Record<Kind, number>> = {};
+for (const kind of kinds.filter((k) => k !== 'a')) {
   for (const [i, { name }] of results[kind][0].receivers.entries()) {
     const rss = median(results[kind].map((r) => r.receivers[i].maxRssMb));
     const cpu = median(results[kind].map((r) => r.receivers[i].cpuSeconds));
+    const sys = median(results[kind].map((r) => r.receivers[i].sysSeconds));
+    const us = median(results[kind].map((r) => (r.receivers[i].cpuSeconds / r.transactions) * 1e6));
+    if (i === 0) cpuPerTx[kind] = us;
     console.log(
-      `- ${CONFIGS[kind].label}, ${name}: max RSS ${rss.toFixed(1)} MB, CPU ${cpu.toFixed(2)} s (${((cpu / seconds) * 100).toFixed(1)} % of the run)`,
+      `- ${CONFIGS[kind].label}, ${name}: max RSS ${rss.toFixed(1)} MB, CPU ${cpu.toFixed(2)} s (${sys.toFixed(2)} s of it in the kernel; ${((cpu / seconds) * 100).toFixed(1)} % of the run), ${us.toFixed(0)} µs per transaction`,
     );
   }
 }
+if (cpuPerTx.b && cpuPerTx.c) {
+  const ratio = median(
+    results.c.map(
+      (r, i) => r.receivers[0].cpuSeconds / r.transactions / (results.b[i].receivers[0].cpuSeconds / results.b[i].transactions),
+    ),
+  );
+  console.log(
+    `\nCPU per transaction, 1 safekeeper vs pg_receivewal: ${cpuPerTx.c.toFixed(0)} vs ${cpuPerTx.b.toFixed(0)} µs (ratio ${ratio.toFixed(2)}, median of per-round ratios)`,
+  );
+}
+console.log(`Load average (1/5/15 min) after each round: ${loads.join('; ')}`);

@@ -15,6 +15,13 @@ export interface ConnectOptions {
   replication?: 'true' | 'database';
   applicationName?: string;
   connectTimeoutMs?: number;
+  /**
+   * Read the socket into one buffer of this many bytes, reused for every read, instead of a new buffer per read
+   * and Node's stream machinery (a WAL stream reads thousands of times a second). A payload handed to a handler
+   * is then valid only until the end of the batch it came in (see {@link WireConnection.copyBoth}): copy what
+   * must outlive it.
+   */
+  readBuffer?: number;
 }
 
 /** An ErrorResponse from the server, with its SQLSTATE. */
@@ -47,6 +54,7 @@ export function textRows(result: QueryResult): Record<string, string | null>[] {
 type Handler = (type: number, body: Buffer) => void;
 
 const PROTOCOL_3_0 = 196608;
+const EMPTY = Buffer.alloc(0);
 
 /**
  * A minimal frontend of the Postgres wire protocol (v3): startup and authentication (SCRAM-SHA-256, MD5,
@@ -57,14 +65,22 @@ const PROTOCOL_3_0 = 196608;
 export class WireConnection {
   /** ParameterStatus values the server reported (server_version, …). */
   readonly parameters: Record<string, string> = {};
-  private pending: Buffer = Buffer.alloc(0);
+  /** A message split across reads, gathered here; `pending` is its capacity, grown on demand. */
+  private pending: Buffer = EMPTY;
+  private pendingLength = 0;
   private handler: Handler = () => undefined;
+  /** Called after the messages of one read have been handled (see {@link copyBoth}). */
+  private batchEnd?: () => void;
   private closed = false;
   private copyEnded = false;
   private closeError?: Error;
   private readonly closeListeners: ((error?: Error) => void)[] = [];
 
-  private constructor(private readonly socket: net.Socket) {
+  private constructor(
+    private readonly socket: net.Socket,
+    /** True when reads go to one reused buffer, so that a message's bytes are overwritten by the next read. */
+    private readonly reusesReads = false,
+  ) {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
     socket.on('error', (error) => this.fail(error));
@@ -75,14 +91,24 @@ export class WireConnection {
   static async connect(options: ConnectOptions): Promise<WireConnection> {
     const unix = options.host.startsWith('/');
     const where = unix ? `${options.host}/.s.PGSQL.${options.port}` : `${options.host}:${options.port}`;
-    const socket = unix ? net.connect({ path: where }) : net.connect({ host: options.host, port: options.port });
+    let connection: WireConnection | undefined;
+    // With a reused buffer, Node calls back with each read instead of emitting 'data' (and allocates nothing).
+    const reuse = options.readBuffer
+      ? {
+          onread: {
+            buffer: Buffer.allocUnsafe(options.readBuffer),
+            callback: (n: number, buffer: Uint8Array) => (connection?.receiveRead(buffer, n), true),
+          },
+        }
+      : {};
+    const socket = unix ? net.connect({ path: where, ...reuse }) : net.connect({ host: options.host, port: options.port, ...reuse });
     const timeout = options.connectTimeoutMs ?? 10_000;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => (socket.destroy(), reject(new Error(`connecting to ${where} timed out`))), timeout);
       socket.once('connect', () => (clearTimeout(timer), resolve()));
       socket.once('error', (error) => (clearTimeout(timer), reject(error)));
     });
-    const connection = new WireConnection(socket);
+    connection = new WireConnection(socket, !!options.readBuffer);
     await connection.startup(options);
     return connection;
   }
@@ -101,6 +127,7 @@ export class WireConnection {
     if (this.closed) return;
     this.closed = true;
     this.closeError = error;
+    this.batchEnd = undefined;
     this.socket.destroy();
     this.handler(0, Buffer.from(error.message));
     for (const listener of this.closeListeners.splice(0)) listener(error);
@@ -115,41 +142,89 @@ export class WireConnection {
     // A command still waiting (a stream being stopped) ends now: the socket's own close is ignored from here on.
     this.handler(0, Buffer.from('connection closed'));
     this.handler = () => undefined;
+    this.batchEnd = undefined;
     for (const listener of this.closeListeners.splice(0)) listener();
   }
 
-  private receive(chunk: Buffer): void {
-    let buffer = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
-    let offset = 0;
-    while (buffer.length - offset >= 5) {
-      const length = buffer.readUInt32BE(offset + 1);
-      if (buffer.length - offset < length + 1) break;
-      const type = buffer[offset];
-      const body = buffer.subarray(offset + 5, offset + 1 + length);
-      offset += length + 1;
-      if (type === 0x53 /* S */) {
-        const [name, value] = body.toString('utf8').split('\0');
-        this.parameters[name] = value;
-      } else if (type !== 0x4e /* N: notice */ && type !== 0x41 /* A: notification */) {
-        this.handler(type, body);
-      }
-      if (this.closed) return;
-    }
-    buffer = buffer.subarray(offset);
-    // Keep a copy of a partial message only: the socket's chunk buffer may be reused.
-    this.pending = buffer.length ? Buffer.from(buffer) : Buffer.alloc(0);
+  private receiveRead(buffer: Uint8Array, length: number): void {
+    this.receive(Buffer.from(buffer.buffer, buffer.byteOffset, length));
   }
 
-  private send(type: string | null, ...parts: Buffer[]): void {
-    const body = Buffer.concat(parts);
-    const header = Buffer.alloc(type ? 5 : 4);
-    if (type) {
-      header.write(type, 0, 'latin1');
-      header.writeUInt32BE(body.length + 4, 1);
-    } else {
-      header.writeUInt32BE(body.length + 4, 0);
+  // Messages are handled in place (a view of the read, no copy); only a message split across reads is gathered,
+  // in `pending`. Then the batch ends: a handler that kept views of this read writes them out now.
+  private receive(chunk: Buffer): void {
+    if (this.closed) return;
+    let offset = 0;
+    if (this.pendingLength) {
+      offset = this.completePending(chunk);
+      if (offset < 0 || this.closed) return;
     }
-    this.socket.write(Buffer.concat([header, body]));
+    const length = chunk.length;
+    while (length - offset >= 5) {
+      const end = offset + 1 + chunk.readUInt32BE(offset + 1);
+      if (end > length) break;
+      this.dispatch(chunk, offset, end);
+      offset = end;
+      if (this.closed) return;
+    }
+    this.batchEnd?.();
+    if (offset < length) this.append(chunk, offset, length);
+  }
+
+  /** Add the start of `chunk` to the pending message; returns where the rest begins, or -1 if it is still incomplete. */
+  private completePending(chunk: Buffer): number {
+    let used = 0;
+    if (this.pendingLength < 5) {
+      used = Math.min(5 - this.pendingLength, chunk.length);
+      this.append(chunk, 0, used);
+      if (this.pendingLength < 5) return -1;
+    }
+    const total = this.pending.readUInt32BE(1) + 1;
+    const take = Math.min(total - this.pendingLength, chunk.length - used);
+    this.append(chunk, used, used + take);
+    if (this.pendingLength < total) return -1;
+    this.pendingLength = 0;
+    this.dispatch(this.pending, 0, total);
+    this.batchEnd?.();
+    // A handler may keep a view of it: only a connection whose payloads live until the batch end reuses it.
+    if (!this.reusesReads) this.pending = EMPTY;
+    return used + take;
+  }
+
+  private append(chunk: Buffer, from: number, to: number): void {
+    const needed = this.pendingLength + to - from;
+    if (needed > this.pending.length) {
+      const known = this.pendingLength >= 5 ? this.pending.readUInt32BE(1) + 1 : 0;
+      const grown = Buffer.allocUnsafe(Math.max(needed, known, 2 * this.pending.length, 256));
+      this.pending.copy(grown, 0, 0, this.pendingLength);
+      this.pending = grown;
+    }
+    chunk.copy(this.pending, this.pendingLength, from, to);
+    this.pendingLength = needed;
+  }
+
+  private dispatch(buffer: Buffer, offset: number, end: number): void {
+    const type = buffer[offset];
+    const body = buffer.subarray(offset + 5, end);
+    if (type === 0x53 /* S */) {
+      const [name, value] = body.toString('utf8').split('\0');
+      this.parameters[name] = value;
+    } else if (type !== 0x4e /* N: notice */ && type !== 0x41 /* A: notification */) {
+      this.handler(type, body);
+    }
+  }
+
+  // One allocation per message: the header and the parts copied into it.
+  private send(type: string | null, ...parts: Buffer[]): void {
+    const head = type ? 1 : 0;
+    let length = 4;
+    for (const part of parts) length += part.length;
+    const message = Buffer.allocUnsafe(head + length);
+    if (type) message[0] = type.charCodeAt(0);
+    message.writeUInt32BE(length, head);
+    let at = head + 4;
+    for (const part of parts) at += part.copy(message, at);
+    this.socket.write(message);
   }
 
   private async startup(options: ConnectOptions): Promise<void> {
@@ -205,10 +280,12 @@ export class WireConnection {
   /**
    * Run a command that switches to CopyBoth (START_REPLICATION). `onData` receives each CopyData payload. Resolves
    * once the server has ended the copy and the command completed, with the result set that followed (the next
-   * timeline after a switch), if any.
+   * timeline after a switch), if any. `onBatchEnd` is called after the messages of each read from the socket: the
+   * moment to write out what they carried in one go (with {@link ConnectOptions.readBuffer}, the payloads are
+   * overwritten after it returns).
    */
-  async copyBoth(sql: string, onData: (payload: Buffer) => void): Promise<QueryResult> {
-    return last(await this.run(sql, { onData, both: true }));
+  async copyBoth(sql: string, onData: (payload: Buffer) => void, onBatchEnd?: () => void): Promise<QueryResult> {
+    return last(await this.run(sql, { onData, onBatchEnd, both: true }));
   }
 
   /**
@@ -242,9 +319,10 @@ export class WireConnection {
     this.send('c');
   }
 
-  private run(sql: string, copy: { onData?: (payload: Buffer) => void; both?: boolean }): Promise<QueryResult[]> {
+  private run(sql: string, copy: { onData?: (payload: Buffer) => void; onBatchEnd?: () => void; both?: boolean }): Promise<QueryResult[]> {
     if (this.closed) return Promise.reject(this.closeError ?? new Error('connection is closed'));
     this.copyEnded = false;
+    this.batchEnd = copy.onBatchEnd;
     return new Promise((resolve, reject) => {
       const results: QueryResult[] = [];
       let current: QueryResult = { fields: [], rows: [], command: '' };
@@ -274,6 +352,7 @@ export class WireConnection {
             return;
           case 0x5a /* Z */:
             this.handler = () => undefined;
+            this.batchEnd = undefined;
             return error ? reject(error) : resolve(results);
           default:
             return; // I, W, H, G and the like need no answer

@@ -56,6 +56,8 @@ const STATUS_INTERVAL_MS = 1000;
 const STATUS_EVENT_MIN_MS = 100;
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
+/** Bytes read from the socket at a time, into one reused buffer: a busy primary's backlog in a read or two. */
+const READ_BUFFER = 256 * 1024;
 
 /**
  * A safekeeper: receives WAL from the primary over the streaming replication protocol, writes it durably, and
@@ -76,6 +78,10 @@ export class Safekeeper {
   private wake?: () => void;
   private reportedAt = 0;
   private backoff = BACKOFF_MIN_MS;
+  /** Bound once: the read path allocates no closure per message or batch. */
+  private readonly onData = (payload: Buffer) => this.receive(payload);
+  private readonly onBatchEnd = () => this.endOfBatch();
+  private readonly flushNow = () => this.flush();
 
   constructor(
     config: SafekeeperConfig,
@@ -169,7 +175,7 @@ export class Safekeeper {
   private async session(): Promise<void> {
     const { primary, name, slot } = this.config;
     const walDir = this.walDir;
-    const connection = await WireConnection.connect({ ...primary, replication: 'true', applicationName: name });
+    const connection = await WireConnection.connect({ ...primary, replication: 'true', applicationName: name, readBuffer: READ_BUFFER });
     this.connection = connection;
     const system = await identifySystem(connection);
     const segmentSize = await walSegmentSize(connection);
@@ -193,9 +199,8 @@ export class Safekeeper {
       this.writer.open(timeline, lsn);
       this.events.log('info', `${name}: streaming from ${formatLsn(lsn)} on timeline ${timeline}`);
       this.events.status(this.status());
-      const end = await connection.copyBoth(`START_REPLICATION SLOT ${slot} PHYSICAL ${formatLsn(lsn)} TIMELINE ${timeline}`, (payload) =>
-        this.receive(payload),
-      );
+      const command = `START_REPLICATION SLOT ${slot} PHYSICAL ${formatLsn(lsn)} TIMELINE ${timeline}`;
+      const end = await connection.copyBoth(command, this.onData, this.onBatchEnd);
       this.flush();
       if (this.stopping) return;
       const [next] = textRows(end);
@@ -213,15 +218,20 @@ export class Safekeeper {
     const message = parseStreamMessage(payload);
     if (!message) return;
     if (message.walEnd > this.primaryLsn) this.primaryLsn = message.walEnd;
-    if (message.kind === 'wal') {
-      this.writer!.write(message.start, message.data);
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        // After every message already read from the socket has been written: one fdatasync covers them all.
-        setImmediate(() => this.flush());
-      }
-    } else if (message.replyRequested) {
-      this.sendStatus();
+    if (message.kind === 'wal') this.writer!.write(message.start, message.data);
+    else if (message.replyRequested) this.sendStatus();
+  }
+
+  // The messages of one read are queued in the writer as views of the read buffer: write them out (one pwritev)
+  // before it is reused. The fdatasync waits until every read that is ready has been handled (setImmediate runs
+  // after the poll phase): one fdatasync and one reply cover them all, and what arrives while it runs waits in
+  // the socket for the next one (group commit).
+  private endOfBatch(): void {
+    const writer = this.writer!;
+    writer.writeOut();
+    if (!this.flushScheduled && writer.written > writer.flushed) {
+      this.flushScheduled = true;
+      setImmediate(this.flushNow);
     }
   }
 

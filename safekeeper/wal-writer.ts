@@ -28,18 +28,27 @@ function fsyncDir(dir: string): void {
  * are written at their offset only, `flush()` makes everything written durable with one fdatasync (group
  * commit), and a full segment is fsynced, renamed to its final name and its folder fsynced.
  *
- * Synchronous I/O on purpose: the safekeeper is a process of its own, and while an fsync runs the socket keeps
- * filling, so the next flush covers everything that arrived meanwhile.
+ * `write()` only queues its bytes (views of the received messages, not copies) while they are contiguous;
+ * `writeOut()` writes the queue with one pwritev, so the many XLogData messages of one read from the socket cost
+ * one system call. Synchronous I/O on purpose: the safekeeper is a process of its own, and while an fsync runs
+ * the socket keeps filling, so the next flush covers everything that arrived meanwhile.
  */
 export class WalWriter {
-  /** End of the bytes written so far. */
+  /** End of the bytes written so far (handed to the OS). */
   written: Lsn = 0n;
+  /** End of the bytes received so far: written, or queued to be. */
+  received: Lsn = 0n;
   /** End of the bytes made durable. */
   flushed: Lsn = 0n;
   private fd?: number;
   private segno = -1n;
   private timeline = 0;
   private dirty = false;
+  /** Bytes queued for one pwritev at `queuedAt` in the current segment file. */
+  private readonly queue: Buffer[] = [];
+  private queuedBytes = 0;
+  private queuedAt = 0;
+  private queueEnd: Lsn = 0n;
 
   constructor(
     readonly dir: string,
@@ -69,6 +78,7 @@ export class WalWriter {
     this.closeFile();
     this.timeline = timeline;
     this.written = lsn;
+    this.received = lsn;
     this.flushed = lsn;
   }
 
@@ -83,30 +93,67 @@ export class WalWriter {
     return { timeline: this.timeline, segno: this.segno, path: this.pathOf(this.timeline, this.segno, true), flushed: this.flushed };
   }
 
-  /** Write `data`, which belongs at `lsn`; bytes already written may come again (a resend) and are rewritten. */
+  /**
+   * Queue `data`, which belongs at `lsn`, for {@link writeOut}; bytes already received may come again (a resend)
+   * and are rewritten. `data` must stay unchanged until the next writeOut (the caller calls it before reusing it).
+   */
   write(lsn: Lsn, data: Buffer): void {
-    if (lsn > this.written) {
-      throw new Error(`WAL gap: received ${lsn} but only have up to ${this.written}`);
+    if (lsn > this.received) {
+      throw new Error(`WAL gap: received ${lsn} but only have up to ${this.received}`);
     }
+    if (lsn !== this.queueEnd) this.writeOut(); // a resend: the queue holds contiguous bytes only
     let at = lsn;
     let offset = 0;
     while (offset < data.length) {
       const segno = segmentOf(at, this.segmentSize);
-      if (segno !== this.segno) this.openSegment(segno);
+      if (segno !== this.segno) {
+        this.writeOut();
+        this.openSegment(segno);
+      }
       const within = Number(at - segmentStart(segno, this.segmentSize));
       const length = Math.min(data.length - offset, this.segmentSize - within);
-      let done = 0;
-      while (done < length) done += fs.writeSync(this.fd!, data, offset + done, length - done, within + done);
-      this.dirty = true;
+      if (!this.queuedBytes) this.queuedAt = within;
+      this.queue.push(offset === 0 && length === data.length ? data : data.subarray(offset, offset + length));
+      this.queuedBytes += length;
       offset += length;
       at += BigInt(length);
-      if (at > this.written) this.written = at;
-      if (within + length === this.segmentSize) this.completeSegment();
+      this.queueEnd = at;
+      if (at > this.received) this.received = at;
+      if (within + length === this.segmentSize) {
+        this.writeOut();
+        this.completeSegment();
+      }
     }
   }
 
-  /** Make everything written durable; returns the flushed position. */
+  /** Write what {@link write} queued, with one pwritev (more only if the kernel writes it in parts). */
+  writeOut(): void {
+    if (!this.queuedBytes) return;
+    let position = this.queuedAt;
+    let done = fs.writevSync(this.fd!, this.queue, position);
+    position += done;
+    // A short write is rare (a full disk throws): write the rest buffer by buffer.
+    for (const buffer of this.queue) {
+      if (done >= buffer.length) {
+        done -= buffer.length;
+        continue;
+      }
+      for (let from = done; from < buffer.length;) {
+        const n = fs.writeSync(this.fd!, buffer, from, buffer.length - from, position);
+        from += n;
+        position += n;
+      }
+      done = 0;
+    }
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    this.dirty = true;
+    if (this.received > this.written) this.written = this.received;
+  }
+
+  /** Make everything received durable; returns the flushed position. */
   flush(): Lsn {
+    this.writeOut();
     if (this.dirty && this.fd !== undefined) fs.fdatasyncSync(this.fd);
     this.dirty = false;
     this.flushed = this.written;
@@ -120,6 +167,7 @@ export class WalWriter {
   }
 
   private closeFile(): void {
+    this.writeOut();
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;
     this.segno = -1n;
