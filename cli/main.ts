@@ -186,7 +186,13 @@ export function createCli(script: string) {
   cli
     .command('checkout <target>', 'Switch the main compute to a snapshot, an LSN or a time; the state left gets a snapshot')
     .action(async (target: string, options: GlobalOptions) => {
-      const result = await call<Record<string, unknown>>(options, 'POST', '/checkout', { target: String(target) });
+      // An operation: its steps and the bytes restored are drawn on a terminal while it runs (cli/progress.ts).
+      const { followOperation, progressMode, ProgressView } = await import('./progress.js');
+      type Op = import('../core/rest.js').Wire<import('../daemon/operations.js').OperationInfo>;
+      const started = await call<Op>(options, 'POST', '/checkout', { target: String(target), background: true });
+      const view = new ProgressView(`checkout ${target}`, progressMode(options.json));
+      const poll = (id: string) => call<Op>(options, 'GET', `/operations/${id}`);
+      const result = (await followOperation(started, poll, view, 50)).result as Record<string, unknown>;
       print(options, result, () =>
         [
           `main compute now on branch ${result.branch} (${result.continued ? 'continued' : 'new branch'}) at ${result.reached_lsn ?? '-'}`,

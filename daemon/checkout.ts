@@ -6,6 +6,7 @@ import { resolveTarget, createSnapshot } from './snapshots.js';
 import { formatLsn } from '../core/wal.js';
 import { readControlFile } from '../pageserver/pg-control.js';
 import type { Snapshot } from '../pageserver/history.js';
+import type { OperationHandle } from './operations.js';
 import { discard, keepState, pruneKept, usableState } from './kept.js';
 import { CREATION_SETTINGS } from './computes.js';
 
@@ -38,7 +39,7 @@ function newBranchName(daemon: DaemonContext, parent: string): string {
  * (or, where the file system cannot clone, the older copy itself, renamed), and only WAL is replayed. The
  * directory replaced is removed in the background.
  */
-export async function checkout(daemon: DaemonContext, text: unknown): Promise<CheckoutResult> {
+export async function checkout(daemon: DaemonContext, text: unknown, progress?: OperationHandle): Promise<CheckoutResult> {
   const main = daemon.compute('main');
   if (main.record.readOnly) throw new NeonError('read_only', 'the main compute is read-only and cannot be checked out');
   const from = main.record.branch;
@@ -49,6 +50,7 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
   const continued = !!target.snapshot?.auto && targetBranch.leftAt === target.snapshot.name && target.branch !== from;
 
   let left: Snapshot | undefined;
+  progress?.step('a snapshot of the state left');
   if (main.state === 'running') left = await createSnapshot(daemon, { auto: true });
   const home = path.dirname(main.dataDir);
   const next = path.join(home, 'pgdata.next');
@@ -57,6 +59,7 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
 
   // Stop the primary first: on its way out it sends its last WAL (the shutdown checkpoint, which pg_control
   // names) to the safekeepers, which then hold the branch's tip.
+  progress?.step('stopping the main compute');
   await main.stop();
   daemon.safekeepers.detach(from);
   const tip = readControlFile(main.dataDir).checkpoint;
@@ -79,15 +82,17 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
     const kept = continued ? await usableState(daemon, target.branch) : undefined;
     let recovery: NonNullable<typeof main.record.recovery> | undefined;
     if (kept) {
+      progress?.step(`back to the data directory kept at the tip of ${target.branch}`);
       fs.renameSync(kept, next);
       main.reachedLsn = targetBranch.tipLsn;
     } else {
+      progress?.step(`restoring ${target.label}`);
       const prepared = await daemon.pageserver.prepare(
         target.branch,
         continued ? { action: 'promote' } : { lsn: target.lsn, time: target.time, timeline: target.timeline, action: 'promote' },
         next,
         walDir,
-        { takeCache: true },
+        { takeCache: true, progress: progressOf(progress) },
       );
       recovery = { settings: { ...prepared.settings, ...CREATION_SETTINGS }, until: 'promoted', walDir };
     }
@@ -97,6 +102,7 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
     main.record = { ...main.record, branch, recovery };
     await daemon.saveCompute(main.record);
     // Starting it attaches the safekeepers to its branch (the computeStarted hook).
+    progress?.step(recovery ? 'starting: replaying WAL to the point' : 'starting');
     await main.start();
     if (continued) await history.updateBranch(branch, { tipLsn: undefined, leftAt: undefined });
     else
@@ -118,4 +124,17 @@ export async function checkout(daemon: DaemonContext, text: unknown): Promise<Ch
   pruneKept(daemon);
   daemon.sync?.schedule();
   return { branch: main.record.branch, continued, target: target.label, reached_lsn: main.reachedLsn ?? null, left: left?.name ?? null };
+}
+
+/** Restore progress (bytes of the image written) as an operation's counters. */
+function progressOf(handle?: OperationHandle): ((bytes: number, total: number) => void) | undefined {
+  if (!handle) return undefined;
+  let reported = 0;
+  let sized = false;
+  return (bytes, total) => {
+    if (!sized) handle.step('restoring the image', total);
+    sized = true;
+    handle.add(bytes - reported);
+    reported = bytes;
+  };
 }

@@ -3,7 +3,7 @@ import { checkout } from './checkout.js';
 import { createBranch, deleteBranch } from './branches.js';
 import { createCompute, destroyCompute, promoteCompute, withCompute } from './computes.js';
 import { NeonError } from '../core/errors.js';
-import { createSnapshot, historyLog } from './snapshots.js';
+import { createSnapshot, historyLog, resolveTarget } from './snapshots.js';
 import { verifyRepository } from './upkeep.js';
 import { collectGarbage } from './gc.js';
 import { formatLsn } from '../core/wal.js';
@@ -13,7 +13,7 @@ import * as schemas from './schemas.js';
 import { registerStorageRoutes } from './storage-routes.js';
 import { startAsStorageReplica } from './storage-replica.js';
 import { registerFormatRoutes } from './format-routes.js';
-import { Operations } from './operations.js';
+import { Operations, type OperationHandle } from './operations.js';
 
 /** The REST API: `/status`, the `/pgs` resource, and `/shutdown` for `neon stop`. */
 export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
@@ -120,7 +120,13 @@ export function registerRoutes(rest: RestServer, daemon: Daemon): RestServer {
     .route(
       'POST',
       '/checkout',
-      async ({ body }) => daemon.serially(() => withCompute(daemon, 'main', () => checkout(daemon, body.target))),
+      async ({ body }) => {
+        const run = (handle?: OperationHandle) =>
+          daemon.serially(() => withCompute(daemon, 'main', () => checkout(daemon, body.target, handle)));
+        if (body.background !== true) return run();
+        await resolveTarget(daemon, body.target, daemon.computes.get('main')?.record.branch); // refused before it starts
+        return new RestResponse(202, operations.start('checkout', String(body.target), run));
+      },
       {
         body: schemas.Checkout,
       },

@@ -46,7 +46,11 @@ export const CreateBranch = Strict({
 export const TakeImage = Strict({ compute: Type.Optional(Name('compute')) });
 
 /** `POST /checkout`. */
-export const Checkout = Strict({ target: Target });
+export const Checkout = Strict({
+  target: Target,
+  /** true: answer 202 with an operation at once (GET /operations/:id shows its steps and bytes), as the CLI does. */
+  background: Type.Optional(Type.Boolean({ description: 'true or false' })),
+});
 
 /** `PUT /pgs` (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export const CreatePg = Strict({

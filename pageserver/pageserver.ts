@@ -209,7 +209,7 @@ export class Pageserver {
     target: RecoveryTarget,
     dataDir: string,
     walDir: string,
-    options: { finishedWalOnly?: boolean; takeCache?: boolean } = {},
+    options: { finishedWalOnly?: boolean; takeCache?: boolean; progress?: (bytes: number, total: number) => void } = {},
   ): Promise<Prepared> {
     const wal = this.deps.wal;
     if (!wal) throw new Error('the pageserver has no WAL store here');
@@ -223,8 +223,10 @@ export class Pageserver {
     const key = imageKey(image.branch, parseLsn(image.endLsn));
     try {
       // takeCache: an older image's copy may be renamed into place (a checkout), see ImageCache.restore.
-      if (this.cache.has(key)) await this.cache.restore(key, image, dataDir, this.deps.owner, { take: options.takeCache });
-      else await restoreImage(this.store, image, dataDir, { owner: this.deps.owner });
+      const { owner } = this.deps;
+      const progress = options.progress && ((bytes: number) => options.progress!(bytes, image.rawBytes));
+      if (this.cache.has(key)) await this.cache.restore(key, image, dataDir, owner, { take: options.takeCache, progress });
+      else await restoreImage(this.store, image, dataDir, { owner, progress: options.progress });
     } catch (error) {
       fs.rmSync(dataDir, { recursive: true, force: true });
       throw error;
