@@ -25,7 +25,6 @@ import { primaryOfBranch } from './snapshots.js';
 import { readStoredRepository, type StoredRepository } from './storage-sync.js';
 import type { StorageRegistry } from './storages.js';
 import { readObject } from '../core/storage.js';
-import { trace } from '../lib/trace.js';
 
 /** What a push or a pull moved. */
 export interface TransferResult {
@@ -79,7 +78,13 @@ export function countingStorage(storage: Storage, count: (bytes: number, objects
   }
 }
 
-/** `op`, noting each step in the NEON_TRACE file (lib/trace.ts), so that a slow transfer shows which step was slow. */
+/** With NEON_TRACE=<file>, `<epoch ms> <pid> <role> <step>` lines are appended there (the start-up trace's format). */
+function trace(role: string, step: string): void {
+  const file = process.env.NEON_TRACE;
+  if (file) fs.appendFile(file, `${Date.now()} ${process.pid} ${role} ${step}\n`, () => undefined);
+}
+
+/** `op`, noting each step in the NEON_TRACE file, so that a slow transfer shows which step was slow. */
 function traced(op: OperationHandle, what: string): OperationHandle {
   trace('transfer', `${what}: start`);
   return {
