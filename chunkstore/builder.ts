@@ -21,7 +21,7 @@ export class PackBuilder implements PackEntries {
 
   /** `limit`: the pack size at which it should be sealed (chunks bigger than that still get a pack of their own). */
   constructor(readonly limit: number) {
-    // Grow by doubling from a modest start: a pack sealed early by flush() should not pin `limit` bytes.
+    // Grow from a modest start: a pack sealed early by flush() should not pin `limit` bytes.
     this.buf = Buffer.allocUnsafe(Math.min(limit, 256 * 1024) + PACK_HEADER);
     packHeader().copy(this.buf, 0);
   }
@@ -45,7 +45,9 @@ export class PackBuilder implements PackEntries {
   append(hash: string, rawLength: number, chunk: PackedChunk): number {
     const need = this.length + RECORD_HEADER + chunk.stored.length;
     if (need > this.buf.length) {
-      const grown = Buffer.allocUnsafe(Math.max(need, Math.min(this.buf.length * 2, this.limit + PACK_HEADER)));
+      // Grow by 4× (256 KiB, 1 MiB, 4 MiB, 16 MiB): a full pack is copied about a third of its size on the way,
+      // not once more as with doubling.
+      const grown = Buffer.allocUnsafe(Math.max(need, Math.min(this.buf.length * 4, this.limit + PACK_HEADER)));
       this.buf.copy(grown, 0, 0, this.length);
       this.buf = grown;
     }

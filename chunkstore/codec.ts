@@ -104,28 +104,31 @@ export function sha256(data: Uint8Array): string {
 /** Record flag the batch results use for a zero page (never written to a pack). */
 export const ZERO_MARK = 0xff;
 
-/** What a batch of chunks becomes: for chunk i, its sha256, flags, and stored bytes in `out`. */
+/**
+ * What a batch of chunks becomes: for chunk i, its sha256, its flags, and the length of its stored bytes, which
+ * follow each other in the batch's output buffer.
+ */
 export interface BatchResult {
   /** 32 bytes per chunk. */
   hashes: Uint8Array;
-  /** Record flags, or {@link ZERO_MARK} for a zero page (hash filled in, nothing in `out`). */
+  /** Record flags, or {@link ZERO_MARK} for a zero page (hash filled in, nothing in the output). */
   flags: Uint8Array;
-  /** Stored length of each chunk in `out` (0 for a zero page). */
+  /** Stored length of each chunk in the output (0 for a zero page). */
   stored: Uint32Array;
-  out: Uint8Array;
 }
 
 /**
- * Hash, zero-test and compress the chunks of a batch: chunk i is `input[starts[i] .. starts[i+1])`. This is
- * the work of a hashing worker, also run on the main thread when no worker can be started.
+ * Hash, zero-test and compress the chunks of a batch: chunk i is `input[starts[i] .. starts[i+1])`; the stored
+ * bytes go one after another into `out`, which must be at least as long as the input (a chunk is stored raw
+ * when compression does not make it smaller). The work of a hashing worker, also run on the main thread when no
+ * worker can be started.
  */
-export function processBatch(input: Uint8Array, starts: Uint32Array): BatchResult {
+export function processBatch(input: Uint8Array, starts: Uint32Array, out: Uint8Array): BatchResult {
   const count = starts.length - 1;
   const hashes = new Uint8Array(count * 32);
   const flags = new Uint8Array(count);
   const stored = new Uint32Array(count);
-  const parts: Uint8Array[] = [];
-  let total = 0;
+  let at = 0;
   for (let i = 0; i < count; i++) {
     const data = input.subarray(starts[i], starts[i + 1]);
     if (isZeroPage(data)) {
@@ -137,16 +140,10 @@ export function processBatch(input: Uint8Array, starts: Uint32Array): BatchResul
     const chunk = packChunk(data);
     flags[i] = chunk.flags;
     stored[i] = chunk.stored.length;
-    parts.push(chunk.stored);
-    total += chunk.stored.length;
+    out.set(chunk.stored, at);
+    at += chunk.stored.length;
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return { hashes, flags, stored, out };
+  return { hashes, flags, stored };
 }
 
 const ZERO_HASH_BYTES = Buffer.from(ZERO_PAGE_HASH, 'hex');

@@ -15,12 +15,19 @@ export interface ChunkPipelineOptions {
   workers?: ChunkWorkers;
 }
 
+/** Shared memory for one batch in flight: its chunks and their stored bytes (never longer than the chunks). */
+interface Buffers {
+  input: SharedArrayBuffer;
+  out: SharedArrayBuffer;
+}
+
 interface Batch {
   /** Where chunk i's hash goes: `lists[i][indexes[i]]`. */
   lists: string[][];
   indexes: number[];
   starts: number[];
-  done?: { result: BatchResult; input: ArrayBuffer };
+  buffers?: Buffers;
+  done?: BatchResult;
 }
 
 /**
@@ -32,10 +39,12 @@ export class ChunkPipeline {
   private readonly batchBytes: number;
   private readonly maxInFlight: number;
   private readonly workers: ChunkWorkers;
+  /** The chunks of the batch being filled (a view of its shared input). */
   private buffer?: Buffer;
   private batch: Batch = emptyBatch();
   private readonly inFlight: Batch[] = [];
-  private readonly spare: ArrayBuffer[] = [];
+  /** Buffers of batches already packed, reused: no allocation (nor page faults, nor GC) per batch. */
+  private readonly spare: Buffers[] = [];
   private failure?: Error;
   private waiters: (() => void)[] = [];
 
@@ -52,7 +61,10 @@ export class ChunkPipeline {
   add(data: Uint8Array, list: string[], index: number): void {
     const used = this.batch.starts[this.batch.starts.length - 1];
     if (this.buffer && used + data.length > this.buffer.length) this.send();
-    if (!this.buffer) this.buffer = this.take(Math.max(this.batchBytes, data.length));
+    if (!this.buffer) {
+      this.batch.buffers = this.take(Math.max(this.batchBytes, data.length));
+      this.buffer = Buffer.from(this.batch.buffers.input);
+    }
     const at = this.batch.starts[this.batch.starts.length - 1];
     this.buffer.set(data, at);
     this.batch.starts.push(at + data.length);
@@ -83,20 +95,18 @@ export class ChunkPipeline {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
-  private take(size: number): Buffer {
+  private take(size: number): Buffers {
     const reuse = size === this.batchBytes ? this.spare.pop() : undefined;
-    return Buffer.from(reuse ?? new ArrayBuffer(size));
+    return reuse ?? { input: new SharedArrayBuffer(size), out: new SharedArrayBuffer(size) };
   }
 
   private send(): void {
     const batch = this.batch;
-    const buffer = this.buffer!;
     this.batch = emptyBatch();
     this.buffer = undefined;
     this.inFlight.push(batch);
-    const starts = Uint32Array.from(batch.starts);
-    // The whole ArrayBuffer moves to the worker; chunks fill it from offset 0 (see take()).
-    this.workers.run(buffer.buffer as ArrayBuffer, starts).then(
+    const { input, out } = batch.buffers!;
+    this.workers.run(input, Uint32Array.from(batch.starts), out).then(
       (done) => {
         batch.done = done;
         this.packReady();
@@ -119,8 +129,9 @@ export class ChunkPipeline {
   }
 
   private pack(batch: Batch): void {
-    const { result, input } = batch.done!;
-    const out = Buffer.from(result.out.buffer, result.out.byteOffset, result.out.length);
+    const result = batch.done!;
+    const buffers = batch.buffers!;
+    const out = Buffer.from(buffers.out);
     const hashes = Buffer.from(result.hashes.buffer, result.hashes.byteOffset, result.hashes.length);
     let at = 0;
     for (let i = 0; i < batch.lists.length; i++) {
@@ -131,11 +142,12 @@ export class ChunkPipeline {
         hash = hashes.toString('hex', i * 32, i * 32 + 32);
         const stored = out.subarray(at, at + result.stored[i]);
         at += result.stored[i];
+        // addPacked copies `stored` into the pack, so the shared buffer can take the next batch.
         this.store.addPacked(hash, batch.starts[i + 1] - batch.starts[i], { stored, flags: result.flags[i] });
       }
       batch.lists[i][batch.indexes[i]] = hash;
     }
-    if (input.byteLength === this.batchBytes && this.spare.length < 4) this.spare.push(input);
+    if (buffers.input.byteLength === this.batchBytes && this.spare.length <= this.maxInFlight) this.spare.push(buffers);
   }
 
   private wake(): void {
