@@ -114,6 +114,8 @@ export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise
     if (moving.has(slot.no)) rewrittenPacks++;
     else removedPacks++;
   }
+  // Leave the removed packs out of the index file now: until then has() reads to skip their entries.
+  if (removedPacks + rewrittenPacks > 0) await table.merge().catch(() => {});
   await removeStaleTemps(path.join(ctx.dir, 'packs'), STALE_TEMP_MS);
   await removeStaleTemps(path.join(ctx.dir, 'remote-idx'), STALE_TEMP_MS);
   return { removedPacks, rewrittenPacks, freedBytes };

@@ -18,8 +18,11 @@ import { corrupt } from './format.js';
  *   fan-out 256 × u32: entries whose first hash byte is ≤ i
  *   footer  entry count u64 | sha256 of everything before it (32)
  *
- * In memory a reader keeps only the first 4 bytes of each hash (a sorted Uint32Array, 4 bytes per chunk): a
- * miss costs no read unless its prefix collides (about n / 2^32), a hit costs one positional read of 56 bytes.
+ * In memory a reader keeps only the first 12 bytes of each hash (12 bytes per chunk, ~1.5 MB per GB of pages),
+ * searched on the first 4: has() answers from them without a read, find() confirms the whole hash and reads
+ * the record with one positional read of 56 bytes. Two different pages agreeing on 96 bits of sha256 (odds
+ * about n² / 2^97, ~1e-17 for 10 GB of pages) would make has() wrongly say yes: the page would then be reported
+ * missing by read() and `neon verify` (find() checks all 256 bits), never read back as other bytes.
  */
 
 /** File name of the multi-pack index in the store folder. */
@@ -116,18 +119,35 @@ export class MidxFile {
     }
   }
 
-  /** The entry of `hash`, or undefined. One positional read per prefix match. */
-  find(hash: string): MidxEntry | undefined {
+  /** Number of the first entry whose 96-bit prefix is that of `hash`, or -1 (no read). */
+  private search(hash: string): number {
     const key = parseInt(hash.slice(0, 8), 16);
     const { prefix } = this;
     let lo = 0;
     let hi = this.count;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (prefix[mid] < key) lo = mid + 1;
+      if (prefix[mid * 3] < key) lo = mid + 1;
       else hi = mid;
     }
-    for (let i = lo; i < this.count && prefix[i] === key; i++) {
+    const a = parseInt(hash.slice(8, 16), 16);
+    const b = parseInt(hash.slice(16, 24), 16);
+    for (let i = lo; i < this.count && prefix[i * 3] === key; i++) if (prefix[i * 3 + 1] === a && prefix[i * 3 + 2] === b) return i;
+    return -1;
+  }
+
+  /** True when an entry's first 96 bits are those of `hash` (see the odds above); no read. */
+  has(hash: string): boolean {
+    return this.search(hash) >= 0;
+  }
+
+  /** The entry of `hash`, or undefined: one positional read when the prefix matches, the whole hash checked. */
+  find(hash: string): MidxEntry | undefined {
+    const first = this.search(hash);
+    if (first < 0) return undefined;
+    const { prefix } = this;
+    for (let i = first; i < this.count && prefix[i * 3] === prefix[first * 3]; i++) {
+      if (prefix[i * 3 + 1] !== prefix[first * 3 + 1] || prefix[i * 3 + 2] !== prefix[first * 3 + 2]) continue;
       fs.readSync(this.fd, this.scratch, 0, MIDX_ENTRY, this.start + i * MIDX_ENTRY);
       if (this.scratch.toString('hex', 0, 32) === hash) return readEntry(this.scratch, 0, hash);
     }
@@ -193,7 +213,7 @@ async function readWhole(handle: FileHandle, file: string, onEntry: (entry: Midx
       trailer: Buffer.from(list.subarray(at + 44, at + 76)),
     });
   }
-  const prefix = new Uint32Array(count);
+  const prefix = new Uint32Array(count * 3);
   const buf = Buffer.allocUnsafe(BLOCK * MIDX_ENTRY);
   let previous = '';
   for (let i = 0; i < count; i += BLOCK) {
@@ -206,7 +226,7 @@ async function readWhole(handle: FileHandle, file: string, onEntry: (entry: Midx
       const entry = readEntry(block, j * MIDX_ENTRY);
       if (entry.hash <= previous || entry.pack >= packCount) throw corrupt(`${file} is damaged: entry ${i + j} is out of order or names no pack`);
       previous = entry.hash;
-      prefix[i + j] = block.readUInt32BE(j * MIDX_ENTRY);
+      for (let w = 0; w < 3; w++) prefix[(i + j) * 3 + w] = block.readUInt32BE(j * MIDX_ENTRY + w * 4);
       onEntry(entry);
     }
   }
@@ -227,7 +247,7 @@ export class MidxWriter {
   private count = 0;
   private readonly fanout = new Uint32Array(256);
   private position = 0;
-  /** The 4-byte hash prefixes of the entries written, for the reader. */
+  /** The 12-byte hash prefixes (3 words each) of the entries written, for the reader. */
   private prefix: Uint32Array;
 
   private constructor(
@@ -236,7 +256,7 @@ export class MidxWriter {
     private readonly handle: FileHandle,
     capacity: number,
   ) {
-    this.prefix = new Uint32Array(Math.max(capacity, 1));
+    this.prefix = new Uint32Array(Math.max(capacity, 1) * 3);
   }
 
   /** Start an index over `packs`, with room for up to `capacity` entries. */
@@ -260,12 +280,13 @@ export class MidxWriter {
 
   /** Append the encoded entry at `at` of `buf` (entries must come in increasing hash order). */
   async add(buf: Buffer, at: number): Promise<void> {
-    if (this.count === this.prefix.length) {
+    if (this.count * 3 === this.prefix.length) {
       const grown = new Uint32Array(this.prefix.length * 2);
       grown.set(this.prefix);
       this.prefix = grown;
     }
-    this.prefix[this.count++] = buf.readUInt32BE(at);
+    for (let w = 0; w < 3; w++) this.prefix[this.count * 3 + w] = buf.readUInt32BE(at + w * 4);
+    this.count++;
     this.fanout[buf[at]]++;
     buf.copy(this.block, this.used * MIDX_ENTRY, at, at + MIDX_ENTRY);
     if (++this.used === BLOCK) await this.flushBlock();
@@ -286,7 +307,7 @@ export class MidxWriter {
     await fsp.rename(this.temp, this.file);
     await fsyncDir(path.dirname(this.file));
     // Drop the unused room when it is large (entries of dropped packs were skipped).
-    const prefix = this.prefix.length > this.count * 1.25 + 1024 ? this.prefix.slice(0, this.count) : this.prefix;
+    const prefix = this.prefix.length > this.count * 3 * 1.25 + 1024 ? this.prefix.slice(0, this.count * 3) : this.prefix;
     return { prefix, count: this.count };
   }
 

@@ -73,6 +73,8 @@ export class PackTable {
   private midx?: MidxFile;
   /** Slot of each pack number of the index file. */
   private midxSlots: SlotState[] = [];
+  /** True when a pack the index file names has been dropped (until the next merge leaves it out). */
+  private midxDropped = false;
   private nextNo = 0;
   private merging?: Promise<void>;
   /**
@@ -104,9 +106,14 @@ export class PackTable {
     return this.tail.size;
   }
 
-  /** True when some slot holds `hash`. */
+  /**
+   * True when some slot holds `hash`: from memory (the tail, then the index file's 96-bit prefixes, see midx.ts),
+   * unless a pack the index file names was dropped since it was written (then with a read, to skip its entries).
+   */
   has(hash: string): boolean {
-    return this.find(hash) !== undefined;
+    if (this.tail.has(hash)) return true;
+    if (!this.midx) return false;
+    return this.midxDropped ? this.find(hash) !== undefined : this.midx.has(hash);
   }
 
   /** Where the index sends `hash`. */
@@ -194,6 +201,7 @@ export class PackTable {
     }
     this.count(state, state.raw, state.stored, -state.chunks);
     state.dropped = true;
+    if (this.midxSlots.includes(state)) this.midxDropped = true;
     this.slots.delete(slot.no);
     if (slot.id !== undefined && this.byId.get(slot.id) === slot) this.byId.delete(slot.id);
   }
@@ -252,6 +260,7 @@ export class PackTable {
   adopt(midx: MidxFile, slots: PackSlot[]): void {
     this.midx = midx;
     this.midxSlots = slots.map((slot) => this.slots.get(slot.no)!);
+    this.midxDropped = false;
   }
 
   /** Record, for a slot of the loaded index file, its entry count, index checksum and one chunk it holds. */
@@ -358,6 +367,7 @@ export class PackTable {
     const written = await writer.finish();
     this.midx = openWritten(this.file, packs, written);
     this.midxSlots = states;
+    this.midxDropped = states.some((state) => state.dropped);
     old?.close();
     for (const [hash, code] of batch) {
       if (this.tail.get(hash) !== code) continue; // claimed again meanwhile: the tail still wins
