@@ -185,8 +185,8 @@ export class WireConnection {
     if (this.pendingLength < total) return -1;
     this.pendingLength = 0;
     this.dispatch(this.pending, 0, total);
-    this.batchEnd?.();
-    // A handler may keep a view of it: only a connection whose payloads live until the batch end reuses it.
+    // A handler may keep a view of it. With reused reads its batch ends before the next tail is gathered here
+    // (see receive); otherwise a view may live on, so the next tail goes to a new buffer.
     if (!this.reusesReads) this.pending = EMPTY;
     return used + take;
   }
