@@ -7,7 +7,8 @@
 // The CLI row is measured with the environment as it is and, when NODE_EXTRA_CA_CERTS is set (it makes every
 // Node start parse a CA bundle), without it too.
 //
-//   npm run bench:startup [-- --runs 7] [-- --calls 7] [-- --cli path/to/bin.js] [-- --no-first]
+//   npm run bench:startup [-- --runs 7] [-- --calls 7] [-- --cli path/to/bin.js] [-- --no-first] [-- --trace]
+// --trace prints where the time of `neon start` goes instead (per step, across processes; see lib/trace.ts).
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -121,8 +122,65 @@ async function postgresRound(): Promise<[number, number]> {
   }
 }
 
+/**
+ * --trace: where the time of `neon start` (existing repository → first query) goes, step by step across the
+ * processes (NEON_TRACE, see lib/trace.ts), as milliseconds since the CLI was started; medians over the runs.
+ */
+async function traceRestarts(count: number): Promise<void> {
+  const dir = tmpDir('neon-trace-');
+  const steps = new Map<string, number[]>();
+  const note = (step: string, ms: number) => steps.set(step, [...(steps.get(step) ?? []), ms]);
+  try {
+    run(process.execPath, [CLI, 'init'], { cwd: dir });
+    run(process.execPath, [CLI, 'start'], { cwd: dir });
+    run(process.execPath, [CLI, 'stop'], { cwd: dir });
+    for (let i = 0; i < count; i++) {
+      const file = path.join(dir, `trace-${i}`);
+      const daemonLog = path.join(dir, '.neon/logs/daemon.log');
+      const logStart = fs.existsSync(daemonLog) ? fs.statSync(daemonLog).size : 0;
+      const t0 = performance.timeOrigin + performance.now();
+      const out = JSON.parse(run(process.execPath, [CLI, 'start', '--json'], { cwd: dir, env: { ...process.env, NEON_TRACE: file } }));
+      const printed = performance.timeOrigin + performance.now();
+      await firstQuery(out.connection_string);
+      const queried = performance.timeOrigin + performance.now();
+      // A commit returns once the safekeepers have it (synchronous_standby_names): when writes can begin.
+      const writer = new pg.Client({ connectionString: out.connection_string });
+      await writer.connect();
+      await writer.query('create table if not exists bench_startup (at timestamptz); insert into bench_startup values (now())');
+      await writer.end();
+      const committed = performance.timeOrigin + performance.now();
+      const seen = new Map<string, number>();
+      for (const line of fs.readFileSync(file, 'utf8').trim().split('\n')) {
+        const [at, , role, ...step] = line.split(' ');
+        const key = `${role}: ${step.join(' ')}`;
+        if (!seen.has(key)) seen.set(key, Number(at) - t0);
+      }
+      // The safekeepers' first streaming line, from the daemon's log (ISO times, ms precision).
+      const log = fs.readFileSync(daemonLog, 'utf8').slice(logStart);
+      const streaming = [...log.matchAll(/^(\S+) .*: streaming from/gm)].map((m) => Date.parse(m[1]) - t0);
+      for (const [key, ms] of seen) note(key, ms);
+      note('bench: neon start exited, JSON parsed', printed - t0);
+      note('bench: first query answered', queried - t0);
+      note('bench: first commit acknowledged (after the first query)', committed - t0);
+      if (streaming.length) note('daemon log: first safekeeper streaming', Math.min(...streaming));
+      run(process.execPath, [CLI, 'stop'], { cwd: dir });
+    }
+  } finally {
+    await cleanup(dir);
+  }
+  console.log(`\`neon start\` of an existing repository, ${count} runs, ms since the CLI was spawned (medians); load ${loadavg()}`);
+  const rows = [...steps].map(([step, values]) => [median(values), step] as const).sort((a, b) => a[0] - b[0]);
+  for (const [ms, step] of rows) console.log(`${ms.toFixed(0).padStart(6)}  ${step}`);
+}
+
+const loadavg = () => fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 const ratios = (ours: number[], theirs: number[]) => ours.map((value, i) => value / theirs[i]);
+if (process.argv.includes('--trace')) {
+  await traceRestarts(runs);
+  process.exit(0);
+}
 const neon = { first: [] as number[], restart: [] as number[] };
 const postgres = { first: [] as number[], restart: [] as number[] };
 const cli = { cli: [] as number[], cliNoCa: [] as number[], rest: [] as number[] };

@@ -5,6 +5,7 @@
 // loaded by the CLI. Measured with bench/startup.ts.
 import module from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { trace } from '../lib/trace.js';
 
 // Node ≥ 22.1 keeps compiled code on disk between runs; Node 20 has no such API, and a cache that cannot be
 // written (read-only temp dir, another user's folder) only costs the compile it would have saved.
@@ -16,9 +17,15 @@ try {
 
 const script = fileURLToPath(import.meta.url);
 const role = process.argv[2];
+const roleName = role === '__daemon' ? 'daemon' : role === '__watchdog' ? 'watchdog' : role === '__safekeeper' ? 'safekeeper' : 'cli';
+trace(roleName, 'node process started', true);
+trace(roleName, 'entry running');
 if (role === '__daemon') {
   const { runDaemon } = await import('../daemon/main.js');
   await runDaemon(process.argv[process.argv.indexOf('--repo') + 1], script);
+} else if (role === '__watchdog') {
+  const { runWatchdog } = await import('../daemon/watchdog.js');
+  await runWatchdog(process.argv[process.argv.indexOf('--repo') + 1], script);
 } else if (role === '__safekeeper') {
   const { runSafekeeper } = await import('../safekeeper/main.js');
   await runSafekeeper();

@@ -4,10 +4,8 @@ import type { DaemonMessage } from '../daemon/main.js';
 import { NeonError } from '../core/errors.js';
 import { isDaemonOf } from '../daemon/lock.js';
 import { cmdlineOf, isAlive, processesMatching, signal, waitGone } from '../lib/proc.js';
+import { trace } from '../lib/trace.js';
 import type { Repository } from '../daemon/repository.js';
-
-// The daemon's entry is not imported for its value: that would load it (and child_process) into every command.
-const DAEMON_CA_ENV: typeof import('../daemon/main.js').DAEMON_CA_ENV = 'NEON_DAEMON_EXTRA_CA_CERTS';
 
 /** How long `neon start` waits for the daemon to report ready (computes may replay a lot of WAL). */
 const START_TIMEOUT_MS = 180_000;
@@ -30,12 +28,13 @@ export function runningDaemonPid(repo: Repository): number | undefined {
 export async function spawnDaemon(repo: Repository, projectDir: string, cli: string): Promise<Extract<DaemonMessage, { type: 'ready' }>> {
   // Only `neon start` spawns: the other commands that import this module do not load child_process.
   const { spawn } = await import('node:child_process');
+  trace('cli', 'spawning the daemon');
   fs.mkdirSync(repo.logsDir, { recursive: true });
   const logFile = repo.logFile('daemon');
   const log = fs.openSync(logFile, 'a', 0o640);
   const child = spawn(process.execPath, [cli, '__daemon', '--repo', repo.dir], {
     cwd: projectDir,
-    env: watchdogEnv(),
+    env: process.env,
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
   });
@@ -53,6 +52,7 @@ export async function spawnDaemon(repo: Repository, projectDir: string, cli: str
       });
       child.once('error', (error) => (clearTimeout(timer), reject(error)));
     });
+    trace('cli', `daemon said ${message.type}`);
     if (message.type === 'error') {
       // It is cleaning up what it started; report once it is gone, so that a failed start leaves nothing running.
       if (child.exitCode === null && child.signalCode === null) await waitGone([child.pid!], 30_000);
@@ -88,7 +88,7 @@ export async function callStartingDaemon<T>(repo: Repository, method: string, ro
  * for it, or the computes it would adopt keep running with nobody to stop them.
  */
 async function daemonAfterRestart(repo: Repository): Promise<number | undefined> {
-  const watchdogs = processesMatching(repo.dir).filter((pid) => cmdlineOf(pid)?.includes('__daemon'));
+  const watchdogs = processesMatching(repo.dir).filter((pid) => cmdlineOf(pid)?.includes('__watchdog'));
   const deadline = Date.now() + 40_000;
   while (watchdogs.some(isAlive) && Date.now() < deadline) {
     const pid = runningDaemonPid(repo);
@@ -96,19 +96,6 @@ async function daemonAfterRestart(repo: Repository): Promise<number | undefined>
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   return undefined;
-}
-
-/**
- * The environment of the process `neon start` spawns. Node parses the bundle NODE_EXTRA_CA_CERTS names at every
- * start (~0.1 s for the Debian bundle); the watchdog makes no TLS connections, so it starts without it and hands it
- * back to the daemon it runs (daemon/main.ts). With no watchdog the process is the daemon and keeps it.
- */
-function watchdogEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  if (env.NODE_EXTRA_CA_CERTS === undefined || env.NEON_NO_WATCHDOG === '1') return env;
-  env[DAEMON_CA_ENV] = env.NODE_EXTRA_CA_CERTS;
-  delete env.NODE_EXTRA_CA_CERTS;
-  return env;
 }
 
 /** Ask the daemon to stop everything and wait until its process is gone. */

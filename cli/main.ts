@@ -278,6 +278,10 @@ export async function main(argv: string[], script: string): Promise<void> {
     const { runDaemon } = await import('../daemon/main.js');
     return runDaemon(argv[argv.indexOf('--repo') + 1], script);
   }
+  if (argv[2] === '__watchdog') {
+    const { runWatchdog } = await import('../daemon/watchdog.js');
+    return runWatchdog(argv[argv.indexOf('--repo') + 1], script);
+  }
   if (argv[2] === '__safekeeper') {
     const { runSafekeeper } = await import('../safekeeper/main.js');
     return runSafekeeper();

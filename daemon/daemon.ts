@@ -22,13 +22,15 @@ import { claimStorage } from './claim.js';
 import type { Launcher } from '../core/launcher.js';
 import { Pageserver } from '../pageserver/pageserver.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
-import { RestServer } from '../core/rest.js';
+import type { RestServer } from '../core/rest.js';
 import type { DaemonContext } from './context.js';
 import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
 import { makePrivate } from './modes.js';
 import { finishDestroys } from './trash.js';
 import { pulledWalHolder } from './storages.js';
 import { storageComputeStarted } from './storage-replica.js';
+import { trace } from '../lib/trace.js';
+import { settled } from '../lib/settled.js';
 
 /** The REST port used when none is configured (the seed's `http://localhost:3000`). */
 export const DEFAULT_DAEMON_PORT = 3000;
@@ -78,10 +80,11 @@ export class Daemon implements DaemonContext {
   ) {}
 
   /** Start everything; resolves with a notice for the user (a port that had to change), if any. */
-  async start(routes: (rest: RestServer) => RestServer): Promise<string | undefined> {
+  async start(routes: (rest: RestServer) => RestServer | Promise<RestServer>): Promise<string | undefined> {
     const { repo, meta, log } = this;
     this.releaseLock = await acquireDaemonLock(repo.pidFile, repo.dir);
     await fs.rm(repo.daemonFile, { force: true });
+    trace('daemon', 'lock taken');
     const loaded = await loadConfig(meta.projectDir, { command: 'start' }, builtinPlugins());
     this.config = loaded.config;
     this.configFile = loaded.file;
@@ -90,13 +93,15 @@ export class Daemon implements DaemonContext {
     applyPlugins(this.hooks, this.plugins);
     log.info('config %s; plugins: %s', loaded.file ?? '(defaults)', this.plugins.map((p) => p.name).join(', '));
 
+    trace('daemon', 'config loaded');
     this.pgUser = pgUserFor(this.config.postgres?.user);
     this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
     // After the binaries: a copy of them made for the Postgres user must stay readable by it.
     makePrivate(repo, this.pgUser, log);
     this.socketDir = socketDirOf(repo.dir);
     ensureSocketDir(this.socketDir, this.pgUser);
-    this.computeLauncher = await resolveLauncher(this.hooks, 'compute');
+    this.computeLauncher = notifying(await resolveLauncher(this.hooks, 'compute'), () => this.onLaunch());
+    trace('daemon', 'binaries checked, launcher resolved');
     const token = await repo.readToken();
     // One writer per storage_dest: refused here when another repository holds it (see claim.ts).
     this.storage = meta.storageDest
@@ -120,6 +125,7 @@ export class Daemon implements DaemonContext {
       // The main compute's branch first: offload reports its progress.
       () => [this.mainBranch(), ...this.safekeepers.branches().filter((b) => b !== this.mainBranch())],
     );
+    trace('daemon', 'storage claimed, state read');
     this.pageserver = await Pageserver.open({
       repoDir: repo.dir,
       log: log.child('pageserver'),
@@ -145,25 +151,30 @@ export class Daemon implements DaemonContext {
       this.sync.schedule();
     }
 
-    this.rest = routes(new RestServer(token, log.child('rest')));
-    const notice = await this.listen();
-    await writeFileAtomic(
-      repo.daemonFile,
-      JSON.stringify({ pid: process.pid, port: this.port, startedAt: this.startedAt.toISOString() }) + '\n',
-    );
-    log.info('REST API on http://127.0.0.1:%d', this.port);
-
+    trace('daemon', 'pageserver open');
     await finishDestroys(repo, state, log);
     for (const record of Object.values(state.computes)) this.addCompute(record);
     // The safekeepers follow every primary wherever it runs (its port may change between starts).
     this.hooks.computeStarted.tap('neon:safekeepers', ({ name }) => {
       const record = this.compute(name).record;
+      trace('daemon', `compute ${name} running`);
       if (isPrimary(record)) this.safekeepers.attach(record.branch, this.primaryOf(record));
     });
     // Computes over pulled snapshots: this repository's login, and a storage replica's WAL follower.
     this.hooks.computeStarted.tapPromise('neon:storage-computes', ({ name }) => storageComputeStarted(this, name));
-    await Promise.all([...this.computes.values()].filter((c) => c.record.running).map((c) => c.start()));
-    await this.safekeepers.start();
+    // Side by side, none waiting for another: Postgres, the safekeepers' processes (a primary's commits wait for
+    // them through synchronous_standby_names, not its start) and the REST API (whose modules load meanwhile).
+    // Postgres is spawned first: compiling the REST modules on this thread would hold its launch up.
+    const running = [...this.computes.values()].filter((c) => c.record.running);
+    const spawned = this.launches(running.length);
+    const computes = Promise.all(running.map((c) => c.start())).then(() => trace('daemon', 'computes running'));
+    await Promise.race([spawned, computes.catch(() => undefined)]);
+    this.onLaunch = () => undefined;
+    const [notice] = await settled([
+      this.serve(routes, token),
+      computes,
+      this.safekeepers.start().then(() => trace('daemon', 'safekeepers spawned')),
+    ] as const);
     // Stopped primaries too: their streams report that the primary is down, and resume when it is back.
     for (const compute of this.computes.values()) {
       if (!isPrimary(compute.record)) continue;
@@ -180,12 +191,39 @@ export class Daemon implements DaemonContext {
       wal: this.wal,
       status: this.pluginStatus,
     });
+    trace('daemon', 'start hooks done');
     this.images = new ImageService(this, this.config.pageserver);
     if (this.pageserver.images('main').length === 0 && this.computes.get('main')?.state === 'running') {
       this.pageserver.setFirstImage(this.images.take('main'));
     }
     this.images.start();
     this.health.start();
+    return notice;
+  }
+
+  /** Called after each compute launch (see launches()). */
+  private onLaunch: () => void = () => undefined;
+
+  // Resolves once `count` computes have been spawned (or failed to be).
+  private launches(count: number): Promise<void> {
+    return new Promise((resolve) => {
+      let left = count;
+      this.onLaunch = () => void (--left <= 0 && resolve());
+      if (left <= 0) resolve();
+    });
+  }
+
+  // The REST API on 127.0.0.1, and daemon.json saying where it is; resolves with the notice of listen().
+  private async serve(routes: (rest: RestServer) => RestServer | Promise<RestServer>, token: string): Promise<string | undefined> {
+    const { RestServer } = await import('../core/rest.js');
+    this.rest = await routes(new RestServer(token, this.log.child('rest')));
+    const notice = await this.listen();
+    await writeFileAtomic(
+      this.repo.daemonFile,
+      JSON.stringify({ pid: process.pid, port: this.port, startedAt: this.startedAt.toISOString() }) + '\n',
+    );
+    this.log.info('REST API on http://127.0.0.1:%d', this.port);
+    trace('daemon', 'REST listening, daemon.json written');
     return notice;
   }
 
@@ -302,4 +340,15 @@ export class Daemon implements DaemonContext {
     })();
     return this.shuttingDown;
   }
+}
+
+/** `launcher`, calling `after` once each launch has spawned its process or failed to. */
+function notifying(launcher: Launcher, after: () => void): Launcher {
+  return {
+    launch: (spec) =>
+      launcher.launch(spec).finally(() => {
+        trace('daemon', `${spec.name}: process spawned`);
+        after();
+      }),
+  };
 }

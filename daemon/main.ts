@@ -4,30 +4,26 @@ import type { ComputeInfo } from './compute.js';
 import type { Daemon } from './daemon.js';
 import { Repository } from './repository.js';
 import type { Status } from './routes.js';
-import { runWatchdog, SUPERVISED_ENV, type ToWatchdog } from './watchdog.js';
+import { spawnWatchdog, SUPERVISED_ENV, type ToWatchdog } from './watchdog.js';
+import { trace } from '../lib/trace.js';
 
 /** Messages the daemon sends to the `neon start` that spawned it, over the IPC channel. */
 export type DaemonMessage =
   { type: 'ready'; port: number; notice?: string; status: Status; pgs: ComputeInfo[] } | { type: 'error'; code: string; message: string };
 
-/** NODE_EXTRA_CA_CERTS of `neon start`, kept aside while the watchdog starts (cli/daemon-control.ts). */
-export const DAEMON_CA_ENV = 'NEON_DAEMON_EXTRA_CA_CERTS';
-
-/** Entry point of the daemon process (`neon __daemon --repo DIR`, spawned by `neon start`). */
+/**
+ * Entry point of the daemon process (`neon __daemon --repo DIR`), spawned by `neon start` (or, after a crash, by
+ * its watchdog: then SUPERVISED_ENV is set and its "stopping" goes to the watchdog, its parent).
+ */
 export async function runDaemon(repoDir: string, cli: string): Promise<void> {
-  // The process `neon start` spawns is the watchdog; the daemon is its child, started again when it dies unasked.
   const supervised = process.env[SUPERVISED_ENV] === '1';
-  if (!supervised && process.env.NEON_NO_WATCHDOG !== '1') {
-    // The daemons the watchdog starts (with its environment) get the CA bundle back.
-    if (process.env[DAEMON_CA_ENV] !== undefined) process.env.NODE_EXTRA_CA_CERTS = process.env[DAEMON_CA_ENV];
-    delete process.env[DAEMON_CA_ENV];
-    return runWatchdog(repoDir, cli);
-  }
   let crashed = false;
   const repo = new Repository(repoDir);
   const log = createLogger('daemon');
   const tell = (message: DaemonMessage) => process.send?.(message);
   let daemon: Daemon | undefined;
+  // The first daemon starts its watchdog once it is ready; a supervised one has its watchdog as its parent.
+  let toWatchdog: ((message: ToWatchdog) => void) | undefined = supervised ? (message) => process.send?.(message) : undefined;
   const onSignal = () => (daemon ? void daemon.shutdown('signal') : process.exit(1));
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
@@ -39,24 +35,23 @@ export async function runDaemon(repoDir: string, cli: string): Promise<void> {
     onSignal();
   });
   try {
-    // Imported here, not above: the watchdog (the same entry, unsupervised) never runs them, and compiling the
-    // daemon's modules there would delay the daemon's own start by as much again.
-    const [{ Daemon }, { registerRoutes, statusOf }, { toWire }, meta] = await Promise.all([
-      import('./daemon.js'),
-      import('./routes.js'),
-      import('../core/rest.js'),
-      repo.readMeta(),
-    ]);
+    // Imported here, not above: the watchdog and the safekeepers (the same entry) never run them.
+    const [{ Daemon }, meta] = await Promise.all([import('./daemon.js'), repo.readMeta()]);
+    trace('daemon', 'modules loaded, meta read');
     daemon = new Daemon(repo, meta, log, cli);
     daemon.onStopped = () => process.exit();
     // A stop that was asked for ends the watchdog too; a crash is for it to answer with a new daemon.
     daemon.onStopping = () => {
-      if (!crashed && process.connected) process.send?.({ type: 'stopping' } satisfies ToWatchdog);
+      if (!crashed) toWatchdog?.({ type: 'stopping' });
     };
     log.info('starting daemon pid %d for %s', process.pid, repo.dir);
-    const notice = await daemon.start((rest) => registerRoutes(rest, daemon!));
+    // The REST routes (and their schemas) load while Postgres starts: nothing before it needs them.
+    const notice = await daemon.start(async (rest) => (await import('./routes.js')).registerRoutes(rest, daemon!));
+    const [{ statusOf }, { toWire }] = await Promise.all([import('./routes.js'), import('../core/rest.js')]);
+    trace('daemon', 'ready: telling neon start');
     // The answer to `neon start` travels with the ready message: no HTTP round trips before it can print.
     tell(toWire({ type: 'ready', port: daemon.port, notice, status: statusOf(daemon), pgs: daemon.pgs() }) as DaemonMessage);
+    if (!supervised && process.env.NEON_NO_WATCHDOG !== '1') toWatchdog = spawnWatchdog(repo.dir, cli, log);
   } catch (error) {
     log.error('start failed: %s', isExpected(error) ? messageOf(error) : (error as Error).stack);
     tell({ type: 'error', code: error instanceof NeonError ? error.code : 'internal', message: messageOf(error) });
@@ -64,6 +59,6 @@ export async function runDaemon(repoDir: string, cli: string): Promise<void> {
     await daemon?.shutdown('signal');
     process.exit();
   }
-  // The watchdog keeps its channel: the daemon tells it when it is asked to stop.
+  // A supervised daemon keeps its channel: it tells its watchdog when it is asked to stop.
   if (process.connected && !supervised) process.disconnect();
 }

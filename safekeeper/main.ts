@@ -3,6 +3,7 @@ import path from 'node:path';
 import { cmdlineOf, isAlive, signal, waitGone } from '../lib/proc.js';
 import { Safekeeper, type PrimaryInfo, type SafekeeperConfig, type SafekeeperStatus } from './safekeeper.js';
 import type { CompletedSegment } from './wal-writer.js';
+import { trace } from '../lib/trace.js';
 
 /** One WAL stream a safekeeper keeps: the WAL of a branch, from that branch's primary. */
 export type StreamConfig = Omit<SafekeeperConfig, 'name' | 'dir'>;
@@ -30,6 +31,7 @@ export type FromSafekeeper =
  * {@link takeOver}), so there is never more than one writer in a safekeeper's folder.
  */
 export async function runSafekeeper(): Promise<void> {
+  trace('safekeeper', 'modules loaded');
   const send = (message: FromSafekeeper) => {
     if (process.connected) process.send!(message);
   };

@@ -1,4 +1,4 @@
-import { launchWithExeca } from '../../core/launch-process.js';
+import { launchProcess } from '../../core/launch-process.js';
 import type { Launcher, LaunchedProcess, LaunchSpec } from '../../core/launcher.js';
 import { checkPluginOptions, type NeonPlugin } from '../../core/plugin.js';
 
@@ -6,7 +6,7 @@ import { checkPluginOptions, type NeonPlugin } from '../../core/plugin.js';
 export type LauncherComputeOptions = Record<string, never>;
 
 /**
- * Launches compute processes (`postgres -D …`) as children of the daemon with execa: output appended to the
+ * Launches compute processes (`postgres -D …`) as children of the daemon (node:child_process): output appended to the
  * compute's log file, the environment reduced to what Postgres needs, and the unprivileged user applied.
  */
 export default function launcherCompute(options?: LauncherComputeOptions): NeonPlugin {
@@ -19,7 +19,7 @@ export default function launcherCompute(options?: LauncherComputeOptions): NeonP
 
 const launcher: Launcher = {
   launch: (spec: LaunchSpec): Promise<LaunchedProcess> =>
-    launchWithExeca(spec, {
+    launchProcess(spec, {
       // Only what Postgres needs: the daemon's environment holds nothing it should inherit.
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C', LANG: 'C', TZ: process.env.TZ ?? 'UTC', ...spec.env },
       extendEnv: false,
