@@ -88,15 +88,21 @@ function mountXfs(): { mount: string; release: () => void } {
 
 const countBranches = async (url: string) => Number((await lib.query(url, 'select count(*)::int as n from pgbench_branches'))[0].n);
 
-/** `neon checkout TARGET` until the main compute answers; checks it sees the data. */
-async function checkoutToQuery(dir: string, target: string, scale: number): Promise<[number, { left: string }]> {
-  return timed(async () => {
+/**
+ * `neon checkout TARGET` until the main compute answers (timed); then checks it holds that point's data: all
+ * pgbench_branches rows, and the sum of abalance (0 at A, before the 1% change; scale × 1000 after it).
+ */
+async function checkoutToQuery(dir: string, target: string, scale: number, balance: number): Promise<[number, { left: string }]> {
+  const [ms, [out, url]] = await timed(async () => {
     const out = await neonJson(['checkout', target], { cwd: dir });
-    const url = (await neonJson(['pg', 'show', '-n', 'main'], { cwd: dir })).connection_string;
+    const url: string = (await neonJson(['pg', 'show', '-n', 'main'], { cwd: dir })).connection_string;
     await lib.firstQuery(url);
-    if ((await countBranches(url)) !== scale) throw new Error(`after checkout ${target}: not ${scale} pgbench_branches rows`);
-    return out;
+    return [out, url] as const;
   });
+  if ((await countBranches(url)) !== scale) throw new Error(`after checkout ${target}: not ${scale} pgbench_branches rows`);
+  const [{ sum }] = await lib.query(url, 'select coalesce(sum(abalance), 0)::bigint::text as sum from pgbench_accounts');
+  if (Number(sum) !== balance) throw new Error(`after checkout ${target}: sum(abalance) is ${sum}, not ${balance}`);
+  return [ms, out];
 }
 
 /** neon in `base`: a loaded repository, an image, two computes, then checkouts back and forth. */
@@ -117,10 +123,11 @@ async function neonRun(base: string, scale: number): Promise<Metrics> {
     await neonJson(['snapshot', 'create', 'A'], cwd);
     await lib.changeOnePercent(url, scale);
     await neonJson(['image', 'create'], cwd);
-    const [toA, out] = await checkoutToQuery(dir, 'A', scale);
-    const [back, home] = await checkoutToQuery(dir, out.left, scale);
-    const [again] = await checkoutToQuery(dir, 'A', scale);
-    Object.assign(m, { toA, back, again, backAgain: (await checkoutToQuery(dir, home.left, scale))[0] });
+    const changed = scale * 1000; // changeOnePercent adds 1 to that many rows
+    const [toA, out] = await checkoutToQuery(dir, 'A', scale, 0);
+    const [back, home] = await checkoutToQuery(dir, out.left, scale, changed);
+    const [again] = await checkoutToQuery(dir, 'A', scale, 0);
+    Object.assign(m, { toA, back, again, backAgain: (await checkoutToQuery(dir, home.left, scale, changed))[0] });
     await neon(['stop'], cwd);
     return m;
   } finally {

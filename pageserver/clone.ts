@@ -54,14 +54,22 @@ export interface CopyOptions {
   progress?: (bytes: number) => void;
 }
 
+/** Files below this size are copied synchronously in batches: a data directory is mostly small files, and a trip
+ * through libuv's thread pool per copy, chmod and chown costs more than the copy itself (seconds for a thousand
+ * files on a busy machine). */
+const SMALL = 256 * 1024;
+const BATCH = 64;
+
 /**
- * Copy files (their folders must exist): a clone where the file system offers it, an in-kernel copy otherwise,
- * several at once, biggest first so that one large relation file does not finish alone at the end. Returns the
- * bytes copied.
+ * Copy files (their folders must exist): a clone where the file system offers it, an in-kernel copy otherwise.
+ * Big files go several at once on libuv's threads, biggest first (so that one large relation file does not finish
+ * alone at the end); small ones meanwhile on the main thread, in batches between which the event loop runs.
+ * Returns the bytes copied.
  */
 export async function copyFiles(files: FileCopy[], options: CopyOptions = {}): Promise<number> {
   const { owner } = options;
-  const queue = [...files].sort((a, b) => b.size - a.size);
+  const queue = files.filter((file) => file.size >= SMALL).sort((a, b) => b.size - a.size);
+  const small = files.filter((file) => file.size < SMALL);
   let bytes = 0;
   let failed = false;
   const worker = async () => {
@@ -73,14 +81,23 @@ export async function copyFiles(files: FileCopy[], options: CopyOptions = {}): P
       options.progress?.(bytes);
     }
   };
-  await Promise.all(
-    Array.from({ length: options.concurrency ?? 8 }, () =>
-      worker().catch((error) => {
-        failed = true;
-        throw error;
-      }),
-    ),
-  );
+  const smallOnes = async () => {
+    for (let i = 0; i < small.length && !failed; i += BATCH) {
+      for (const file of small.slice(i, i + BATCH)) {
+        fs.copyFileSync(file.from, file.to, fs.constants.COPYFILE_FICLONE);
+        fs.chmodSync(file.to, file.mode & 0o7777);
+        if (owner) fs.lchownSync(file.to, owner.uid, owner.gid);
+        bytes += file.size;
+      }
+      options.progress?.(bytes);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  };
+  const fail = (error: unknown) => {
+    failed = true;
+    throw error;
+  };
+  await Promise.all([smallOnes().catch(fail), ...Array.from({ length: options.concurrency ?? 8 }, () => worker().catch(fail))]);
   return bytes;
 }
 
