@@ -1,72 +1,19 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NeonError } from '../core/errors.js';
-import type { NeonHooks } from '../core/hooks.js';
-import type { LaunchedProcess, Launcher, ProcessExit } from '../core/launcher.js';
-import type { Logger } from '../core/log.js';
+import type { LaunchedProcess, ProcessExit } from '../core/launcher.js';
 import { portOrFree } from '../lib/net.js';
-import type { PgBinaries } from '../postgres/binaries.js';
 import { writeComputeConf } from '../postgres/conf.js';
 import { ensureSocketDir } from '../postgres/internal.js';
-import { adoptPostmaster, readPostmasterPid, stopLeftovers } from '../postgres/postmaster.js';
+import { adoptPostmaster, stopLeftovers } from '../postgres/postmaster.js';
 import { ensureInternalRole, sql, type Login } from '../postgres/sql.js';
-import { asUser, type PgUser } from '../postgres/user.js';
-import { isPrimary, type ComputeRecord, type Repository } from './repository.js';
+import { asUser } from '../postgres/user.js';
+import { ENDED_BEFORE_TARGET, HEALTHY_UPTIME_MS, describe, hasTarget, restartDelay, waitReady, waitRecovery } from './compute-wait.js';
+import type { ComputeDeps, ComputeInfo, ComputeState } from './compute-types.js';
+import { isPrimary, type ComputeRecord } from './repository.js';
 
-/** Life of a compute as shown by `neon status` and `GET /pgs`. */
-export type ComputeState = 'stopped' | 'starting' | 'running' | 'stopping' | 'restarting' | 'failed';
+export type { ComputeDeps, ComputeInfo, ComputeState } from './compute-types.js';
 
-/** What the REST API says about a compute. */
-export interface ComputeInfo {
-  name: string;
-  branch: string;
-  state: ComputeState;
-  pid: number | null;
-  port: number;
-  data_dir: string;
-  log_file: string;
-  connection_string: string;
-  /** Automatic restarts after unexpected exits since the compute was last started by request. */
-  restarts: number;
-  /** While `restarting`: when the next attempt is due. */
-  next_restart_at?: string;
-  last_exit?: { code: number | null; signal: string | null; at: string };
-  read_only: boolean;
-  /** A hot standby following its branch's primary. */
-  replica: boolean;
-  /** The point of history it was made at, for a static compute. */
-  at: string | null;
-  /** Where its last recovery stopped (after a start at a point of history). */
-  reached_lsn: string | null;
-}
-
-/** What a compute needs from the daemon. */
-export interface ComputeDeps {
-  repo: Repository;
-  binaries: PgBinaries;
-  pgUser?: PgUser;
-  /** The private Unix socket folder where the daemon and safekeepers log in (see postgres/internal.ts). */
-  socketDir: string;
-  launcher: Launcher;
-  hooks: NeonHooks;
-  log: Logger;
-  sharedBuffers?: string;
-  settings?: Record<string, string | number | boolean>;
-  /** Persist a changed record (its port) in state.json. */
-  save(record: ComputeRecord): Promise<void>;
-}
-
-/** How long a compute may take to accept connections (crash recovery of a big WAL backlog can be slow). */
-const READY_TIMEOUT_MS = 120_000;
-const ENDED_BEFORE_TARGET = /recovery ended before configured recovery target was reached/;
-
-/** How long an archive recovery may take to reach its target. */
-const RECOVERY_TIMEOUT_MS = 30 * 60_000;
-/** Restart backoff after unexpected exits: at once, then 1 s doubling to 30 s; reset by a healthy minute. */
-const RESTART_MIN_MS = 1000;
-const RESTART_MAX_MS = 30_000;
-const HEALTHY_UPTIME_MS = 60_000;
 
 /**
  * One compute: a Postgres server process over a data directory of the repository, supervised by the daemon the
@@ -162,18 +109,15 @@ export class Compute {
   /** Change its extra settings (a replica became a primary: it now waits for safekeepers) and reload them. */
   async applySettings(settings: Record<string, string | number | boolean>): Promise<void> {
     this.deps.settings = { ...this.deps.settings, ...settings };
-    await writeComputeConf(
-      this.dataDir,
-      {
-        port: this.record.port,
-        clusterName: `neon-${this.record.name}`,
-        socketDir: this.deps.socketDir,
-        sharedBuffers: this.deps.sharedBuffers,
-        extra: { ...this.deps.settings, ...this.record.recovery?.settings },
-      },
-      this.deps.pgUser,
-    );
+    await this.writeConf();
     if (this.state === 'running') await this.query('select pg_reload_conf()');
+  }
+
+  // neon.conf and neon's pg_hba.conf lines: its port, socket, memory, the extra settings and any recovery's.
+  private writeConf(): Promise<void> {
+    const { deps, record } = this;
+    const conf = { port: record.port, clusterName: `neon-${record.name}`, socketDir: deps.socketDir, sharedBuffers: deps.sharedBuffers };
+    return writeComputeConf(this.dataDir, { ...conf, extra: { ...deps.settings, ...record.recovery?.settings } }, deps.pgUser);
   }
 
   /** Stop it: fast shutdown (clients disconnected, a checkpoint written), escalating if it does not go. */
@@ -233,17 +177,7 @@ export class Compute {
         fs.writeFileSync(path.join(this.dataDir, 'standby.signal'), '');
         if (deps.pgUser) fs.chownSync(path.join(this.dataDir, 'standby.signal'), deps.pgUser.uid, deps.pgUser.gid);
       }
-      await writeComputeConf(
-        this.dataDir,
-        {
-          port,
-          clusterName: `neon-${record.name}`,
-          socketDir: deps.socketDir,
-          sharedBuffers: deps.sharedBuffers,
-          extra: { ...deps.settings, ...recovery?.settings },
-        },
-        deps.pgUser,
-      );
+      await this.writeConf();
       const child = await deps.launcher.launch({
         name: `compute ${record.name}`,
         command: path.join(deps.binaries.binDir, 'postgres'),
@@ -254,8 +188,8 @@ export class Compute {
       });
       this.process = child;
       child.exited.then((exit) => this.onExit(child, exit));
-      await this.waitReady(child);
-      if (recovery) await this.waitRecovery(child, recovery.until);
+      await waitReady(this.waited, child);
+      if (recovery) await this.recover(child, recovery.until);
       await this.running(child, port);
     } catch (error) {
       this.state = 'failed';
@@ -309,81 +243,20 @@ export class Compute {
   /** The LSN recovery stopped at, after a start at a point of history. */
   reachedLsn?: string;
 
-  // Archive recovery towards a target: wait until Postgres has promoted there (a primary), or paused there (a
-  // static compute). Recovery that ends early (no WAL to reach the target) makes Postgres exit: say why.
-  private async waitRecovery(child: LaunchedProcess, until: 'promoted' | 'paused' | 'standby'): Promise<void> {
-    let exited: ProcessExit | undefined;
-    child.exited.then((exit) => (exited = exit));
-    const query = {
-      promoted: 'select (not pg_is_in_recovery())::text as done, pg_last_wal_replay_lsn()::text as lsn',
-      paused: "select (pg_get_wal_replay_pause_state() = 'paused')::text as done, pg_last_wal_replay_lsn()::text as lsn",
-      // A replica is ready once it accepts read-only connections: it follows its primary from then on.
-      standby: 'select pg_is_in_recovery()::text as done, pg_last_wal_replay_lsn()::text as lsn',
-    }[until];
-    // As a standby at the end of the WAL nothing pauses: done once replay has stood still for a while.
-    const standby = until === 'paused' && !hasTarget(this.record.recovery?.settings ?? {});
-    let still = 0;
-    let previous: string | null | undefined;
-    const deadline = Date.now() + RECOVERY_TIMEOUT_MS;
-    for (;;) {
-      if (exited) {
-        const reason = lastFatal(this.logFile);
-        throw new NeonError(
-          'recovery_failed',
-          `compute ${this.record.name} stopped during recovery${reason ? `: ${reason}` : ''}; see ${this.logFile}`,
-          {
-            status: 400,
-          },
-        );
-      }
-      const [row] = await this.query(query).catch(() => []);
-      if (standby && row) {
-        still = row.lsn === previous ? still + 1 : 0;
-        previous = row.lsn;
-        if (still >= 10) row.done = 'true';
-      }
-      if (row?.done === 'true') {
-        this.reachedLsn = row.lsn ?? undefined;
-        if (until === 'promoted') {
-          // A primary now: the WAL gathered for its recovery is not needed any more.
-          const walDir = this.record.recovery?.walDir;
-          if (walDir) fs.rmSync(walDir, { recursive: true, force: true });
-          this.record = { ...this.record, recovery: undefined };
-          await this.deps.save(this.record);
-        }
-        return;
-      }
-      if (Date.now() > deadline)
-        throw new NeonError('recovery_failed', `compute ${this.record.name} did not finish recovery in time; see ${this.logFile}`);
-      await sleep(50);
-    }
+  /** What the waits of compute-wait.ts need of it. */
+  private get waited() {
+    return { name: this.record.name, dataDir: this.dataDir, logFile: this.logFile };
   }
 
-  // Postgres writes "ready" into postmaster.pid once it accepts connections (what `pg_ctl -w` waits for).
-  private async waitReady(child: LaunchedProcess): Promise<void> {
-    let exited: ProcessExit | undefined;
-    child.exited.then((exit) => (exited = exit));
-    const deadline = Date.now() + READY_TIMEOUT_MS;
-    for (;;) {
-      if (exited) {
-        const reason = lastFatal(this.logFile);
-        throw new NeonError(
-          'compute_start_failed',
-          `compute ${this.record.name} exited while starting (${reason ?? describe(exited)}); see ${this.logFile}`,
-          { status: reason ? 400 : 500 },
-        );
-      }
-      const info = readPostmasterPid(this.dataDir);
-      if (info?.pid === child.pid && (info.status === 'ready' || info.status === 'standby')) return;
-      if (Date.now() > deadline) {
-        throw new NeonError(
-          'compute_start_failed',
-          `compute ${this.record.name} did not become ready in ${READY_TIMEOUT_MS / 1000}s; see ${this.logFile}`,
-          { status: 500 },
-        );
-      }
-      await sleep(15);
-    }
+  // Wait for the recovery to end; a primary then no longer needs the WAL gathered for it, nor its recovery record.
+  private async recover(child: LaunchedProcess, until: 'promoted' | 'paused' | 'standby'): Promise<void> {
+    const settings = this.record.recovery?.settings ?? {};
+    this.reachedLsn = await waitRecovery({ ...this.waited, settings, query: (q) => this.query(q) }, child, until);
+    if (until !== 'promoted') return;
+    const walDir = this.record.recovery?.walDir;
+    if (walDir) fs.rmSync(walDir, { recursive: true, force: true });
+    this.record = { ...this.record, recovery: undefined };
+    await this.deps.save(this.record);
   }
 
   private async onExit(child: LaunchedProcess, exit: ProcessExit): Promise<void> {
@@ -404,7 +277,7 @@ export class Compute {
   // The next attempt of the supervisor: at once after a healthy run, then with a pause doubling up to 30 s.
   private scheduleRestart(): void {
     const { log } = this.deps;
-    const delay = this.failures === 0 ? 0 : Math.min(RESTART_MIN_MS * 2 ** (this.failures - 1), RESTART_MAX_MS);
+    const delay = restartDelay(this.failures);
     this.failures += 1;
     this.state = 'restarting';
     this.nextRestartAt = Date.now() + delay;
@@ -429,24 +302,4 @@ export class Compute {
     this.restartTimer = undefined;
     this.nextRestartAt = undefined;
   }
-}
-
-/** True when recovery settings name a point to stop at. */
-function hasTarget(settings: Record<string, string>): boolean {
-  return Object.keys(settings).some((key) => /^recovery_target_(lsn|time|xid|name)$/.test(key) || key === 'recovery_target');
-}
-
-/** The last FATAL or PANIC message of a compute's log, which says why it stopped. */
-function lastFatal(logFile: string): string | undefined {
-  try {
-    const lines = fs.readFileSync(logFile, 'utf8').split('\n').slice(-50);
-    const fatal = lines.reverse().find((line) => /\b(FATAL|PANIC):/.test(line));
-    return fatal?.replace(/^.*?\b(FATAL|PANIC):\s*/, '');
-  } catch {
-    return undefined;
-  }
-}
-
-function describe(exit: ProcessExit): string {
-  return exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`;
 }
