@@ -126,8 +126,10 @@ async function neonRun(base: string, scale: number): Promise<Metrics> {
     const changed = scale * 1000; // changeOnePercent adds 1 to that many rows
     const [toA, out] = await checkoutToQuery(dir, 'A', scale, 0);
     const [back, home] = await checkoutToQuery(dir, out.left, scale, changed);
-    const [again] = await checkoutToQuery(dir, 'A', scale, 0);
-    Object.assign(m, { toA, back, again, backAgain: (await checkoutToQuery(dir, home.left, scale, changed))[0] });
+    const [again, third] = await checkoutToQuery(dir, 'A', scale, 0);
+    // home.left is the branch made at A; third.left is main's state, left again: back to it once more.
+    Object.assign(m, { toA, back, again, backAgain: (await checkoutToQuery(dir, third.left, scale, changed))[0] });
+    if (!home.left) throw new Error('the checkout back left no snapshot');
     await neon(['stop'], cwd);
     return m;
   } finally {
