@@ -318,8 +318,9 @@ export class ChunkStore {
     await this.flush();
     this.closed = true;
     this.handles.closeAll();
-    // Leave the chunk index file complete, so that the next open reads no pack index.
-    if (this.table.needsMerge()) await this.table.merge();
+    // Leave the chunk index file complete, so that the next open reads no pack index. It is derived: when this
+    // fails (disk full), the next open reads the pack indexes it lacks instead.
+    if (this.table.needsMerge()) await this.table.merge().catch(() => {});
     await this.table.close();
   }
 
