@@ -16,6 +16,7 @@ import { makeComputeHome } from './modes.js';
 import { moveToTrash } from './trash.js';
 import { isReplica } from './schemas.js';
 import { createStorageReplica } from './storage-replica.js';
+import { readFollowSpec } from './storage-follower.js';
 
 /** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export interface CreateComputeRequest {
@@ -211,6 +212,14 @@ export async function promoteCompute(daemon: DaemonContext, name: string): Promi
   }
   if (compute.state !== 'running')
     throw new NeonError('not_running', `replica ${name} is not running (neon pg start -n ${name} --replica)`, { status: 409 });
+  if (readFollowSpec(path.join(daemon.repo.computesDir, name))) {
+    // Its WAL is another database system's: this repository's safekeepers would refuse its writes.
+    throw new NeonError(
+      'storage_replica',
+      `replica ${name} follows another repository through its storage and cannot become a primary here; to write, run \`neon clone\` of that storage into a repository of its own`,
+      { status: 409 },
+    );
+  }
   const from = compute.record.branch;
   const primary = primaryOfBranch(daemon, from);
   const fork = primary?.state === 'running';

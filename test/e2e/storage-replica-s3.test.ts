@@ -3,7 +3,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { cleanup, neonJson, tmpDir } from '../../testkit/env.js';
+import { cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
 import { startS3, type S3Fixture } from '../../testkit/s3.js';
 
@@ -66,6 +66,11 @@ test("B's replica follows A through the bucket, sees A's new rows and refuses wr
     (error: Error) => error.message,
   );
   assert.match(refused, /read-only transaction/);
+  // Promoting it would make a primary of another database system, whose WAL this repository cannot keep: refused.
+  const promote = await neon(['pg', 'promote', '-n', 'r'], { cwd: b, env });
+  assert.is.not(promote.code, 0);
+  assert.match(promote.stderr.trim(), /^.*follows another repository through its storage and cannot become a primary here.*neon clone/);
+  assert.is(await count(standby.connection_string), 1300, 'still a working replica');
 });
 
 test.run();
