@@ -66,10 +66,11 @@ export async function checkout(daemon: DaemonContext, text: unknown, progress?: 
   await history.updateBranch(from, { tipLsn: formatLsn(tip), leftAt: left?.name });
 
   let old: string | undefined;
-  let swapped = false;
   const restoreOld = async () => {
-    if (swapped && fs.existsSync(main.dataDir)) await discard(daemon, main.dataDir);
-    if (old) fs.renameSync(old, main.dataDir);
+    if (old) {
+      if (fs.existsSync(main.dataDir)) await discard(daemon, main.dataDir);
+      fs.renameSync(old, main.dataDir);
+    }
     main.record = { ...main.record, branch: from, recovery: undefined };
     await daemon.saveCompute(main.record);
     await history.updateBranch(from, { tipLsn: undefined, leftAt: undefined });
@@ -95,9 +96,8 @@ export async function checkout(daemon: DaemonContext, text: unknown, progress?: 
       );
       recovery = { settings: { ...prepared.settings, ...CREATION_SETTINGS }, until: 'promoted', walDir };
     }
-    old = fs.existsSync(main.dataDir) ? keepState(daemon, main.dataDir, from) : undefined;
+    old = keepState(daemon, main.dataDir, from);
     fs.renameSync(next, main.dataDir);
-    swapped = true;
     const branch = continued ? target.branch : newBranchName(daemon, target.branch);
     main.record = { ...main.record, branch, recovery };
     await daemon.saveCompute(main.record);

@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { Transform, pipeline, type Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pullPacks, pushPacks } from '../chunkstore/sync.js';
 import { eachLimit } from '../chunkstore/pool.js';
@@ -9,9 +8,11 @@ import { writeFileAtomic } from '../core/fs-atomic.js';
 import type { Storage } from '../core/storage.js';
 import { DEFAULT_SEGMENT_SIZE, packWal, parseLsn, partialObjectKey, segmentName, segmentOf, unpackWal, walObjectKey } from '../core/wal.js';
 import { encodeManifest, imageKey } from '../pageserver/manifest.js';
+import type { Snapshot } from '../pageserver/history.js';
 import type { Pageserver } from '../pageserver/pageserver.js';
 import type { DaemonContext } from './context.js';
 import type { OperationHandle } from './operations.js';
+import { countingStorage, trace, traced } from './transfer-progress.js';
 import {
   findRemoteSnapshot,
   neededWal,
@@ -42,60 +43,6 @@ export interface TransferResult {
 // WAL objects are 16 MB segments before compression: a few at a time keep memory bounded.
 const WAL_TRANSFERS = 4;
 
-/** A storage that counts the bytes and objects that go through it (puts and reads), for progress and results. */
-export function countingStorage(storage: Storage, count: (bytes: number, objects: number) => void): Storage {
-  return {
-    url: storage.url,
-    head: (key) => storage.head(key),
-    list: (prefix) => storage.list(prefix),
-    delete: (key) => storage.delete(key),
-    async put(key, body, options) {
-      if (typeof body === 'string' || Buffer.isBuffer(body)) {
-        await storage.put(key, body, options);
-        return count(typeof body === 'string' ? Buffer.byteLength(body) : body.length, 1);
-      }
-      // A stream is counted as it goes, so that progress moves during a long upload.
-      await storage.put(
-        key,
-        pipeline(body, counter(), () => undefined),
-        options,
-      );
-      count(0, 1);
-    },
-    async get(key) {
-      const source = await storage.get(key);
-      count(0, 1);
-      return pipeline(source, counter(), () => undefined); // an error of the source destroys the counter with it
-    },
-  };
-  function counter(): Transform {
-    return new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        count(chunk.length, 0);
-        done(null, chunk);
-      },
-    });
-  }
-}
-
-/** With NEON_TRACE=<file>, `<epoch ms> <pid> <role> <step>` lines are appended there (the start-up trace's format). */
-function trace(role: string, step: string): void {
-  const file = process.env.NEON_TRACE;
-  if (file) fs.appendFile(file, `${Date.now()} ${process.pid} ${role} ${step}\n`, () => undefined);
-}
-
-/** `op`, noting each step in the NEON_TRACE file, so that a slow transfer shows which step was slow. */
-function traced(op: OperationHandle, what: string): OperationHandle {
-  trace('transfer', `${what}: start`);
-  return {
-    step(step, totalBytes) {
-      trace('transfer', `${what}: ${step}`);
-      op.step(step, totalBytes);
-    },
-    add: (bytes, objects) => op.add(bytes, objects),
-  };
-}
-
 /** Put unless present; a conflict (another writer's copy of a content-addressed object) counts as present. */
 async function putOnce(storage: Storage, key: string, body: Buffer | string): Promise<void> {
   await storage.put(key, body, { ifAbsent: true }).catch((error) => {
@@ -119,39 +66,39 @@ async function finishSegment(daemon: DaemonContext, branch: string, timeline: nu
   }
 }
 
-/** Check that a storage holds no other database system's history and no newer format; returns what it holds. */
-async function checkRemote(storage: Storage, systemId: string | undefined): Promise<StoredRepository | undefined> {
-  const stored = await readStoredRepository(storage);
-  if (stored && systemId && stored.systemId !== systemId) {
+/** Refuse a storage that holds another database system's history. */
+function checkSystem(storage: Storage, stored: StoredRepository | undefined, systemId: string): void {
+  if (stored && stored.systemId !== systemId) {
     throw new NeonError(
       'system_mismatch',
       `storage ${storage.url} holds the history of database system ${stored.systemId}, not ${systemId}`,
-      {
-        status: 409,
-      },
+      { status: 409 },
     );
   }
-  return stored;
 }
 
 /**
- * Push snapshot `name` to `storage`: the packs it lacks, the base image manifest, the WAL from the image to the
- * snapshot, and last the snapshot record. Every object is skipped when it is there, so a push that was
- * interrupted continues where it stopped.
+ * Push snapshot `name` to `storage`: the packs its image references that the storage lacks, the base image
+ * manifest, the WAL from the image to the snapshot, and last the snapshot record. Every object is skipped when it
+ * is there, so a push that was interrupted continues where it stopped.
  */
 export async function pushSnapshot(daemon: DaemonContext, target: Storage, name: string, given: OperationHandle): Promise<TransferResult> {
   const op = traced(given, `push ${name}`);
   const { pageserver } = daemon;
   const snapshot = pageserver.history.snapshot(name);
   const lsn = parseLsn(snapshot.lsn);
-  const image = await pageserver.chooseImage(snapshot.branch, { lsn });
-  await checkRemote(target, image.systemId);
+  // Independent look-ups at once: each is a round trip to the store (or a large manifest to read).
+  const [image, stored, existing] = await Promise.all([
+    pageserver.chooseImage(snapshot.branch, { lsn }),
+    readStoredRepository(target),
+    target.head(snapshotKey(name)),
+  ]);
+  checkSystem(target, stored, image.systemId);
   let moved = { bytes: 0, objects: 0 };
   const storage = countingStorage(target, (bytes, objects) => {
     moved = { bytes: moved.bytes + bytes, objects: moved.objects + objects };
     op.add(bytes, objects);
   });
-  const existing = await target.head(snapshotKey(name));
   if (existing) {
     const there = parseRecord(target, snapshotKey(name), await readObject(target, snapshotKey(name)));
     if (there.snapshot.lsn !== snapshot.lsn || there.systemId !== image.systemId) {
@@ -166,38 +113,22 @@ export async function pushSnapshot(daemon: DaemonContext, target: Storage, name:
     return { snapshot: name, storage: target.url, bytes: 0, objects: 0, upToDate: true };
   }
   op.step('checking');
-  await finishSegment(daemon, snapshot.branch, snapshot.timeline, lsn);
-  const spans = pageserver.history.chain(snapshot.branch);
-  const local = new Map<string, Set<string>>();
-  for (const span of spans) local.set(span.branch, await daemon.wal.names(span.branch));
-  const wal = neededWal(spans, parseLsn(image.startLsn), lsn, (branch) => local.get(branch)!);
-  const remote = new Set<string>();
-  for await (const object of target.list('wal/')) remote.add(object.key);
-  const missing = wal.filter((ref) => !remote.has(walObjectKey(ref.branch, ref.name)));
+  // The segment switch waits for the safekeepers; it runs beside the pack upload, which does not need it.
+  const finishing = finishSegment(daemon, snapshot.branch, snapshot.timeline, lsn);
+  finishing.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
   // Only the packs this snapshot's image references: other snapshots' data stays local until they are pushed.
   const chunks = new Set(image.files.flatMap((f) => f.chunks ?? []));
   await pushPacks(pageserver.store, storage, { chunks, onPlan: (bytes) => op.step('packs', bytes) });
+  await finishing;
   op.step('image');
   const key = imageKey(image.branch, parseLsn(image.endLsn));
   if (!(await target.head(key))) await putOnce(storage, key, fs.readFileSync(path.join(pageserver.dir, ...key.split('/'))));
   op.step('wal', null); // compressed sizes are known only once compressed
-  const refs: WalFileRef[] = [];
-  await eachLimit(wal, WAL_TRANSFERS, async (ref) => {
-    const finished = await daemon.wal.isFinished(ref.branch, ref.name);
-    refs.push({ ...ref, partial: !finished });
-    if (!missing.includes(ref) && finished) return;
-    const best = await daemon.wal.best(ref.branch, ref.name);
-    if (!best)
-      throw new NeonError('wal_missing', `WAL file ${ref.name} of branch ${ref.branch} is gone: snapshot ${name} cannot be pushed`, {
-        status: 409,
-      });
-    const packed = await packWal(best.bytes);
-    if (finished) await putOnce(storage, walObjectKey(ref.branch, ref.name), packed);
-    else await storage.put(partialObjectKey(ref.branch, ref.name), packed); // it grows: the newest copy replaces
-  });
+  const refs = await pushWal(daemon, storage, snapshot, parseLsn(image.startLsn));
   op.step('record');
-  const stored = await checkRemote(target, image.systemId);
+  // repository.json is only ever created, never changed: one found at the start needs no second look.
   if (!stored) {
+    checkSystem(target, await readStoredRepository(target), image.systemId);
     const login = daemon.compute('main').record;
     const repository: StoredRepository = {
       format: 'neon-repository',
@@ -222,6 +153,40 @@ export async function pushSnapshot(daemon: DaemonContext, target: Storage, name:
   await storage.put(snapshotKey(name), JSON.stringify(record, null, 2));
   trace('transfer', `push ${name}: done`);
   return { snapshot: name, storage: target.url, ...moved, upToDate: false };
+}
+
+/**
+ * Send the WAL from `start` to the snapshot along its line of branches: finished segments the storage lacks
+ * (once), and the unfinished copy of a segment still being written (replaced: it grows). Returns what the
+ * snapshot record names.
+ */
+async function pushWal(daemon: DaemonContext, storage: Storage, snapshot: Snapshot, start: bigint): Promise<WalFileRef[]> {
+  const spans = daemon.pageserver.history.chain(snapshot.branch);
+  const local = new Map<string, Set<string>>();
+  for (const span of spans) local.set(span.branch, await daemon.wal.names(span.branch));
+  const wal = neededWal(spans, start, parseLsn(snapshot.lsn), (branch) => local.get(branch)!);
+  const remote = new Set<string>();
+  for await (const object of storage.list('wal/')) remote.add(object.key);
+  const refs: WalFileRef[] = [];
+  await eachLimit(wal, WAL_TRANSFERS, async (ref) => {
+    const finished = await daemon.wal.isFinished(ref.branch, ref.name);
+    refs.push({ ...ref, partial: !finished });
+    if (finished && remote.has(walObjectKey(ref.branch, ref.name))) return;
+    const best = await daemon.wal.best(ref.branch, ref.name);
+    if (!best) {
+      throw new NeonError(
+        'wal_missing',
+        `WAL file ${ref.name} of branch ${ref.branch} is gone: snapshot ${snapshot.name} cannot be pushed`,
+        {
+          status: 409,
+        },
+      );
+    }
+    const packed = await packWal(best.bytes);
+    if (finished) await putOnce(storage, walObjectKey(ref.branch, ref.name), packed);
+    else await storage.put(partialObjectKey(ref.branch, ref.name), packed); // it grows: the newest copy replaces
+  });
+  return refs;
 }
 
 /** What a pull writes into. */

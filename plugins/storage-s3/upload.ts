@@ -60,18 +60,20 @@ export async function upload(target: UploadTarget, body: Buffer | Readable): Pro
     if (!target.ifAbsent) throw error;
     // After a lost answer the retry finds the object there (412) or, for a multipart upload, the upload gone.
     const ambiguous = attemptsOf(error) > 1 && (isConditionFailed(error) || codeOf(error) === 'NoSuchUpload');
-    if (ambiguous && (await landed(target, digests!.etag()))) return;
+    if (ambiguous && (await landed(target, digests!.etags()))) return;
     if (isConditionFailed(error)) throw new ConditionFailed();
     throw error;
   }
 }
 
 /**
- * The ETag S3 gives an object, computed while it is sent: the MD5 of the body for a single PutObject, else the
- * MD5 of the parts' MD5s followed by `-<parts>`. Parts are cut at `partSize` as lib-storage cuts them.
+ * The ETags a store may give the object, computed while it is sent: the MD5 of the body (a single PutObject, and
+ * some S3-compatible stores for multipart too), and S3's multipart ETag, the MD5 of the parts' MD5s followed by
+ * `-<parts>`. Parts are cut at `partSize` as lib-storage cuts them.
  */
 class PartDigests {
   private readonly done: Buffer[] = [];
+  private readonly whole: Hash = createHash('md5');
   private current: Hash = createHash('md5');
   private filled = 0;
 
@@ -88,6 +90,7 @@ class PartDigests {
   }
 
   update(data: Buffer): void {
+    this.whole.update(data);
     for (let at = 0; at < data.length;) {
       if (this.filled === this.partSize) this.next();
       const piece = data.subarray(at, at + this.partSize - this.filled);
@@ -97,10 +100,11 @@ class PartDigests {
     }
   }
 
-  etag(): string {
-    if (!this.done.length) return `"${this.current.digest('hex')}"`;
+  etags(): string[] {
+    const whole = `"${this.whole.digest('hex')}"`;
+    if (!this.done.length) return [whole];
     const parts = [...this.done, this.current.digest()];
-    return `"${createHash('md5').update(Buffer.concat(parts)).digest('hex')}-${parts.length}"`;
+    return [whole, `"${createHash('md5').update(Buffer.concat(parts)).digest('hex')}-${parts.length}"`];
   }
 
   private next(): void {
@@ -110,11 +114,11 @@ class PartDigests {
   }
 }
 
-/** True when the object now stored is the one we sent (same ETag). */
-async function landed(target: UploadTarget, etag: string): Promise<boolean> {
+/** True when the object now stored is the one we sent (one of the ETags it may have). */
+async function landed(target: UploadTarget, etags: string[]): Promise<boolean> {
   try {
     const head = await target.client.send(new HeadObjectCommand({ Bucket: target.bucket, Key: target.key }));
-    return head.ETag === etag;
+    return etags.includes(head.ETag ?? '');
   } catch {
     return false;
   }

@@ -1,0 +1,63 @@
+import fs from 'node:fs';
+import { Transform, pipeline, type Readable } from 'node:stream';
+import type { Storage } from '../core/storage.js';
+import type { OperationHandle } from './operations.js';
+
+/*
+ * How a push or pull reports what it does: bytes and objects counted as they pass (for the operation's progress
+ * and result), and each step noted in the NEON_TRACE file when one is set.
+ */
+
+/** A storage that counts the bytes and objects that go through it (puts and reads), for progress and results. */
+export function countingStorage(storage: Storage, count: (bytes: number, objects: number) => void): Storage {
+  return {
+    url: storage.url,
+    head: (key) => storage.head(key),
+    list: (prefix) => storage.list(prefix),
+    delete: (key) => storage.delete(key),
+    async put(key, body, options) {
+      if (typeof body === 'string' || Buffer.isBuffer(body)) {
+        await storage.put(key, body, options);
+        return count(typeof body === 'string' ? Buffer.byteLength(body) : body.length, 1);
+      }
+      // A stream is counted as it goes, so that progress moves during a long upload.
+      await storage.put(
+        key,
+        pipeline(body, counter(), () => undefined),
+        options,
+      );
+      count(0, 1);
+    },
+    async get(key) {
+      const source = await storage.get(key);
+      count(0, 1);
+      return pipeline(source, counter(), () => undefined); // an error of the source destroys the counter with it
+    },
+  };
+  function counter(): Transform {
+    return new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        count(chunk.length, 0);
+        done(null, chunk);
+      },
+    });
+  }
+}
+
+/** With NEON_TRACE=<file>, `<epoch ms> <pid> <role> <step>` lines are appended there (the start-up trace's format). */
+export function trace(role: string, step: string): void {
+  const file = process.env.NEON_TRACE;
+  if (file) fs.appendFile(file, `${Date.now()} ${process.pid} ${role} ${step}\n`, () => undefined);
+}
+
+/** `op`, noting each step in the NEON_TRACE file, so that a slow transfer shows which step was slow. */
+export function traced(op: OperationHandle, what: string): OperationHandle {
+  trace('transfer', `${what}: start`);
+  return {
+    step(step, totalBytes) {
+      trace('transfer', `${what}: ${step}`);
+      op.step(step, totalBytes);
+    },
+    add: (bytes, objects) => op.add(bytes, objects),
+  };
+}
