@@ -66,11 +66,10 @@ export async function checkout(daemon: DaemonContext, text: unknown, progress?: 
   await history.updateBranch(from, { tipLsn: formatLsn(tip), leftAt: left?.name });
 
   let old: string | undefined;
+  let swapped = false;
   const restoreOld = async () => {
-    if (old) {
-      if (fs.existsSync(main.dataDir)) await discard(daemon, main.dataDir);
-      fs.renameSync(old, main.dataDir);
-    }
+    if (swapped && fs.existsSync(main.dataDir)) await discard(daemon, main.dataDir);
+    if (old) fs.renameSync(old, main.dataDir);
     main.record = { ...main.record, branch: from, recovery: undefined };
     await daemon.saveCompute(main.record);
     await history.updateBranch(from, { tipLsn: undefined, leftAt: undefined });
@@ -96,8 +95,9 @@ export async function checkout(daemon: DaemonContext, text: unknown, progress?: 
       );
       recovery = { settings: { ...prepared.settings, ...CREATION_SETTINGS }, until: 'promoted', walDir };
     }
-    old = keepState(daemon, main.dataDir, from);
+    old = fs.existsSync(main.dataDir) ? keepState(daemon, main.dataDir, from) : undefined;
     fs.renameSync(next, main.dataDir);
+    swapped = true;
     const branch = continued ? target.branch : newBranchName(daemon, target.branch);
     main.record = { ...main.record, branch, recovery };
     await daemon.saveCompute(main.record);
