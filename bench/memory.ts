@@ -73,8 +73,8 @@ async function measure(cli: string, scale: number): Promise<Metrics> {
     m.hwmImage = first.hwm;
     m.load1 = load();
     neonAt(cli, ['stop'], dir);
-    neonAt(cli, ['start'], dir);
-    await lib.firstQuery(url);
+    // The compute may come back on another port (its old one taken meanwhile): use the address start reports.
+    await lib.firstQuery(neonAt(cli, ['start'], dir).connection_string as string);
     m.rssRestart = memory(pid()).rss;
     neonAt(cli, ['image', 'create'], dir);
     const again = memory(pid());
