@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type dgram from 'node:dgram';
 import { messageOf } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fs-atomic.js';
 import { readObject } from '../core/storage.js';
 import { DEFAULT_SEGMENT_SIZE, parseLsn, segmentName, segmentOf } from '../core/wal.js';
 import { freePort } from '../lib/net.js';
@@ -102,7 +103,7 @@ async function materialiseReplica(
     // What was offloaded since the snapshot, before the first start: it comes up close to the other primary.
     const { storage } = await registryOf(daemon).open(origin.storage ?? origin.url);
     const caught = await followOnce(storage, spec, followTarget(daemon, name, spec));
-    await fs.promises.writeFile(followFile(home), JSON.stringify(caught.spec, null, 2) + '\n');
+    await writeFileAtomic(followFile(home), JSON.stringify(caught.spec, null, 2) + '\n');
     const record: ComputeRecord = {
       name,
       branch,
@@ -180,7 +181,7 @@ function ensureFollower(daemon: DaemonContext, name: string): void {
     .then(({ storage }) =>
       follow(storage, spec, followTarget(daemon, name, spec), {
         keepGoing,
-        save: (next) => fs.promises.writeFile(followFile(homeOf(daemon, name)), JSON.stringify(next, null, 2) + '\n'),
+        save: (next) => writeFileAtomic(followFile(homeOf(daemon, name)), JSON.stringify(next, null, 2) + '\n'),
         warn: (message) => log.warn('replica %s: %s', name, message),
       }),
     )
