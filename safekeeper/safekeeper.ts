@@ -276,21 +276,32 @@ export class Safekeeper {
     fs.renameSync(`${file}.tmp`, file);
   }
 
-  // WAL of another cluster (a repository created again over old safekeeper folders) must never be mixed in.
+  /**
+   * WAL of another cluster must never be mixed into a branch (a repository created again over old safekeeper
+   * folders). The check is per branch: a branch forked from a snapshot pulled from another repository's storage
+   * is another cluster's history, and its primary's WAL goes to its own folder. `system.json` keeps the first
+   * system and the segment size (which other readers take from it) and, per branch, the system its WAL is of. A
+   * branch recorded before this map existed holds WAL of the first system.
+   */
   private checkSystem(systemId: string, segmentSize: number): void {
     const file = path.join(this.config.dir, 'system.json');
     const known = fs.existsSync(file)
-      ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { systemId: string; segmentSize: number })
+      ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { systemId: string; segmentSize: number; branches?: Record<string, string> })
       : undefined;
-    if (!known) {
-      fs.mkdirSync(this.config.dir, { recursive: true });
-      fs.writeFileSync(file, JSON.stringify({ systemId, segmentSize }) + '\n');
-      return;
+    const { branch } = this.config;
+    if (known && known.segmentSize !== segmentSize) throw new Error(`wal_segment_size changed from ${known.segmentSize} to ${segmentSize}`);
+    const holds = known?.branches?.[branch] ?? (known && WalWriter.resumePoint(this.walDir, segmentSize) ? known.systemId : undefined);
+    if (holds !== undefined && holds !== systemId) {
+      throw new Error(`the primary is system ${systemId}, but this safekeeper holds WAL of system ${holds} for branch ${branch}; refusing to mix them`);
     }
-    if (known.systemId !== systemId) {
-      throw new Error(`the primary is system ${systemId}, but this safekeeper holds WAL of system ${known.systemId}; refusing to mix them`);
-    }
-    if (known.segmentSize !== segmentSize) throw new Error(`wal_segment_size changed from ${known.segmentSize} to ${segmentSize}`);
+    if (known?.branches?.[branch] === systemId) return;
+    const next = { systemId: known?.systemId ?? systemId, segmentSize, branches: { ...known?.branches, [branch]: systemId } };
+    fs.mkdirSync(this.config.dir, { recursive: true });
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify(next) + '\n');
+    const fd = fs.openSync(`${file}.tmp`, 'r');
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(`${file}.tmp`, file);
   }
 }
 

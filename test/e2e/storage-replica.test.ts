@@ -119,9 +119,26 @@ test("a read-only compute over A's snapshot answers to B's password", async (c) 
   assert.match(denied, /authentication failed/);
 });
 
+test("a primary over A's storage commits (its WAL goes to B's safekeepers, on a branch of its own) and keeps it across a restart", async (c) => {
+  const primary = await json(c.b, ['pg', 'create', '-n', 'w', '-s', 'a', '--at', 'first']);
+  assert.is(primary.replica, false);
+  // A commit used to wait forever: B's safekeepers refused a primary of another database system.
+  const committed = await Promise.race([
+    query(primary.connection_string, 'insert into t select g from generate_series(5001, 5100) g').then(() => 'committed'),
+    sleep(120_000).then(() => 'still waiting after 120 s'),
+  ]);
+  assert.is(committed, 'committed');
+  await json(c.b, ['pg', 'stop', '-n', 'w']);
+  const again = await json(c.b, ['pg', 'start', '-n', 'w']);
+  assert.is(await count(again.connection_string), 1100, "A's 1000 rows and B's 100");
+  const verified = await json(c.b, ['verify']);
+  assert.ok(verified.ok, JSON.stringify(verified.problems));
+  await json(c.b, ['pg', 'destroy', '-n', 'w']);
+  await json(c.b, ['branch', 'delete', 'w']);
+});
+
 test('neon verify checks the pulled WAL: a damaged byte there is found, naming the pulled branch', async (c) => {
-  // The branch r was a primary on before it became a standby (the safekeepers hold none of its WAL: they refuse
-  // another database system's primary; see the issue notes).
+  // The branch r was a primary on before it became a standby.
   await json(c.b, ['branch', 'delete', 'r']);
   const clean = await json(c.b, ['verify']);
   assert.ok(clean.ok, JSON.stringify(clean.problems));
