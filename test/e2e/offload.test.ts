@@ -213,11 +213,13 @@ e2e('a failing storage delays offload but never commits; it catches up once repa
   fs.writeFileSync(wal, 'not a folder');
   const before = localSegments(repo);
   try {
+    // A commit held up by offload would wait until the storage is repaired (the finally below): any finite bound
+    // tells the two apart, and a generous one keeps a loaded machine from failing it.
     for (let i = 0; i < 12; i++) {
       const ms = await timedCommit(repo.client, "insert into t select g, repeat('f', 500) from generate_series(1, 5000) g");
-      assert.ok(ms < 2000, `commit ${i} took ${ms} ms`);
+      assert.ok(ms < 30_000, `commit ${i} took ${ms} ms`);
     }
-    assert.ok((await timedCommit(repo.client, 'select pg_switch_wal()')) < 2000);
+    assert.ok((await timedCommit(repo.client, 'select pg_switch_wal()')) < 30_000);
     const failing = await waitFor('offload to report the failure', async () => {
       const status = await offloadStatus(repo);
       return status.error && status.pending > 0 ? status : undefined;
@@ -226,7 +228,7 @@ e2e('a failing storage delays offload but never commits; it catches up once repa
     const human = await neon(['status'], { cwd: dir });
     assert.match(human.stdout, /offload\s+last \w+, \d+ pending, error: /);
     assert.ok(localSegments(repo).length > before.length, 'segments were finished meanwhile');
-    assert.ok((await timedCommit(repo.client, "insert into t values (-1, 'still commits')")) < 2000);
+    assert.ok((await timedCommit(repo.client, "insert into t values (-1, 'still commits')")) < 30_000);
   } finally {
     fs.rmSync(wal, { force: true });
     fs.renameSync(away, wal);
@@ -256,7 +258,8 @@ e2e('a restart uploads what was missed while stopped and re-uploads nothing', as
     const started = Date.now();
     const stop = await neon(['stop'], { cwd: dir });
     assert.is(stop.code, 0, stop.stderr);
-    assert.ok(Date.now() - started < 15_000, 'a failing upload does not hold up the stop');
+    // Held up, it would wait for a storage that stays broken until the finally below.
+    assert.ok(Date.now() - started < 60_000, 'a failing upload does not hold up the stop');
     assert.equal(processesOf(path.join(dir, '.neon')), []);
   } finally {
     fs.rmSync(wal, { force: true });
