@@ -13,7 +13,7 @@ import type { RecoveryTarget } from '../pageserver/recovery.js';
 import { DEFAULT_SEGMENT_SIZE, parseLsn, parseSegmentName } from '../core/wal.js';
 import { KeyedMutex } from '../lib/keyed-mutex.js';
 import { makeComputeHome } from './modes.js';
-import { moveToTrash } from './trash.js';
+import { discardCompute } from './trash.js';
 import { isReplica } from './schemas.js';
 import { createStorageReplica } from './storage-replica.js';
 import { readFollowSpec } from './storage-follower.js';
@@ -269,16 +269,7 @@ export async function destroyCompute(daemon: DaemonContext, name: string, option
     throw new NeonError('pg_main', 'the main compute cannot be destroyed (neon pg stop -n main stops it)', { status: 400 });
   const compute = daemon.computes.get(name);
   if (!compute && !options.force) daemon.compute(name);
-  await compute?.stop();
-  daemon.computes.delete(name);
-  const trashed = await moveToTrash(daemon.repo, name);
-  const state = await daemon.repo.readState();
-  if (Object.hasOwn(state.computes, name)) {
-    delete state.computes[name];
-    await daemon.repo.writeState(state);
-  }
-  // Asynchronously: a data directory holds a thousand files, and the daemon keeps answering meanwhile.
-  if (trashed) await fs.promises.rm(trashed, { recursive: true, force: true });
+  await discardCompute(daemon, name);
   // A primary's branch keeps its history; the safekeepers stop following it.
   if (compute && !compute.record.readOnly && !compute.record.replica && !primaryOfBranch(daemon, compute.record.branch)) {
     daemon.safekeepers.detach(compute.record.branch);

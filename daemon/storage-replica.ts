@@ -15,7 +15,7 @@ import { newRadiusSecret, readRadiusLogin, samePassword, saveRadiusLogin, serveR
 import { isPrimary, type ComputeRecord } from './repository.js';
 import { pulledOrigin, pullForCompute, registryOf } from './storage-computes.js';
 import { follow, followFile, followOnce, readFollowSpec, type FollowSpec, type FollowTarget } from './storage-follower.js';
-import { moveToTrash } from './trash.js';
+import { discardCompute } from './trash.js';
 
 /*
  * `pg create -n r -s S --replica`, or `pg create -n r -s S` then `pg start -n r --replica`: a hot standby of the
@@ -54,23 +54,10 @@ export async function startAsStorageReplica(daemon: DaemonContext, name: string)
   if (!origin) return undefined;
   const followed = await followedBranch(daemon, origin.storage ?? origin.url, 'main');
   const { record } = compute;
-  await removeCompute(daemon, name);
+  await discardCompute(daemon, name);
   if (isPrimary(record)) daemon.safekeepers.detach(record.branch);
   daemon.log.info('compute %s becomes a standby following %s (branch %s keeps its history)', name, origin.url, record.branch);
   return materialiseReplica(daemon, name, origin.branch, followed, record);
-}
-
-/** Stop a compute and remove its folder and record (crash-safe, as destroyCompute does); its branch stays. */
-async function removeCompute(daemon: DaemonContext, name: string): Promise<void> {
-  await daemon.computes.get(name)?.stop();
-  daemon.computes.delete(name);
-  const trashed = await moveToTrash(daemon.repo, name);
-  const state = await daemon.repo.readState();
-  if (Object.hasOwn(state.computes, name)) {
-    delete state.computes[name];
-    await daemon.repo.writeState(state);
-  }
-  if (trashed) await fs.promises.rm(trashed, { recursive: true, force: true });
 }
 
 /** Restore the pulled branch into the compute's folder as a standby, catch up once, and start it. */
@@ -123,7 +110,7 @@ async function materialiseReplica(
     await compute.start();
     return compute.info();
   } catch (error) {
-    await removeCompute(daemon, name).catch(() => undefined);
+    await discardCompute(daemon, name).catch(() => undefined);
     throw error;
   }
 }

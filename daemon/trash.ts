@@ -4,6 +4,7 @@ import path from 'node:path';
 import { fsyncDir } from '../core/fs-atomic.js';
 import type { Logger } from '../core/log.js';
 import { stopLeftovers } from '../postgres/postmaster.js';
+import type { DaemonContext } from './context.js';
 import type { RepoState, Repository } from './repository.js';
 
 /**
@@ -71,4 +72,21 @@ export async function finishDestroys(repo: Repository, state: RepoState, log: Lo
   }
   await emptyTrash(repo, log);
   return finished;
+}
+
+/**
+ * Stop a compute and remove its folder and record, crash-safe: the folder is renamed into the trash before the
+ * record goes (the next daemon start finishes what a crash interrupted), then removed asynchronously — a data
+ * directory holds a thousand files, and the daemon keeps answering meanwhile. Its branch stays.
+ */
+export async function discardCompute(daemon: DaemonContext, name: string): Promise<void> {
+  await daemon.computes.get(name)?.stop();
+  daemon.computes.delete(name);
+  const trashed = await moveToTrash(daemon.repo, name);
+  const state = await daemon.repo.readState();
+  if (Object.hasOwn(state.computes, name)) {
+    delete state.computes[name];
+    await daemon.repo.writeState(state);
+  }
+  if (trashed) await fs.promises.rm(trashed, { recursive: true, force: true });
 }

@@ -24,3 +24,18 @@ export async function waitFor<T>(
 export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
   return Promise.race([promise.then(() => true), sleep(ms).then(() => false)]);
 }
+
+/** Poll `read` until `check` holds (generous by default: the machine is shared), or fail with what was last seen. */
+export async function eventually<T>(what: string, read: () => Promise<T>, check: (value: T) => boolean, timeoutMs = 180_000): Promise<T> {
+  let last: T | undefined;
+  let error: unknown;
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(500)) {
+    try {
+      last = await read();
+      if (check(last)) return last;
+    } catch (e) {
+      error = e;
+    }
+  }
+  throw new Error(`${what}: last seen ${JSON.stringify(last)}${error ? ` (${(error as Error).message})` : ''}`);
+}

@@ -1,10 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
+import { eventually } from '../../testkit/wait.js';
 import { startS3, type S3Fixture } from '../../testkit/s3.js';
 
 /*
@@ -17,20 +17,6 @@ let s3: S3Fixture;
 let root: string;
 
 const count = async (url: string) => (await query<{ n: number }>(url, 'select count(*)::int as n from t'))[0].n;
-
-async function eventually<T>(what: string, read: () => Promise<T>, check: (value: T) => boolean, timeoutMs = 180_000): Promise<T> {
-  let last: T | undefined;
-  let error: unknown;
-  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(500)) {
-    try {
-      last = await read();
-      if (check(last)) return last;
-    } catch (e) {
-      error = e;
-    }
-  }
-  throw new Error(`${what}: last seen ${JSON.stringify(last)}${error ? ` (${(error as Error).message})` : ''}`);
-}
 
 test.before(async () => {
   s3 = await startS3();
