@@ -205,12 +205,17 @@ daemon.before(() => {
 daemon.after(() => cleanup(repo));
 
 daemon('the restarted daemon repairs the index, neon verify is clean, the data is there', async () => {
-  // A tail of 200 chunks: the index file is rewritten every ~1.6 MB of pages while the image is taken.
+  // A tail of 200 chunks: the index file is rewritten at each pack sealed while the image is taken.
   const env = { NEON_INDEX_TAIL: '200' };
   const started = await neonJson(['start'], { cwd: repo, env });
   const url = started.connection_string as string;
   await waitFor('the first base image', async () => (await neonJson(['image', 'list'], { cwd: repo })).length > 0, 180_000);
-  await query(url, "create table big (id int primary key, body text); insert into big select g, md5(g::text) || repeat('x', 200) from generate_series(1, 150000) g");
+  // Hex digests compress only about 2:1 (zstd): ~60 MB of pages fill more than one 16 MiB pack, and a pack sealed
+  // mid-image is what rewrites the index file before the image ends.
+  await query(
+    url,
+    'create table big (id int primary key, body text); insert into big select g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) || md5((g * 17)::text) from generate_series(1, 400000) g',
+  );
   const [expected] = await query(url, 'select count(*)::int as n, md5(string_agg(body, \',\' order by id)) as sum from big');
   const pid = (await neonJson(['status'], { cwd: repo })).daemon.pid as number;
   const store = path.join(repo, '.neon', 'pageserver', 'chunks');
