@@ -55,7 +55,10 @@ s3suite('WAL, images and history go to the bucket; after SIGKILL and rm -rf .neo
   const env = s3.env;
   const url = `s3://${s3.bucket}/team/db1`;
   const project = projectIn(dir, 'project');
-  await neonJson(['init', `--storage_dest=${url}`], { cwd: project, env });
+  const init = await neon(['init', `--storage_dest=${url}`], { cwd: project, env });
+  assert.is(init.code, 0, init.stderr);
+  // Nothing on stderr: no warning of the AWS SDK's (it warns Node 20 users about its future releases) reaches users.
+  assert.is(init.stderr, '', 'init prints nothing on stderr');
   const first = await neonJson(['start'], { cwd: project, env });
   const conn = first.connection_string as string;
   await query(conn, 'create table kept (id int primary key, body text)');
