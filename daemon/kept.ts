@@ -1,10 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { DaemonContext } from './context.js';
 import { DEFAULT_SEGMENT_SIZE, parseLsn, parseSegmentName, segmentOf } from '../core/wal.js';
 import { isCleanShutdown, readControlFile } from '../pageserver/pg-control.js';
-import { trashDir } from './trash.js';
+import { trashEntry } from './trash.js';
 
 /**
  * Data directories a checkout left, kept as they were (cleanly shut down at their branch's tip) so that checking
@@ -86,9 +85,7 @@ export function pruneKept(daemon: DaemonContext): void {
  */
 export function discard(daemon: DaemonContext, dataDir: string): Promise<void> {
   if (!fs.existsSync(dataDir)) return Promise.resolve();
-  const trash = trashDir(daemon.repo);
-  fs.mkdirSync(trash, { recursive: true, mode: 0o700 });
-  const folder = path.join(trash, `main@${Date.now()}-${randomBytes(4).toString('hex')}`);
+  const folder = trashEntry(daemon.repo, 'main');
   fs.mkdirSync(folder, { mode: 0o700 });
   fs.renameSync(dataDir, path.join(folder, 'pgdata'));
   return fs.promises

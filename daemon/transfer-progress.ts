@@ -1,6 +1,6 @@
-import fs from 'node:fs';
 import { Transform, pipeline, type Readable } from 'node:stream';
 import type { Storage } from '../core/storage.js';
+import { trace } from '../lib/trace.js';
 import type { OperationHandle } from './operations.js';
 
 /*
@@ -42,12 +42,6 @@ export function countingStorage(storage: Storage, count: (bytes: number, objects
       },
     });
   }
-}
-
-/** With NEON_TRACE=<file>, `<epoch ms> <pid> <role> <step>` lines are appended there (the start-up trace's format). */
-export function trace(role: string, step: string): void {
-  const file = process.env.NEON_TRACE;
-  if (file) fs.appendFile(file, `${Date.now()} ${process.pid} ${role} ${step}\n`, () => undefined);
 }
 
 /** `op`, noting each step in the NEON_TRACE file, so that a slow transfer shows which step was slow. */

@@ -12,7 +12,8 @@ import type { Snapshot } from '../pageserver/history.js';
 import type { Pageserver } from '../pageserver/pageserver.js';
 import type { DaemonContext } from './context.js';
 import type { OperationHandle } from './operations.js';
-import { countingStorage, trace, traced } from './transfer-progress.js';
+import { trace } from '../lib/trace.js';
+import { countingStorage, traced } from './transfer-progress.js';
 import {
   findRemoteSnapshot,
   neededWal,

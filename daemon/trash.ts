@@ -21,13 +21,22 @@ export function trashDir(repo: Repository): string {
 
 const SEP = '@';
 
+/**
+ * A new, unused folder name in the trash for something of compute `name` (the trash is made if needed): the name
+ * before {@link SEP} is what {@link finishDestroys} reads back.
+ */
+export function trashEntry(repo: Repository, name: string): string {
+  const trash = trashDir(repo);
+  fs.mkdirSync(trash, { recursive: true, mode: 0o700 });
+  return path.join(trash, `${name}${SEP}${Date.now()}-${randomBytes(4).toString('hex')}`);
+}
+
 /** Move a compute's folder to the trash (a no-op when it has none); returns the trash folder. */
 export async function moveToTrash(repo: Repository, name: string): Promise<string | undefined> {
   const home = path.join(repo.computesDir, name);
   if (!fs.existsSync(home)) return undefined;
   const trash = trashDir(repo);
-  await fs.promises.mkdir(trash, { recursive: true, mode: 0o700 });
-  const target = path.join(trash, `${name}${SEP}${Date.now()}-${randomBytes(4).toString('hex')}`);
+  const target = trashEntry(repo, name);
   await fs.promises.rename(home, target);
   await fsyncDir(repo.computesDir);
   await fsyncDir(trash);
