@@ -147,3 +147,41 @@ export function processBatch(input: Uint8Array, starts: Uint32Array, out: Uint8A
 }
 
 const ZERO_HASH_BYTES = Buffer.from(ZERO_PAGE_HASH, 'hex');
+
+/** Numbers per record in the list {@link checkPack} takes: hash offset, body offset, stored, raw, flags. */
+export const CHECK_FIELDS = 5;
+
+/** What {@link checkPack} found. */
+export interface PackCheck {
+  /** Hex sha256 of the whole pack (its id when it is intact). */
+  digest: string;
+  /** Index of the first record whose bytes do not match its hash, or -1 when every record does. */
+  bad: number;
+  /** What is wrong with that record. */
+  reason?: string;
+}
+
+/**
+ * Hash a whole pack and check each of its records: record i's stored bytes, `records[i*5+1 ..]` long
+ * `records[i*5+2]` with flags `records[i*5+4]`, must unpack to `records[i*5+3]` bytes whose sha256 is the 32
+ * bytes at `records[i*5]`. Stops at the first record that does not (a pusher's damaged or malicious pack must
+ * not put wrong bytes under a hash into the store). The work of a pull, run on a hashing worker (see workers.ts).
+ */
+export function checkPack(pack: Uint8Array, records: Uint32Array): PackCheck {
+  const digest = createHash('sha256').update(pack).digest('hex');
+  const view = Buffer.from(pack.buffer, pack.byteOffset, pack.length);
+  for (let i = 0; i * CHECK_FIELDS < records.length; i++) {
+    const at = i * CHECK_FIELDS;
+    const [hashAt, bodyAt, stored, raw, flags] = records.subarray(at, at + CHECK_FIELDS);
+    try {
+      if (bodyAt + stored > view.length || hashAt + 32 > view.length) throw new Error('is cut short');
+      const data = unpackBody(view.subarray(bodyAt, bodyAt + stored), flags, raw);
+      if (data.length !== raw) throw new Error(`it inflates to ${data.length} bytes, not ${raw}`);
+      const hash = createHash('sha256').update(data).digest();
+      if (!hash.equals(view.subarray(hashAt, hashAt + 32))) throw new Error('its bytes do not match its sha256');
+    } catch (error) {
+      return { digest, bad: i, reason: (error as Error).message };
+    }
+  }
+  return { digest, bad: -1 };
+}

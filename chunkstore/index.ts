@@ -2,13 +2,14 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { NeonError } from '../core/errors.js';
 import { PackBuilder, packChunk, type PackedChunk } from './builder.js';
-import { ZERO_PAGE_HASH, isZeroPage, zeroPage } from './codec.js';
-import { RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk } from './format.js';
+import { CHECK_FIELDS, ZERO_PAGE_HASH, isZeroPage, zeroPage } from './codec.js';
+import { RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk, type PackEntries } from './format.js';
 import { HandleCache, indexPath, isMissing, packPath, writePackFiles } from './files.js';
 import { collectGarbage, type GcResult } from './gc.js';
 import { openTable } from './open.js';
 import { type Location, type PackSlot, type PackTable } from './table.js';
 import { verifyChunks, type VerifyResult } from './verify.js';
+import { chunkWorkers, type ChunkWorkers } from './workers.js';
 
 export type { GcResult } from './gc.js';
 export type { VerifyResult } from './verify.js';
@@ -286,23 +287,31 @@ export class ChunkStore {
    * Install a whole pack from elsewhere (a pull from storage): its content must hash to `id` (when given) and
    * every chunk must match its hash, or nothing is installed. Then the pack and its index are written durably
    * and its chunks become readable. `source` names it in errors. Returns the pack id.
+   *
+   * The hashing and decompression run on the hashing workers (workers.ts) when `bytes` is shared memory (see
+   * {@link sharedBuffer}), so that a pull checks one pack while the next ones download; `bytes` must then stay
+   * unchanged until this settles.
    */
-  async importPack(bytes: Buffer, options: { id?: string; source?: string } = {}): Promise<string> {
+  async importPack(bytes: Buffer, options: { id?: string; source?: string; workers?: ChunkWorkers } = {}): Promise<string> {
     this.assertOpen();
     const source = options.source ?? 'the imported pack';
-    const id = sha256(bytes);
+    let entries: PackEntries | undefined;
+    let scanError: unknown;
+    try {
+      entries = scanPack(bytes, source);
+    } catch (error) {
+      scanError = error;
+    }
+    const check = await (options.workers ?? chunkWorkers()).check(bytes, entries ? checkList(entries) : new Uint32Array(0));
+    const id = check.digest;
     if (options.id !== undefined && id !== options.id) {
       throw corrupt(`${source} is damaged: its content hashes to ${id}, not to ${options.id}; nothing of it was installed`);
     }
-    if (this.table.written(id)) return id;
-    const entries = scanPack(bytes, source);
-    for (let i = 0; i < entries.count; i++) {
-      try {
-        unpackChunk(bytes, entries.offsets[i], entries, i);
-      } catch (error) {
-        throw corrupt(`${source} is damaged: chunk ${entries.hashes[i]} ${(error as Error).message}; nothing of it was installed`);
-      }
+    if (!entries) throw scanError;
+    if (check.bad >= 0) {
+      throw corrupt(`${source} is damaged: chunk ${entries.hashes[check.bad]} ${check.reason}; nothing of it was installed`);
     }
+    if (this.table.written(id)) return id;
     await writePackFiles(this.dir, id, bytes, entries);
     if (this.table.written(id)) return id; // installed meanwhile by a concurrent import of the same pack
     const slot = this.table.createSlot(entries);
@@ -378,4 +387,23 @@ export class ChunkStore {
     write.catch(() => {});
     this.writing = write;
   }
+}
+
+/** The records of a scanned pack as {@link ChunkWorkers.check} takes them (see codec.ts checkPack). */
+function checkList(entries: PackEntries): Uint32Array {
+  const list = new Uint32Array(entries.count * CHECK_FIELDS);
+  for (let i = 0; i < entries.count; i++) {
+    const at = i * CHECK_FIELDS;
+    list[at] = entries.offsets[i];
+    list[at + 1] = entries.offsets[i] + RECORD_HEADER;
+    list[at + 2] = entries.stored[i];
+    list[at + 3] = entries.raw[i];
+    list[at + 4] = entries.flags[i];
+  }
+  return list;
+}
+
+/** A buffer of `size` bytes in shared memory, which {@link ChunkStore.importPack} checks on the workers without a copy. */
+export function sharedBuffer(size: number): Buffer {
+  return Buffer.from(new SharedArrayBuffer(size));
 }

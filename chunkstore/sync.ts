@@ -8,7 +8,7 @@ import { tempNameFor } from '../core/fs-atomic.js';
 import { readObject, type Storage } from '../core/storage.js';
 import { corrupt, decodeIndex, isHash, type PackEntries } from './format.js';
 import { isMissing } from './files.js';
-import type { ChunkStore } from './index.js';
+import { sharedBuffer, type ChunkStore } from './index.js';
 import { eachLimit } from './pool.js';
 
 /*
@@ -224,7 +224,7 @@ async function remoteIndex(storage: Storage, key: string, id: string, cached: st
  * concatenated at the end (a copy of every pack). A shorter object is left for the caller's hash check to refuse.
  */
 async function readSized(storage: Storage, key: string, size: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(size);
+  const out = sharedBuffer(size); // checked on the hashing workers without a copy (see importPack)
   let at = 0;
   for await (const chunk of await storage.get(key)) {
     const piece = chunk as Buffer;

@@ -1,12 +1,12 @@
 // A small pool of worker threads that hash and compress batches of chunks off the main thread, so that the
 // daemon's event loop (its REST API) stays responsive while a base image is taken. Written by hand: a pool
 // library (piscina…) resolves its own worker file, which the esbuild bundle of dist/ does not ship, and the
-// pool needed here is one message type and a FIFO per worker.
+// pool needed here is two message types and a FIFO per worker.
 import fs from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { processBatch, type BatchResult } from './codec.js';
+import { checkPack, processBatch, type BatchResult, type PackCheck } from './codec.js';
 
 /**
  * A batch sent to a worker: chunk i is `input[starts[i] .. starts[i+1])`, stored bytes go to `out`. Both are
@@ -14,17 +14,34 @@ import { processBatch, type BatchResult } from './codec.js';
  * worker took 0.5–8 ms of the main thread, sharing one 1 µs), and the pipeline reuses them batch after batch.
  */
 export interface BatchRequest {
+  kind: 'batch';
   id: number;
   input: SharedArrayBuffer;
   out: SharedArrayBuffer;
   starts: Uint32Array;
 }
 
+/**
+ * A pulled pack to check (see {@link checkPack}): `length` bytes of `pack`, shared memory the caller leaves alone
+ * until the answer, and its records (5 numbers each).
+ */
+export interface CheckRequest {
+  kind: 'check';
+  id: number;
+  pack: SharedArrayBuffer;
+  offset: number;
+  length: number;
+  records: Uint32Array;
+}
+
+/** What a worker is sent. */
+export type WorkerRequest = BatchRequest | CheckRequest;
+
 /** A worker's answer, or what went wrong. */
-export type BatchReply = { id: number; result: BatchResult } | { id: number; error: string };
+export type BatchReply = { id: number; result: BatchResult | PackCheck } | { id: number; error: string };
 
 interface Pending {
-  resolve(result: BatchResult): void;
+  resolve(result: BatchResult | PackCheck): void;
   reject(error: Error): void;
 }
 
@@ -81,13 +98,34 @@ export class ChunkWorkers {
    */
   run(input: SharedArrayBuffer, starts: Uint32Array, out: SharedArrayBuffer): Promise<BatchResult> {
     if (!this.entry) return Promise.resolve(processBatch(new Uint8Array(input), starts, new Uint8Array(out)));
+    return this.post({ kind: 'batch', id: this.nextId++, input, out, starts }) as Promise<BatchResult>;
+  }
+
+  /**
+   * Hash the pack in `pack` and check its records (see {@link checkPack}) on a worker. A view of shared memory
+   * is used in place (the caller must not change it until the promise settles); other memory is copied.
+   */
+  check(pack: Uint8Array, records: Uint32Array): Promise<PackCheck> {
+    if (!this.entry) return Promise.resolve(checkPack(pack, records));
+    let memory = pack.buffer;
+    let offset = pack.byteOffset;
+    if (!(memory instanceof SharedArrayBuffer)) {
+      // One copy (milliseconds for a 16 MiB pack) buys the hashing and decompression off this thread.
+      memory = new SharedArrayBuffer(pack.length);
+      new Uint8Array(memory).set(pack);
+      offset = 0;
+    }
+    const request: CheckRequest = { kind: 'check', id: this.nextId++, pack: memory, offset, length: pack.length, records };
+    return this.post(request) as Promise<PackCheck>;
+  }
+
+  /** Send `request` to the least busy worker; settles with its answer. */
+  private post(request: WorkerRequest): Promise<BatchResult | PackCheck> {
     const slot = this.pick();
-    const id = this.nextId++;
-    const request: BatchRequest = { id, input, out, starts };
     return new Promise((resolve, reject) => {
       clearTimeout(slot.idle);
       if (slot.pending.size === 0) slot.worker.ref();
-      slot.pending.set(id, { resolve, reject });
+      slot.pending.set(request.id, { resolve, reject });
       slot.worker.postMessage(request);
     });
   }
