@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { query } from '../testkit/pg.js';
 import { cleanup, neonJson } from '../testkit/env.js';
 import { asUser, chownTo, isRoot, pgUserFor } from '../postgres/user.js';
-import { decodeManifest } from '../pageserver/manifest.js';
+import { chunkSetOf, decodeManifest } from '../pageserver/manifest.js';
 
 export const PASSWORD = 'secret';
 export const PG_BIN = '/usr/lib/postgresql/15/bin';
@@ -102,7 +102,7 @@ export async function newChunks(repoDir: string, branch = 'main'): Promise<{ cha
     .filter((f) => f.endsWith('.json.gz'))
     .sort();
   const chunksOf = async (file: string) =>
-    new Set((await decodeManifest(file, fs.readFileSync(path.join(dir, file)))).files.flatMap((f) => f.chunks ?? []));
+    chunkSetOf([await decodeManifest(file, fs.readFileSync(path.join(dir, file)))]);
   const [previous, newest] = await Promise.all(files.slice(-2).map(chunksOf));
   let changed = 0;
   for (const hash of newest) if (!previous.has(hash)) changed++;

@@ -16,6 +16,11 @@ export interface GcResult {
   freedBytes: number;
 }
 
+/** The chunks gc keeps: a Set of hex hashes, or a compact set (chunk-list.ts ChunkSet) over many images. */
+export interface LiveChunks {
+  has(hash: string): boolean;
+}
+
 /** What gc needs of a store. */
 export interface GcContext {
   dir: string;
@@ -38,7 +43,7 @@ const STALE_TEMP_MS = 60 * 60 * 1000;
  * verified, into new packs that are made durable first, then the old packs removed), so a crash leaves
  * duplicates, never a loss. Dead chunks in packs that stay remain readable until their pack qualifies.
  */
-export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise<GcResult> {
+export async function collectGarbage(ctx: GcContext, live: LiveChunks): Promise<GcResult> {
   const { table } = ctx;
   const drop: PackSlot[] = [];
   const rewrite: PackSlot[] = [];
@@ -122,7 +127,7 @@ export async function collectGarbage(ctx: GcContext, live: Set<string>): Promise
 }
 
 /** True when the index still finds, in `slot`, a chunk that is live or was deduplicated against during gc. */
-function holdsNeeded(table: PackTable, slot: PackSlot, entries: PackEntries, live: Set<string>, touched: Set<string>): boolean {
+function holdsNeeded(table: PackTable, slot: PackSlot, entries: PackEntries, live: LiveChunks, touched: Set<string>): boolean {
   for (let i = 0; i < entries.count; i++) {
     const hash = entries.hashes[i];
     if ((live.has(hash) || touched.has(hash)) && table.pointsTo(hash, slot, i)) return true;

@@ -5,7 +5,7 @@ import { PackBuilder, packChunk, type PackedChunk } from './builder.js';
 import { CHECK_FIELDS, ZERO_PAGE_HASH, isZeroPage, zeroPage } from './codec.js';
 import { RECORD_HEADER, corrupt, scanPack, sha256, unpackChunk, type PackEntries } from './format.js';
 import { HandleCache, indexPath, isMissing, packPath, writePackFiles } from './files.js';
-import { collectGarbage, type GcResult } from './gc.js';
+import { collectGarbage, type GcResult, type LiveChunks } from './gc.js';
 import { openTable } from './open.js';
 import { type Location, type PackSlot, type PackTable } from './table.js';
 import { verifyChunks, type VerifyResult } from './verify.js';
@@ -264,7 +264,7 @@ export class ChunkStore {
    * Remove the chunks that are not in `live`: packs without a live chunk go, packs less than half live are
    * rewritten (see gc.ts). Seals and writes the pending pack first. Runs one at a time.
    */
-  gc(live: Set<string>): Promise<GcResult> {
+  gc(live: LiveChunks): Promise<GcResult> {
     this.assertOpen();
     // Record dedupe hits from this moment on (not from when the run starts): an add() right after gc() was
     // called already counts on the chunk it found.

@@ -1,7 +1,8 @@
 // The batched, threaded way into the chunk store: chunks are copied into batches of about 1 MiB, hashed and
 // compressed on the worker threads (workers.ts), and packed by the main thread in the order they were added, so
 // that the packs are byte for byte those that ChunkStore.add() would have written one chunk at a time.
-import { ZERO_MARK, ZERO_PAGE_HASH, type BatchResult } from './codec.js';
+import { ChunkList, HASH_BYTES, ZERO_PAGE_HASH_RAW } from './chunk-list.js';
+import { ZERO_MARK, type BatchResult } from './codec.js';
 import type { ChunkStore } from './index.js';
 import { chunkWorkers, type ChunkWorkers } from './workers.js';
 
@@ -22,8 +23,8 @@ interface Buffers {
 }
 
 interface Batch {
-  /** Where chunk i's hash goes: `lists[i][indexes[i]]`. */
-  lists: string[][];
+  /** Where chunk i's hash goes: entry `indexes[i]` of `lists[i]`. */
+  lists: ChunkList[];
   indexes: number[];
   starts: number[];
   buffers?: Buffers;
@@ -57,8 +58,8 @@ export class ChunkPipeline {
     this.maxInFlight = options.maxInFlight ?? this.workers.size * 2 + 2;
   }
 
-  /** Queue chunk `data` (copied); its hash will be written to `list[index]`. */
-  add(data: Uint8Array, list: string[], index: number): void {
+  /** Queue chunk `data` (copied); its hash will be written to entry `index` of `list`. */
+  add(data: Uint8Array, list: ChunkList, index: number): void {
     const used = this.batch.starts[this.batch.starts.length - 1];
     if (this.buffer && used + data.length > this.buffer.length) this.send();
     if (!this.buffer) {
@@ -136,17 +137,18 @@ export class ChunkPipeline {
     const hashes = Buffer.from(result.hashes.buffer, result.hashes.byteOffset, result.hashes.length);
     let at = 0;
     for (let i = 0; i < batch.lists.length; i++) {
-      let hash: string;
+      // The list takes the raw hash bytes: no string is kept per page. The store's index is keyed by hex, so the
+      // string made for addPacked lives only for that call.
       if (result.flags[i] === ZERO_MARK) {
-        hash = ZERO_PAGE_HASH;
+        batch.lists[i].setRaw(batch.indexes[i], ZERO_PAGE_HASH_RAW);
       } else {
-        hash = hashes.toString('hex', i * 32, i * 32 + 32);
+        batch.lists[i].setRaw(batch.indexes[i], hashes, i * HASH_BYTES);
         const stored = out.subarray(at, at + result.stored[i]);
         at += result.stored[i];
         // addPacked copies `stored` into the pack, so the shared buffer can take the next batch.
+        const hash = hashes.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES);
         this.store.addPacked(hash, batch.starts[i + 1] - batch.starts[i], { stored, flags: result.flags[i] });
       }
-      batch.lists[i][batch.indexes[i]] = hash;
     }
     if (buffers.input.byteLength === this.batchBytes && this.spare.length <= this.maxInFlight) this.spare.push(buffers);
   }

@@ -10,7 +10,7 @@ import {
   walFileOfKey,
   walObjectPrefix,
 } from '../core/wal.js';
-import type { ImageManifest } from '../pageserver/manifest.js';
+import { chunkSetOf, type ImageManifest } from '../pageserver/manifest.js';
 import { imageKey } from '../pageserver/manifest.js';
 import { keptCopyTime } from '../wal/repair.js';
 import { points, walNeeds } from './history-points.js';
@@ -53,7 +53,7 @@ export async function collectGarbage(daemon: DaemonContext, keepWalDays = 7): Pr
       removed.push(image.key);
     }
   }
-  const live = new Set([...keep.values()].flatMap((image) => image.files.flatMap((f) => f.chunks ?? [])));
+  const live = chunkSetOf(keep.values());
   const chunks = await pageserver.store.gc(live);
   const cutoff = Date.now() - keepWalDays * 86_400_000;
   let walRemoved = 0;

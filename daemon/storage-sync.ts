@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { pullPacks, pushPacks } from '../chunkstore/sync.js';
+import { chunkSetOf } from '../pageserver/manifest.js';
 import type { Pageserver } from '../pageserver/pageserver.js';
 import { NeonError, messageOf } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
@@ -111,7 +112,7 @@ export async function pullRepository(pageserver: Pageserver, storage: Storage): 
     fs.writeFileSync(file, await readObject(storage, object.key));
   }
   const image = await pageserver.chooseImage(head.branch, {});
-  const { downloaded } = await pullPacks(pageserver.store, storage, new Set(image.files.flatMap((f) => f.chunks ?? [])));
+  const { downloaded } = await pullPacks(pageserver.store, storage, chunkSetOf([image]));
   return { branch: head.branch, packs: downloaded.length };
 }
 

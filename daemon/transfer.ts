@@ -7,7 +7,7 @@ import { NeonError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import type { Storage } from '../core/storage.js';
 import { DEFAULT_SEGMENT_SIZE, packWal, parseLsn, partialObjectKey, segmentName, segmentOf, unpackWal, walObjectKey } from '../core/wal.js';
-import { encodeManifest, imageKey } from '../pageserver/manifest.js';
+import { chunkSetOf, encodeManifest, imageKey } from '../pageserver/manifest.js';
 import type { Snapshot } from '../pageserver/history.js';
 import type { Pageserver } from '../pageserver/pageserver.js';
 import type { DaemonContext } from './context.js';
@@ -118,7 +118,7 @@ export async function pushSnapshot(daemon: DaemonContext, target: Storage, name:
   const finishing = finishSegment(daemon, snapshot.branch, snapshot.timeline, lsn);
   finishing.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
   // Only the packs this snapshot's image references: other snapshots' data stays local until they are pushed.
-  const chunks = new Set(image.files.flatMap((f) => f.chunks ?? []));
+  const chunks = chunkSetOf([image]);
   await pushPacks(pageserver.store, storage, { chunks, onPlan: (bytes) => op.step('packs', bytes) });
   await finishing;
   op.step('image');
@@ -255,7 +255,7 @@ export async function pullSnapshot(
   });
   const manifest = await readRemoteImage(storage, record.image);
   op.step('packs');
-  await pullPacks(into.pageserver.store, storage, new Set(manifest.files.flatMap((f) => f.chunks ?? [])));
+  await pullPacks(into.pageserver.store, storage, chunkSetOf([manifest]));
   op.step('wal');
   const walDir = path.join(into.repoDir, 'pulled', 'wal');
   const siblings = Object.entries(pulled)

@@ -13,7 +13,7 @@ import {
   unpackWal,
   walObjectKey,
 } from '../core/wal.js';
-import type { ImageManifest } from '../pageserver/manifest.js';
+import { chunkSetOf, type ImageManifest } from '../pageserver/manifest.js';
 import { imageKey } from '../pageserver/manifest.js';
 import { describeDamage, localCopies, verifyCopies, type CopyDamage, type WalHolder } from '../wal/copies.js';
 import { repairDamage, type StoredSegment } from '../wal/repair.js';
@@ -86,7 +86,7 @@ export async function verifyRepository(daemon: DaemonContext, snapshots?: string
   }
   const copies = await checkLocalWal(daemon, walRanges, problems);
   const cached = await checkImageCache(daemon, [...images.values()], problems);
-  const hashes = new Set([...images.values()].flatMap((image) => image.files.flatMap((f) => f.chunks ?? [])));
+  const hashes = chunkSetOf(images.values());
   const result = await pageserver.store.verify(hashes);
   for (const hash of result.missing) problems.push({ what: 'chunk', name: hash, detail: 'missing from the chunk store' });
   for (const { hash, pack } of result.corrupt) problems.push({ what: 'chunk', name: hash, detail: `corrupt in pack ${pack}` });

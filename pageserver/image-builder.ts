@@ -1,3 +1,4 @@
+import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { ChunkPipeline, type ChunkPipelineOptions } from '../chunkstore/pipeline.js';
 import type { ImageMirror } from './image-cache.js';
@@ -15,7 +16,7 @@ export const PAGE_SIZE = 8192;
 export class ImageBuilder {
   readonly files: ImageFile[] = [];
   rawBytes = 0;
-  private current?: ImageFile & { chunks: string[] };
+  private current?: ImageFile & { chunks: ChunkList };
   private carry: Buffer[] = [];
   private carried = 0;
   private readonly pipeline: ChunkPipeline;
@@ -56,7 +57,7 @@ export class ImageBuilder {
 
   beginFile(path: string, mode: number): void {
     if (this.current) this.endFile();
-    this.current = { path, type: 'file', mode, size: 0, chunks: [] };
+    this.current = { path, type: 'file', mode, size: 0, chunks: new ChunkList() };
     this.mirror?.beginFile(path, mode);
   }
 
@@ -88,6 +89,8 @@ export class ImageBuilder {
   endFile(): void {
     if (!this.current) return;
     if (this.carried) this.emit(Buffer.concat(this.carry));
+    // The pipeline writes hashes through the list object, so its buffer may be swapped for a trimmed copy now.
+    this.current.chunks.trim();
     this.files.push(this.current);
     this.current = undefined;
     this.mirror?.endFile();
@@ -95,8 +98,7 @@ export class ImageBuilder {
 
   private emit(page: Buffer): void {
     const chunks = this.current!.chunks;
-    chunks.push(''); // filled in when the page's batch is packed
-    this.pipeline.add(page, chunks, chunks.length - 1);
+    this.pipeline.add(page, chunks, chunks.push()); // the entry is filled in when the page's batch is packed
     this.carry = [];
     this.carried = 0;
   }

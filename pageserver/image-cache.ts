@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { PgUser } from '../postgres/user.js';
 import type { ImageManifest } from './manifest.js';
 import { checkPath, createTree, fixTree } from './restore.js';
@@ -250,7 +251,7 @@ export class ImageCache {
           continue;
         }
         const firstBlock = firstBlockOf(entry.path);
-        const chunks = entry.chunks ?? [];
+        const chunks = entry.chunks ?? new ChunkList();
         let problem: CacheDamage | undefined;
         for (let offset = 0; offset < size && !problem;) {
           const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
@@ -261,9 +262,9 @@ export class ImageCache {
             const checked = firstBlock !== undefined && page.length === BLCKSZ && storedChecksum(page) !== 0;
             const wrong = checked
               ? checkPage(page, firstBlock + index)
-              : hashOf(page) === chunks[index]
+              : index < chunks.length && hashOf(page).equals(chunks.rawAt(index))
                 ? undefined
-                : `differs from the image (chunk ${chunks[index]?.slice(0, 12)})`;
+                : `differs from the image (chunk ${index < chunks.length ? chunks.hexAt(index).slice(0, 12) : 'none'})`;
             if (wrong) problem = { file: entry.path, block: index, detail: wrong };
           }
           offset += bytesRead;
@@ -278,8 +279,8 @@ export class ImageCache {
   }
 }
 
-function hashOf(data: Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
+function hashOf(data: Uint8Array): Buffer {
+  return createHash('sha256').update(data).digest();
 }
 
 function defaultBudget(dir: string): number {

@@ -9,6 +9,7 @@
 // other records flagged as special relation updates, a timeline switch) makes the caller take a full image.
 import fs from 'node:fs';
 import path from 'node:path';
+import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
@@ -185,10 +186,10 @@ async function buildFiles(store: ChunkStore, root: string, previous: ImageManife
   const created = new Set(changes.created.map((c) => `${relKey(c.rel)}/${c.fork}`));
   const built: Built = { files: [], rawBytes: 0, pagesRead: 0 };
   const page = Buffer.allocUnsafe(PAGE_SIZE);
-  const readPages = (fd: number, size: number, pages: Iterable<number>, into: string[]) => {
+  const readPages = (fd: number, size: number, pages: Iterable<number>, into: ChunkList) => {
     for (const index of pages) {
       const length = fs.readSync(fd, page, 0, Math.min(PAGE_SIZE, size - index * PAGE_SIZE), index * PAGE_SIZE);
-      into[index] = store.add(page.subarray(0, length)).hash;
+      into.setHex(index, store.add(page.subarray(0, length)).hash);
       built.pagesRead++;
     }
   };
@@ -205,7 +206,7 @@ async function buildFiles(store: ChunkStore, root: string, previous: ImageManife
     // visibility map page covers 255 MB of heap): read the whole maps of a touched relation.
     const isMap = relFile?.fork === 1 || relFile?.fork === 2;
     if (reuse && isMap && (touched.has(relKey(relFile!)) || old!.size !== size)) reuse = false;
-    const chunks = reuse ? old!.chunks!.slice(0, pages) : new Array<string>(pages);
+    const chunks = reuse ? (old!.chunks ?? new ChunkList()).resized(pages) : ChunkList.alloc(pages);
     const wanted = reuse ? pagesToRead(relFile!, changes, old!.size / PAGE_SIZE, pages) : Array.from({ length: pages }, (_, i) => i);
     if (wanted.length) {
       const fd = fs.openSync(full, 'r');

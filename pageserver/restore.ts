@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
 import type { PgUser } from '../postgres/user.js';
@@ -93,12 +94,12 @@ export async function restoreImage(
       try {
         // Read ahead so that inflating the next chunks overlaps writing; write in 1 MiB batches (one writev), not
         // a system call per 8 KiB page.
-        const chunks = entry.chunks ?? [];
+        const chunks = entry.chunks ?? new ChunkList();
         const ahead: Promise<Buffer>[] = [];
         let batch: Buffer[] = [];
         let batchBytes = 0;
         for (let i = 0; i < chunks.length; i++) {
-          while (ahead.length < READ_AHEAD && i + ahead.length < chunks.length) ahead.push(read(chunks[i + ahead.length]));
+          while (ahead.length < READ_AHEAD && i + ahead.length < chunks.length) ahead.push(read(chunks.hexAt(i + ahead.length)));
           const data = await ahead.shift()!;
           batch.push(data);
           batchBytes += data.length;

@@ -37,7 +37,7 @@ function finish(
 ): NewImage {
   return {
     format: 'neon-image',
-    version: 1,
+    version: 2,
     branch: source.branch,
     timeline: point.timeline,
     startLsn: formatLsn(point.startLsn),

@@ -42,12 +42,12 @@ async function newestManifest(): Promise<ImageManifest> {
 
 /** `path#page` of every page whose chunk differs between two images (pages present in only one count too). */
 function changedPages(before: ImageManifest, after: ImageManifest): Set<string> {
-  const old = new Map(before.files.map((f) => [f.path, f.chunks ?? []]));
+  const old = new Map(before.files.map((f) => [f.path, [...(f.chunks ?? [])]]));
   const changed = new Set<string>();
   for (const file of after.files) {
     if (file.type !== 'file') continue;
     const was = old.get(file.path) ?? [];
-    (file.chunks ?? []).forEach((hash, i) => hash !== was[i] && changed.add(`${file.path}#${i}`));
+    [...(file.chunks ?? [])].forEach((hash, i) => hash !== was[i] && changed.add(`${file.path}#${i}`));
   }
   return changed;
 }
@@ -106,7 +106,7 @@ test('after an update of 100 rows the incremental holds exactly the pages that c
     if (file.type !== 'file') continue;
     const bytes = fs.readFileSync(path.join(folder, file.path));
     assert.is(bytes.length, file.size, `${file.path}: size`);
-    (file.chunks ?? []).forEach((hash, i) => {
+    [...(file.chunks ?? [])].forEach((hash, i) => {
       const sum = createHash('sha256')
         .update(bytes.subarray(i * PAGE, (i + 1) * PAGE))
         .digest('hex');

@@ -3,9 +3,10 @@ import path from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ChunkStore } from '../../chunkstore/index.js';
-import { decodeManifest, encodeManifest } from '../../pageserver/manifest.js';
+import { chunkSetOf, decodeManifest, encodeManifest } from '../../pageserver/manifest.js';
 import { query } from '../../testkit/pg.js';
 import { cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
+import { encodeManifestV1, relabelVersion } from '../../testkit/manifests.js';
 import { waitFor } from '../../testkit/wait.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -163,11 +164,8 @@ images('a corrupt chunk: verify names it, the snapshot needing it fails cleanly,
       .sort()
       .map(async (file) => decodeManifest(file, fs.readFileSync(path.join(imagesDir, file)))),
   );
-  const older = new Set(manifests.slice(0, -1).flatMap((m) => m.files.flatMap((f) => f.chunks ?? [])));
-  const onlyNewest = manifests
-    .at(-1)!
-    .files.flatMap((f) => f.chunks ?? [])
-    .find((hash) => !older.has(hash))!;
+  const older = chunkSetOf(manifests.slice(0, -1));
+  const onlyNewest = [...chunkSetOf(manifests.slice(-1))].find((hash) => !older.has(hash))!;
   const store = await ChunkStore.open(path.join(idir, '.neon', 'pageserver', 'chunks'));
   const where = store.locate(onlyNewest)!;
   await store.close();
@@ -206,12 +204,31 @@ images('a truncated manifest and an unknown format version are clear errors', as
     assert.match(truncated.stderr, /image manifest .* is damaged or truncated/);
     const manifest = await decodeManifest('x', original);
     const { checksum: _, ...rest } = manifest;
-    fs.writeFileSync(newest, await encodeManifest({ ...rest, version: 2 as 1 }));
+    fs.writeFileSync(newest, relabelVersion(await encodeManifest(rest), 3));
     const future = await neon(['pg', 'create', '-n', 'x', '--at', 'after-update', '--read-only'], { cwd: idir });
-    assert.match(future.stderr, /has format version 2; this neon reads version 1/);
+    assert.match(future.stderr, /has format version 3; this neon reads versions 1 and 2 \(upgrade neon\)/);
   } finally {
     fs.writeFileSync(newest, original);
   }
+});
+
+images('images written by a neon of manifest format version 1 still restore, verify and gc', async () => {
+  const imagesDir = path.join(idir, '.neon', 'pageserver', 'images', 'main');
+  for (const file of fs.readdirSync(imagesDir)) {
+    const { checksum: _, ...manifest } = await decodeManifest(file, fs.readFileSync(path.join(imagesDir, file)));
+    fs.writeFileSync(path.join(imagesDir, file), encodeManifestV1(manifest));
+  }
+  // Without the plain copies, a compute is restored from the chunks the version-1 manifests name.
+  fs.rmSync(path.join(idir, '.neon', 'pageserver', 'cache'), { recursive: true, force: true });
+  for (const [name, snapshot, changed] of [['v1-before', 'before-update', 0], ['v1-after', 'after-update', 1200]] as const) {
+    const pg = await neonJson(['pg', 'create', '-n', name, '--at', snapshot, '--read-only'], { cwd: idir });
+    const rows = await query(pg.connection_string, 'select count(*)::int as n, count(*) filter (where payload like $$%!$$)::int as changed from big');
+    assert.equal(rows[0], { n: 120000, changed }, `${snapshot} from version-1 manifests`);
+    await neonJson(['pg', 'destroy', '-n', name], { cwd: idir });
+  }
+  const report = await neonJson(['verify'], { cwd: idir });
+  assert.is(report.ok, true, JSON.stringify(report.problems));
+  assert.ok(report.checked.chunks > 1000, `verify read the version-1 manifests' chunks (${report.checked.chunks})`);
 });
 
 images('gc keeps what snapshots need and frees what they no longer need', async () => {
