@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { NeonError } from '../core/errors.js';
 import type { LaunchedProcess, ProcessExit } from '../core/launcher.js';
 import { readPostmasterPid } from '../postgres/postmaster.js';
+import { freePort } from '../lib/net.js';
 
 /*
  * The waits of a compute (daemon/compute.ts): until Postgres accepts connections, then until an archive recovery
@@ -59,6 +60,25 @@ export async function waitReady(compute: Waited, child: LaunchedProcess): Promis
       );
     }
     await sleep(15);
+  }
+}
+
+/** Postgres' last word when it could not bind its port (waitReady quotes it), and how often another is tried. */
+const PORT_TAKEN = /could not create any TCP\/IP sockets/;
+const BIND_ATTEMPTS = 4;
+
+/**
+ * `start()` (a Postgres start until ready), again on a free port after `moveTo` it when Postgres could not bind
+ * its own: the port is looked at before Postgres binds it, and another program may take it in between.
+ */
+export async function onFreePort<T>(start: () => Promise<T>, moveTo: (port: number) => Promise<void>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (error) {
+      if (attempt >= BIND_ATTEMPTS || !PORT_TAKEN.test((error as Error).message)) throw error;
+      await moveTo(await freePort());
+    }
   }
 }
 

@@ -8,12 +8,21 @@ import { ensureSocketDir } from '../postgres/internal.js';
 import { adoptPostmaster, stopLeftovers } from '../postgres/postmaster.js';
 import { ensureInternalRole, sql, type Login } from '../postgres/sql.js';
 import { asUser } from '../postgres/user.js';
-import { ENDED_BEFORE_TARGET, HEALTHY_UPTIME_MS, describe, hasTarget, restartDelay, waitReady, waitRecovery } from './compute-wait.js';
+import { trace } from '../lib/trace.js';
+import {
+  ENDED_BEFORE_TARGET,
+  HEALTHY_UPTIME_MS,
+  describe,
+  hasTarget,
+  onFreePort,
+  restartDelay,
+  waitReady,
+  waitRecovery,
+} from './compute-wait.js';
 import type { ComputeDeps, ComputeInfo, ComputeState } from './compute-types.js';
 import { isPrimary, type ComputeRecord } from './repository.js';
 
 export type { ComputeDeps, ComputeInfo, ComputeState } from './compute-types.js';
-
 
 /**
  * One compute: a Postgres server process over a data directory of the repository, supervised by the daemon the
@@ -161,14 +170,11 @@ export class Compute {
     try {
       ensureSocketDir(deps.socketDir, deps.pgUser);
       if (await this.adopt()) return;
+      trace('daemon', `compute ${record.name}: launch`);
       const leftovers = await stopLeftovers(this.dataDir);
       if (leftovers.length) log.warn('stopped %d leftover process(es) of compute %s from an earlier run', leftovers.length, record.name);
       const port = await portOrFree(record.port);
-      if (port !== record.port) {
-        log.warn('port %d of compute %s is taken; using %d', record.port, record.name, port);
-        this.record = { ...record, port };
-        await deps.save(this.record);
-      }
+      if (port !== record.port) await this.movePort(port, 'is taken');
       const recovery = this.record.recovery;
       // A static compute with no target left (a time after the last commit) follows the WAL to its end as a
       // standby, which stays read-only there; archive recovery would promote it.
@@ -177,25 +183,45 @@ export class Compute {
         fs.writeFileSync(path.join(this.dataDir, 'standby.signal'), '');
         if (deps.pgUser) fs.chownSync(path.join(this.dataDir, 'standby.signal'), deps.pgUser.uid, deps.pgUser.gid);
       }
-      await this.writeConf();
-      const child = await deps.launcher.launch({
-        name: `compute ${record.name}`,
-        command: path.join(deps.binaries.binDir, 'postgres'),
-        args: ['-D', this.dataDir],
-        cwd: this.dataDir,
-        ...asUser(deps.pgUser),
-        logFile: this.logFile,
-      });
-      this.process = child;
-      child.exited.then((exit) => this.onExit(child, exit));
-      await waitReady(this.waited, child);
+      // The port was free when looked at, but another repository's compute starting at the same moment may bind it
+      // first: then Postgres starts again on a port the kernel picks.
+      const child = await onFreePort(
+        () => this.spawnReady(),
+        (taken) => this.movePort(taken, 'was taken as it started'),
+      );
+      trace('daemon', `compute ${record.name}: ready`);
       if (recovery) await this.recover(child, recovery.until);
-      await this.running(child, port);
+      trace('daemon', `compute ${record.name}: recovered`);
+      await this.running(child, this.record.port);
     } catch (error) {
       this.state = 'failed';
       this.process?.kill('SIGKILL');
       throw error;
     }
+  }
+
+  // Postgres, until it accepts connections.
+  private async spawnReady(): Promise<LaunchedProcess> {
+    const { deps } = this;
+    await this.writeConf();
+    const child = await deps.launcher.launch({
+      name: `compute ${this.record.name}`,
+      command: path.join(deps.binaries.binDir, 'postgres'),
+      args: ['-D', this.dataDir],
+      cwd: this.dataDir,
+      ...asUser(deps.pgUser),
+      logFile: this.logFile,
+    });
+    this.process = child;
+    child.exited.then((exit) => this.onExit(child, exit));
+    await waitReady(this.waited, child);
+    return child;
+  }
+
+  private async movePort(port: number, why: string): Promise<void> {
+    this.deps.log.warn('port %d of compute %s %s; using %d', this.record.port, this.record.name, why, port);
+    this.record = { ...this.record, port };
+    await this.deps.save(this.record);
   }
 
   // Running and ready: make sure neon can always get in (a primary of an older repository gets the internal role
