@@ -72,9 +72,10 @@ export function packChunk(data: Uint8Array): PackedChunk {
 
 /**
  * The raw bytes of a stored body of `raw` bytes with `flags`. Throws a plain Error saying what is wrong (a
- * damaged stream must not expand into gigabytes: output is bounded by `raw`).
+ * damaged stream must not expand into gigabytes: output is bounded by `raw`). A zstd body is decompressed into
+ * `scratch` when it is long enough (the result is then a view of it, valid until the next call).
  */
-export function unpackBody(body: Buffer, flags: number, raw: number): Buffer {
+export function unpackBody(body: Buffer, flags: number, raw: number, scratch?: Buffer): Buffer {
   if (flags === 0) return body;
   if (flags === FLAG_DEFLATE) {
     try {
@@ -84,7 +85,7 @@ export function unpackBody(body: Buffer, flags: number, raw: number): Buffer {
     }
   }
   if (flags === FLAG_ZSTD) {
-    const data = Buffer.allocUnsafe(raw);
+    const data = scratch && scratch.length >= raw ? scratch.subarray(0, raw) : Buffer.allocUnsafe(raw);
     let length: number;
     try {
       length = zstd().decompressor.decompress(data, body);
@@ -148,6 +149,8 @@ export function processBatch(input: Uint8Array, starts: Uint32Array, out: Uint8A
 
 const ZERO_HASH_BYTES = Buffer.from(ZERO_PAGE_HASH, 'hex');
 
+let checkScratch: Buffer | undefined;
+
 /** Numbers per record in the list {@link checkPack} takes: hash offset, body offset, stored, raw, flags. */
 export const CHECK_FIELDS = 5;
 
@@ -170,12 +173,14 @@ export interface PackCheck {
 export function checkPack(pack: Uint8Array, records: Uint32Array): PackCheck {
   const digest = createHash('sha256').update(pack).digest('hex');
   const view = Buffer.from(pack.buffer, pack.byteOffset, pack.length);
+  // One buffer for every page: fresh memory per record is what costs most on some machines (see sync.ts).
+  const scratch = (checkScratch ??= Buffer.allocUnsafe(ZERO_PAGE_SIZE));
   for (let i = 0; i * CHECK_FIELDS < records.length; i++) {
     const at = i * CHECK_FIELDS;
     const [hashAt, bodyAt, stored, raw, flags] = records.subarray(at, at + CHECK_FIELDS);
     try {
       if (bodyAt + stored > view.length || hashAt + 32 > view.length) throw new Error('is cut short');
-      const data = unpackBody(view.subarray(bodyAt, bodyAt + stored), flags, raw);
+      const data = unpackBody(view.subarray(bodyAt, bodyAt + stored), flags, raw, scratch);
       if (data.length !== raw) throw new Error(`it inflates to ${data.length} bytes, not ${raw}`);
       const hash = createHash('sha256').update(data).digest();
       if (!hash.equals(view.subarray(hashAt, hashAt + 32))) throw new Error('its bytes do not match its sha256');

@@ -44,12 +44,23 @@ export function countingStorage(storage: Storage, count: (bytes: number, objects
   }
 }
 
-/** `op`, noting each step in the NEON_TRACE file, so that a slow transfer shows which step was slow. */
+/** The process's memory for a trace line (only computed when tracing: process.memoryUsage() walks the heap). */
+function memory(): string {
+  if (!process.env.NEON_TRACE) return '';
+  const { rss, heapUsed, external, arrayBuffers } = process.memoryUsage();
+  const mb = (bytes: number) => (bytes / 1048576).toFixed(0);
+  return ` (rss ${mb(rss)} MB, heap ${mb(heapUsed)} MB, external ${mb(external)} MB, array buffers ${mb(arrayBuffers)} MB)`;
+}
+
+/**
+ * `op`, noting each step in the NEON_TRACE file with the process's memory, so that a slow or memory-hungry
+ * transfer shows which step it was.
+ */
 export function traced(op: OperationHandle, what: string): OperationHandle {
-  trace('transfer', `${what}: start`);
+  trace('transfer', `${what}: start${memory()}`);
   return {
     step(step, totalBytes) {
-      trace('transfer', `${what}: ${step}`);
+      trace('transfer', `${what}: ${step}${memory()}`);
       op.step(step, totalBytes);
     },
     add: (bytes, objects) => op.add(bytes, objects),

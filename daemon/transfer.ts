@@ -6,7 +6,7 @@ import { eachLimit } from '../chunkstore/pool.js';
 import { NeonError } from '../core/errors.js';
 import { writeFileAtomic } from '../core/fs-atomic.js';
 import type { Storage } from '../core/storage.js';
-import { DEFAULT_SEGMENT_SIZE, packWal, parseLsn, partialObjectKey, segmentName, segmentOf, unpackWal, walObjectKey } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, packWal, parseLsn, partialObjectKey, segmentName, segmentOf, walObjectKey } from '../core/wal.js';
 import { chunkSetOf, encodeManifest, imageKey } from '../pageserver/manifest.js';
 import type { Snapshot } from '../pageserver/history.js';
 import type { Pageserver } from '../pageserver/pageserver.js';
@@ -14,6 +14,7 @@ import type { DaemonContext } from './context.js';
 import type { OperationHandle } from './operations.js';
 import { trace } from '../lib/trace.js';
 import { countingStorage, traced } from './transfer-progress.js';
+import { fetchWal } from './transfer-wal.js';
 import {
   findRemoteSnapshot,
   neededWal,
@@ -269,7 +270,7 @@ export async function pullSnapshot(
     const earlier = ref.partial ? undefined : siblings.map((dir) => path.join(dir, file)).find((f) => fs.existsSync(f));
     if (earlier) return fs.linkSync(earlier, target);
     const key = ref.partial ? partialObjectKey(ref.branch, ref.name) : walObjectKey(ref.branch, ref.name);
-    await writeFileAtomic(target, await unpackWal(key, await readObject(storage, key)));
+    await fetchWal(storage, key, target);
   });
   op.step('history');
   const localKey = imageKey(branch, parseLsn(manifest.endLsn));

@@ -38,14 +38,16 @@ export class SourceError extends Error {
  * own landed first attempt is a success and not a conflict.
  */
 export async function upload(target: UploadTarget, body: Buffer | Readable): Promise<void> {
-  const digests = target.ifAbsent ? new PartDigests(target.partSize) : undefined;
+  // A stream's digests are taken as it goes; a buffer's only when they are needed (after a lost answer), so that
+  // the usual put does not MD5 every byte twice on the daemon's main thread.
+  const digests = target.ifAbsent && body instanceof Readable ? new PartDigests(target.partSize) : undefined;
   let source: Readable | Buffer = body;
   let sourceError: unknown;
   if (body instanceof Readable) {
     body.once('error', (error) => (sourceError ??= error));
     // pipeline, not pipe: a failing source must end the tap with its error, or the upload would wait forever.
     if (digests) source = pipeline(body, digests.tap(), () => undefined);
-  } else digests?.update(body);
+  }
   const run = new Upload({
     client: target.client,
     params: { Bucket: target.bucket, Key: target.key, Body: source, IfNoneMatch: target.ifAbsent ? '*' : undefined },
@@ -60,7 +62,7 @@ export async function upload(target: UploadTarget, body: Buffer | Readable): Pro
     if (!target.ifAbsent) throw error;
     // After a lost answer the retry finds the object there (412) or, for a multipart upload, the upload gone.
     const ambiguous = attemptsOf(error) > 1 && (isConditionFailed(error) || codeOf(error) === 'NoSuchUpload');
-    if (ambiguous && (await landed(target, digests!.etags()))) return;
+    if (ambiguous && (await landed(target, (digests ?? PartDigests.of(body as Buffer, target.partSize)).etags()))) return;
     if (isConditionFailed(error)) throw new ConditionFailed();
     throw error;
   }
@@ -78,6 +80,13 @@ class PartDigests {
   private filled = 0;
 
   constructor(private readonly partSize: number) {}
+
+  /** The digests of a whole buffer. */
+  static of(body: Buffer, partSize: number): PartDigests {
+    const digests = new PartDigests(partSize);
+    digests.update(body);
+    return digests;
+  }
 
   /** A pass-through stream that hashes what goes through it. */
   tap(): Transform {
