@@ -3,6 +3,8 @@
 //   (b) pg_receivewal --synchronous as the synchronous standby       synchronous_standby_names = 'ANY 1 (receivewal)'
 //   (c) one neon safekeeper (bench/safekeeper-runner.ts)             'ANY 1 (sk1)'
 //   (d) three neon safekeepers                                       'ANY 2 (sk1, sk2, sk3)'
+//   (e) one neon safekeeper of another checkout (NEON_BENCH_BASELINE=<its bench/safekeeper-runner.ts>), 'ANY 1 (sk1)':
+//       an A/B of two safekeeper versions interleaved in the same rounds (--configs bce)
 // Each configuration gets a fresh cluster (initdb, pgbench -i -s 10, checkpoint), its receivers, and
 // pgbench -c N -j N -T seconds -l. Prints TPS, p50/p99 latency (from the per-transaction logs), the TPS ratios
 // c/b (target ≥ 1.0, issue 12) and d/b (target ≥ 0.8), each configuration's TPS ratio to plain (a), and the receivers'
@@ -47,6 +49,7 @@ shared_buffers = 128MB
 `;
 // NEON_BENCH_RUNNER: the runner of another checkout (an older safekeeper), to compare two versions.
 const RUNNER_SOURCE = process.env.NEON_BENCH_RUNNER ?? path.join(path.dirname(fileURLToPath(import.meta.url)), 'safekeeper-runner.ts');
+const BASELINE_SOURCE = process.env.NEON_BENCH_BASELINE && path.resolve(process.env.NEON_BENCH_BASELINE);
 const pgUser = pgUserFor('postgres');
 
 /** A bin folder of the system PostgreSQL with pg_receivewal and pgbench (installing it when root and missing). */
@@ -93,18 +96,19 @@ function procStats(pid: number): { rssKb: number; ticks: number; sysTicks: numbe
   }
 }
 
-let bundled: string | undefined;
+const bundled = new Map<string, string>();
 /**
  * The safekeeper runner bundled into one JavaScript file, as the product ships it (dist/): a receiver run
  * through a TypeScript loader would carry the loader's heap and threads and be measured with them.
  */
-function runner(): string {
-  if (bundled) return bundled;
+function runner(source = RUNNER_SOURCE): string {
+  const done = bundled.get(source);
+  if (done) return done;
   const dir = tmpDir('neon-bench-wal-runner-');
   teardowns.add(async () => fs.rmSync(dir, { recursive: true, force: true }));
   const outfile = path.join(dir, 'safekeeper-runner.mjs');
   buildSync({
-    entryPoints: [RUNNER_SOURCE],
+    entryPoints: [source],
     bundle: true,
     platform: 'node',
     format: 'esm',
@@ -112,7 +116,8 @@ function runner(): string {
     outfile,
     logLevel: 'warning',
   });
-  return (bundled = outfile);
+  bundled.set(source, outfile);
+  return outfile;
 }
 
 interface Receiver {
@@ -128,17 +133,20 @@ interface Result {
   p99: number;
   receivers: { name: string; maxRssMb: number; cpuSeconds: number; sysSeconds: number }[];
 }
-type Kind = 'a' | 'b' | 'c' | 'd';
+type Kind = 'a' | 'b' | 'c' | 'd' | 'e';
 const CONFIGS: Record<Kind, { label: string; standbys: string[]; quorum: number }> = {
   a: { label: '(a) no synchronous standby', standbys: [], quorum: 0 },
   b: { label: '(b) pg_receivewal --synchronous', standbys: ['receivewal'], quorum: 1 },
   c: { label: '(c) 1 neon safekeeper', standbys: ['sk1'], quorum: 1 },
   d: { label: '(d) 3 neon safekeepers, ANY 2', standbys: ['sk1', 'sk2', 'sk3'], quorum: 2 },
+  e: { label: '(e) 1 neon safekeeper, baseline', standbys: ['sk1'], quorum: 1 },
 };
-const kinds = (['a', 'b', 'c', 'd'] as const).filter((k) => (text('configs') ?? 'abcd').includes(k));
-if (!kinds.length) throw new Error('--configs takes letters among a, b, c and d (e.g. --configs abc)');
+const kinds = (['a', 'b', 'c', 'd', 'e'] as const).filter((k) => (text('configs') ?? 'abcd').includes(k));
+if (!kinds.length) throw new Error('--configs takes letters among a, b, c, d and e (e.g. --configs abc)');
+if (kinds.includes('e') && !BASELINE_SOURCE)
+  throw new Error('--configs e needs NEON_BENCH_BASELINE=<another checkout>/bench/safekeeper-runner.ts (the safekeeper to compare with)');
 
-function startReceiver(name: string, dir: string, port: number): Receiver {
+function startReceiver(name: string, dir: string, port: number, source = RUNNER_SOURCE): Receiver {
   const folder = path.join(dir, name);
   fs.mkdirSync(folder);
   const log = path.join(dir, `${name}.log`);
@@ -153,7 +161,7 @@ function startReceiver(name: string, dir: string, port: number): Receiver {
     const primary = { host: '127.0.0.1', port, user: 'repl', password: PASSWORD };
     const config = { name, branch: 'main', dir: folder, slot: `neon_${name}`, primary };
     const profile = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [];
-    child = spawn(process.execPath, [...profile, runner(), folder], {
+    child = spawn(process.execPath, [...profile, runner(source), folder], {
       stdio,
       env: { ...process.env, NEON_BENCH_SAFEKEEPER: JSON.stringify(config) },
     });
@@ -265,7 +273,7 @@ async function runConfiguration(kind: Kind): Promise<Result> {
       await client.query(`CREATE ROLE repl REPLICATION LOGIN PASSWORD '${PASSWORD}'`);
       await client.query('CHECKPOINT');
       if (standbys.includes('receivewal')) await client.query(`SELECT pg_create_physical_replication_slot('receivewal', true)`);
-      for (const name of standbys) receivers.push(startReceiver(name, dir, port));
+      for (const name of standbys) receivers.push(startReceiver(name, dir, port, kind === 'e' ? BASELINE_SOURCE : undefined));
       await waitFor(client, receivers, `state = 'streaming'`, 'the receivers to stream');
       if (standbys.length) {
         await client.query(`ALTER SYSTEM SET synchronous_standby_names = 'ANY ${quorum} (${standbys.join(', ')})'`);
@@ -296,7 +304,7 @@ console.log(
   `${execFileSync('nproc').toString().trim()} cores, node ${process.version}, temp disk ${disk[0]} (${disk[1]}, mounted on ${disk[5]})\n`,
 );
 
-const results: Record<Kind, Result[]> = { a: [], b: [], c: [], d: [] };
+const results: Record<Kind, Result[]> = { a: [], b: [], c: [], d: [], e: [] };
 const loads: string[] = [];
 const loadAverage = () => fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 for (let round = 1; round <= rounds; round++) {
@@ -344,14 +352,17 @@ for (const kind of kinds.filter((k) => k !== 'a')) {
     );
   }
 }
+/** Median over the rounds of the ratio of CPU per transaction of the first receiver of `kind` to that of `base`. */
+const cpuRatio = (kind: Kind, base: Kind) =>
+  median(results[kind].map((r, i) => r.receivers[0].cpuSeconds / r.transactions / (results[base][i].receivers[0].cpuSeconds / results[base][i].transactions)));
 if (cpuPerTx.b && cpuPerTx.c) {
-  const ratio = median(
-    results.c.map(
-      (r, i) => r.receivers[0].cpuSeconds / r.transactions / (results.b[i].receivers[0].cpuSeconds / results.b[i].transactions),
-    ),
-  );
   console.log(
-    `\nCPU per transaction, 1 safekeeper vs pg_receivewal: ${cpuPerTx.c.toFixed(0)} vs ${cpuPerTx.b.toFixed(0)} µs (ratio ${ratio.toFixed(2)}, median of per-round ratios)`,
+    `\nCPU per transaction, 1 safekeeper vs pg_receivewal: ${cpuPerTx.c.toFixed(0)} vs ${cpuPerTx.b.toFixed(0)} µs (ratio ${cpuRatio('c', 'b').toFixed(2)}, median of per-round ratios)`,
+  );
+}
+if (cpuPerTx.c && cpuPerTx.e) {
+  console.log(
+    `A/B, this safekeeper (c) vs the baseline (e): TPS ratio ${fixed(ratioOf('c', 'e'))}, CPU per transaction ${cpuPerTx.c.toFixed(0)} vs ${cpuPerTx.e.toFixed(0)} µs (ratio ${cpuRatio('c', 'e').toFixed(2)}); medians of per-round ratios`,
   );
 }
 console.log(`Load average (1/5/15 min) after each round: ${loads.join('; ')}`);
