@@ -1,6 +1,7 @@
 // bench/memory: the daemon's memory as the database grows (issue 12: "memory that does not grow with the database").
 // For pgbench scales 8 and 64 (~100 MB, ~1 GB; 640 ≈ 10 GB with --large), in a fresh repository:
-//   1. pgbench -i, then `neon image create` (a full base image): daemon VmRSS and VmHWM (peak) after it
+//   1. pgbench -i, then `neon image create` (a full base image): daemon VmRSS and VmHWM (peak) right after it, and
+//      VmRSS 20 s later (the hashing workers end after 15 s idle: what stays is the daemon's own)
 //   2. `neon stop` + `neon start`: VmRSS after the restart (the chunk index is opened)
 //   3. `neon image create` again (every page is looked up in the chunk index): VmRSS and VmHWM after it
 // Figures come from /proc/<daemon pid>/status. With --baseline DIR (a checkout of an earlier commit with its
@@ -72,6 +73,8 @@ async function measure(cli: string, scale: number): Promise<Metrics> {
     m.rssImage = first.rss;
     m.hwmImage = first.hwm;
     m.load1 = load();
+    await new Promise((resolve) => setTimeout(resolve, 20_000));
+    m.rssSettled = memory(pid()).rss;
     neonAt(cli, ['stop'], dir);
     // The compute may come back on another port (its old one taken meanwhile): use the address start reports.
     await lib.firstQuery(neonAt(cli, ['start'], dir).connection_string as string);
@@ -109,7 +112,8 @@ for (const scale of scales) {
       const key = `${side}/${scale}`;
       results.set(key, [...(results.get(key) ?? []), m]);
       console.log(
-        `  ${side} scale ${scale} run ${r + 1}: db ${mb(m.dbBytes)}, after image ${mb(m.rssImage)} (peak ${mb(m.hwmImage)}), ` +
+        `  ${side} scale ${scale} run ${r + 1}: db ${mb(m.dbBytes)}, after image ${mb(m.rssImage)} (peak ${mb(m.hwmImage)}, ` +
+          `20 s later ${mb(m.rssSettled)}), ` +
           `after restart ${mb(m.rssRestart)}, after a 2nd image ${mb(m.rssImage2)} (peak ${mb(m.hwmImage2)}); ` +
           `index file ${mb(m.chunkIndexBytes)}; load ${m.load1.toFixed(1)}/${m.load2.toFixed(1)}`,
       );
@@ -120,14 +124,18 @@ for (const scale of scales) {
 const med = (key: string, field: string) => median((results.get(key) ?? []).map((m) => m[field]));
 const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : '–');
 console.log('');
-console.log('| scale (db size) | daemon RSS after image (peak) | after restart | after a 2nd image (peak) | baseline: after image / restart / 2nd image | ratio after restart | load avg |');
+console.log(
+  '| scale (db size) | daemon RSS after image (peak; 20 s later) | after restart | after a 2nd image (peak) | ' +
+    'baseline: after image / restart / 2nd image | ratio after image / after restart | load avg |',
+);
 console.log('|---|---|---|---|---|---|---|');
 for (const scale of scales) {
   const t = `this/${scale}`;
   const b = `baseline/${scale}`;
   const base = baseline ? `${mb(med(b, 'rssImage'))} / ${mb(med(b, 'rssRestart'))} / ${mb(med(b, 'rssImage2'))}` : '–';
   console.log(
-    `| ${scale} (${mb(med(t, 'dbBytes'))}) | ${mb(med(t, 'rssImage'))} (${mb(med(t, 'hwmImage'))}) | ${mb(med(t, 'rssRestart'))} | ` +
-      `${mb(med(t, 'rssImage2'))} (${mb(med(t, 'hwmImage2'))}) | ${base} | ${ratio(med(t, 'rssRestart'), med(b, 'rssRestart'))} | ${med(t, 'load1').toFixed(1)} |`,
+    `| ${scale} (${mb(med(t, 'dbBytes'))}) | ${mb(med(t, 'rssImage'))} (${mb(med(t, 'hwmImage'))}; ${mb(med(t, 'rssSettled'))}) | ` +
+      `${mb(med(t, 'rssRestart'))} | ${mb(med(t, 'rssImage2'))} (${mb(med(t, 'hwmImage2'))}) | ${base} | ` +
+      `${ratio(med(t, 'rssImage'), med(b, 'rssImage'))} / ${ratio(med(t, 'rssRestart'), med(b, 'rssRestart'))} | ${med(t, 'load1').toFixed(1)} |`,
   );
 }
