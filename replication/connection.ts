@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import net from 'node:net';
 import { ScramClient } from './scram.js';
 import { createHash } from 'node:crypto';
@@ -73,6 +74,8 @@ export class WireConnection {
   private batchEnd?: () => void;
   private closed = false;
   private copyEnded = false;
+  /** The last read filled the reused read buffer: more is likely waiting in the socket. */
+  private readWasFull = false;
   private closeError?: Error;
   private readonly closeListeners: ((error?: Error) => void)[] = [];
 
@@ -123,6 +126,14 @@ export class WireConnection {
     return this.closed;
   }
 
+  /**
+   * True while a batch ends whose read filled the whole {@link ConnectOptions.readBuffer}: libuv reads the socket
+   * again right after, so a handler that syncs per batch should wait for that read rather than sync twice.
+   */
+  get moreToRead(): boolean {
+    return this.readWasFull;
+  }
+
   private fail(error: Error): void {
     if (this.closed) return;
     this.closed = true;
@@ -147,6 +158,7 @@ export class WireConnection {
   }
 
   private receiveRead(buffer: Uint8Array, length: number): void {
+    this.readWasFull = length === buffer.length;
     this.receive(Buffer.from(buffer.buffer, buffer.byteOffset, length));
   }
 
@@ -224,6 +236,23 @@ export class WireConnection {
     message.writeUInt32BE(length, head);
     let at = head + 4;
     for (const part of parts) at += part.copy(message, at);
+    this.write(message);
+  }
+
+  // A message (a status reply, thousands a second) is written with write(2) at once when nothing is queued before
+  // it, rather than through the stream's per-write request, callback and bookkeeping; what the kernel does not take
+  // (a full socket buffer), or an error, goes the stream's way, which queues it or reports the error.
+  private write(message: Buffer): void {
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (fd !== undefined && fd >= 0 && this.socket.writableLength === 0 && !this.socket.connecting) {
+      try {
+        const written = fs.writeSync(fd, message);
+        if (written === message.length) return;
+        message = message.subarray(written);
+      } catch {
+        // EAGAIN, or a broken connection that the stream reports
+      }
+    }
     this.socket.write(message);
   }
 
