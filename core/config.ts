@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { cosmiconfig, defaultLoaders, type Loader } from 'cosmiconfig';
+import type { Loader } from 'cosmiconfig';
 import { NeonError, messageOf } from './errors.js';
 import { resolvePlugins, type ConfigEnv, type NeonPlugin, type PluginOption } from './plugin.js';
 
@@ -96,6 +96,9 @@ export const CONFIG_FILES = [
  * together with `builtins` (always applied; a configured plugin of the same name replaces one).
  */
 export async function loadConfig(dir: string, env: ConfigEnv, builtins: PluginOption[] = []): Promise<ResolvedConfig> {
+  // cosmiconfig (with its YAML parser) is ~200 KB of code to load: a folder with nothing to find skips it.
+  if (await nothingToLoad(dir)) return { config: {}, plugins: resolvePlugins([], env, builtins) };
+  const { cosmiconfig, defaultLoaders } = await import('cosmiconfig');
   const explorer = cosmiconfig('neon', {
     searchPlaces: CONFIG_FILES,
     searchStrategy: 'none',
@@ -130,6 +133,22 @@ export async function loadConfig(dir: string, env: ConfigEnv, builtins: PluginOp
 }
 
 const isPackageJson = (filepath: string) => path.basename(filepath) === 'package.json';
+
+/**
+ * True when `dir` has no config file and no package.json with a `neon` key: what cosmiconfig would find there is
+ * nothing. A package.json that does not parse is left to cosmiconfig, which reports it.
+ */
+async function nothingToLoad(dir: string): Promise<boolean> {
+  const names = new Set(await fs.readdir(dir).catch(() => [] as string[]));
+  if (CONFIG_FILES.some((name) => name !== 'package.json' && names.has(name))) return false;
+  if (!names.has('package.json')) return true;
+  try {
+    const parsed = JSON.parse(await fs.readFile(path.join(dir, 'package.json'), 'utf8')) as unknown;
+    return typeof parsed === 'object' && parsed !== null && !Object.hasOwn(parsed, 'neon');
+  } catch {
+    return false;
+  }
+}
 
 /** What the loaders hand cosmiconfig for a config file: its export, boxed. */
 type Boxed = { exported: unknown };

@@ -1,39 +1,37 @@
 import fs from 'node:fs/promises';
-import { builtinPlugins } from './builtins.js';
-import { loadConfig, type NeonConfig } from '../core/config.js';
 import { Compute, type ComputeInfo } from './compute.js';
-import { NeonError, isExpected, messageOf } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fs-atomic.js';
-import { createHooks, type NeonHooks } from '../core/hooks.js';
+import { NeonError, messageOf } from '../core/errors.js';
 import { acquireDaemonLock } from './lock.js';
-import { createLogger, type Logger } from '../core/log.js';
-import { applyPlugins, type NeonPlugin } from '../core/plugin.js';
-import { checkBinaries, reachableBinaries, type PgBinaries } from '../postgres/binaries.js';
-import { pgUserFor, type PgUser } from '../postgres/user.js';
-import { ensureSocketDir, INTERNAL_ROLE, socketDirOf } from '../postgres/internal.js';
+import type { Logger } from '../core/log.js';
+import { INTERNAL_ROLE } from '../postgres/internal.js';
 import { Health } from './health.js';
 import { resolveLauncher, resolveStorage } from '../core/resolve.js';
+import type { NeonConfig } from '../core/config.js';
+import type { NeonHooks } from '../core/hooks.js';
+import type { NeonPlugin } from '../core/plugin.js';
+import type { PgBinaries } from '../postgres/binaries.js';
+import type { PgUser } from '../postgres/user.js';
+import { configure } from './daemon-config.js';
 import { Safekeepers } from './safekeepers.js';
 import type { Storage } from '../core/storage.js';
-import { WalStore } from '../wal/store.js';
-import { ImageService } from './images.js';
-import { StorageSync } from './storage-sync.js';
-import { claimStorage } from './claim.js';
+import type { WalStore } from '../wal/store.js';
+import type { ImageService } from './images.js';
+import type { StorageSync } from './storage-sync.js';
 import type { Launcher } from '../core/launcher.js';
-import { Pageserver } from '../pageserver/pageserver.js';
+import type { Pageserver } from '../pageserver/pageserver.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import type { RestServer } from '../core/rest.js';
 import type { DaemonContext } from './context.js';
-import { isPrimary, Repository, type ComputeRecord, type RepoMeta } from './repository.js';
-import { makePrivate } from './modes.js';
+import { isPrimary, Repository, type ComputeRecord, type RepoMeta, type RepoState } from './repository.js';
 import { finishDestroys } from './trash.js';
-import { pulledWalHolder } from './storages.js';
-import { storageComputeStarted } from './storage-replica.js';
+import { serveRest, type RoutesOf } from './daemon-rest.js';
 import { trace } from '../lib/trace.js';
 import { settled } from '../lib/settled.js';
 
-/** The REST port used when none is configured (the seed's `http://localhost:3000`). */
-export const DEFAULT_DAEMON_PORT = 3000;
+export { DEFAULT_DAEMON_PORT } from './daemon-rest.js';
+
+// Only what comes before Postgres is spawned is imported above; the history (pageserver, chunk store, WAL),
+// storage sync, base images and REST routes are most of the daemon's code and load while Postgres boots.
 
 /**
  * The neon daemon: owns the components of one repository (the computes for now), supervises them and answers
@@ -80,34 +78,19 @@ export class Daemon implements DaemonContext {
   ) {}
 
   /** Start everything; resolves with a notice for the user (a port that had to change), if any. */
-  async start(routes: (rest: RestServer) => RestServer | Promise<RestServer>): Promise<string | undefined> {
+  async start(routes: RoutesOf): Promise<string | undefined> {
     const { repo, meta, log } = this;
     this.releaseLock = await acquireDaemonLock(repo.pidFile, repo.dir);
     await fs.rm(repo.daemonFile, { force: true });
     trace('daemon', 'lock taken');
-    const loaded = await loadConfig(meta.projectDir, { command: 'start' }, builtinPlugins());
-    this.config = loaded.config;
-    this.configFile = loaded.file;
-    this.plugins = loaded.plugins;
-    this.hooks = createHooks();
-    applyPlugins(this.hooks, this.plugins);
-    log.info('config %s; plugins: %s', loaded.file ?? '(defaults)', this.plugins.map((p) => p.name).join(', '));
-
-    trace('daemon', 'config loaded');
-    this.pgUser = pgUserFor(this.config.postgres?.user);
-    this.binaries = await reachableBinaries(await checkBinaries(meta.postgres), this.pgUser);
-    // After the binaries: a copy of them made for the Postgres user must stay readable by it.
-    makePrivate(repo, this.pgUser, log);
-    this.socketDir = socketDirOf(repo.dir);
-    ensureSocketDir(this.socketDir, this.pgUser);
-    this.computeLauncher = notifying(await resolveLauncher(this.hooks, 'compute'), () => this.onLaunch());
-    trace('daemon', 'binaries checked, launcher resolved');
+    Object.assign(this, await configure(repo, meta, log, () => this.onLaunch()));
     const token = await repo.readToken();
     // One writer per storage_dest: refused here when another repository holds it (see claim.ts).
-    this.storage = meta.storageDest
-      ? (await claimStorage(await resolveStorage(this.hooks, meta.storageDest), { repoDir: repo.dir, log: log.child('claim'), hooks: this.hooks }))
-          .storage
-      : undefined;
+    if (meta.storageDest) {
+      const { claimStorage } = await import('./claim.js');
+      const storage = await resolveStorage(this.hooks, meta.storageDest);
+      this.storage = (await claimStorage(storage, { repoDir: repo.dir, log: log.child('claim'), hooks: this.hooks })).storage;
+    }
     const state = await repo.readState();
     const safekeeperCount = this.config.safekeepers ?? 1;
     this.safekeepers = new Safekeepers(safekeeperCount, {
@@ -118,42 +101,53 @@ export class Daemon implements DaemonContext {
       log: log.child('safekeepers'),
       mainBranch: () => this.mainBranch(),
     });
-    this.wal = new WalStore(
-      // Safekeepers' WAL, and the WAL pulled with snapshots from other storages (daemon/transfer.ts).
-      () => [...this.safekeepers.nodes, pulledWalHolder(repo.dir)],
-      this.storage,
-      // The main compute's branch first: offload reports its progress.
-      () => [this.mainBranch(), ...this.safekeepers.branches().filter((b) => b !== this.mainBranch())],
-    );
     trace('daemon', 'storage claimed, state read');
-    this.pageserver = await Pageserver.open({
-      repoDir: repo.dir,
-      log: log.child('pageserver'),
-      owner: this.pgUser,
-      wal: this.wal,
-      hooks: this.hooks,
-    });
-    if (this.storage) {
-      const first = this.pageserver.images('main')[0];
-      const systemId = first ? (await this.pageserver.readImage(first.key)).systemId : 'unknown';
-      const login = state.computes.main;
-      this.sync = new StorageSync(
-        this.pageserver,
-        this.storage,
-        () => ({
-          systemId,
-          pgVersion: this.binaries.version,
-          login: { user: login.user, password: login.password, database: login.database },
-          branch: this.mainBranch(),
-        }),
-        log.child('sync'),
-      );
-      this.sync.schedule();
-    }
-
-    trace('daemon', 'pageserver open');
     await finishDestroys(repo, state, log);
     for (const record of Object.values(state.computes)) this.addCompute(record);
+    // The history opens once Postgres is spawned (below), or once a compute is up without a spawn (adopted after
+    // a daemon crash): what a started compute needs of it waits for it.
+    let openHistory!: () => void;
+    const history = new Promise<void>((resolve) => (openHistory = resolve)).then(() => this.openHistory(state));
+    this.tapComputeStarted(() => (openHistory(), history));
+    // Side by side, none waiting for another: Postgres, the safekeepers' processes (a primary's commits wait for
+    // them through synchronous_standby_names, not its start), the history and the REST API (whose modules load
+    // meanwhile). Postgres is spawned first: compiling those modules on this thread would hold its launch up.
+    const running = [...this.computes.values()].filter((c) => c.record.running);
+    const spawned = this.launches(running.length);
+    const computes = Promise.all(running.map((c) => c.start())).then(() => trace('daemon', 'computes running'));
+    await Promise.race([spawned, computes.catch(() => undefined)]);
+    this.onLaunch = () => undefined;
+    openHistory();
+    const [served] = await settled([
+      history.then(() => serveRest(routes, token, this)),
+      computes,
+      this.safekeepers.start().then(() => trace('daemon', 'safekeepers spawned')),
+    ] as const);
+    this.rest = served.rest;
+    this.port = served.port;
+    await this.afterStart();
+    return served.notice;
+  }
+
+  // The WAL store, the pageserver and the storage sync (daemon-history.ts, loaded here).
+  private async openHistory(state: RepoState): Promise<void> {
+    const { openHistory } = await import('./daemon-history.js');
+    const { wal, pageserver, sync } = await openHistory({
+      repo: this.repo,
+      log: this.log,
+      hooks: this.hooks,
+      owner: this.pgUser,
+      storage: this.storage,
+      safekeepers: this.safekeepers,
+      binaries: this.binaries,
+      login: state.computes.main,
+      mainBranch: () => this.mainBranch(),
+    });
+    Object.assign(this, { wal, pageserver, sync });
+    trace('daemon', 'pageserver open');
+  }
+
+  private tapComputeStarted(history: () => Promise<void>): void {
     // The safekeepers follow every primary wherever it runs (its port may change between starts).
     this.hooks.computeStarted.tap('neon:safekeepers', ({ name }) => {
       const record = this.compute(name).record;
@@ -161,20 +155,16 @@ export class Daemon implements DaemonContext {
       if (isPrimary(record)) this.safekeepers.attach(record.branch, this.primaryOf(record));
     });
     // Computes over pulled snapshots: this repository's login, and a storage replica's WAL follower.
-    this.hooks.computeStarted.tapPromise('neon:storage-computes', ({ name }) => storageComputeStarted(this, name));
-    // Side by side, none waiting for another: Postgres, the safekeepers' processes (a primary's commits wait for
-    // them through synchronous_standby_names, not its start) and the REST API (whose modules load meanwhile).
-    // Postgres is spawned first: compiling the REST modules on this thread would hold its launch up.
-    const running = [...this.computes.values()].filter((c) => c.record.running);
-    const spawned = this.launches(running.length);
-    const computes = Promise.all(running.map((c) => c.start())).then(() => trace('daemon', 'computes running'));
-    await Promise.race([spawned, computes.catch(() => undefined)]);
-    this.onLaunch = () => undefined;
-    const [notice] = await settled([
-      this.serve(routes, token),
-      computes,
-      this.safekeepers.start().then(() => trace('daemon', 'safekeepers spawned')),
-    ] as const);
+    this.hooks.computeStarted.tapPromise('neon:storage-computes', async ({ name }) => {
+      await history();
+      const { storageComputeStarted } = await import('./storage-replica.js');
+      await storageComputeStarted(this, name);
+    });
+  }
+
+  // Once the computes, safekeepers and REST API are up: streams, plugins' start hooks, base images, health.
+  private async afterStart(): Promise<void> {
+    const { repo, meta, log } = this;
     // Stopped primaries too: their streams report that the primary is down, and resume when it is back.
     for (const compute of this.computes.values()) {
       if (!isPrimary(compute.record)) continue;
@@ -192,13 +182,13 @@ export class Daemon implements DaemonContext {
       status: this.pluginStatus,
     });
     trace('daemon', 'start hooks done');
+    const { ImageService } = await import('./images.js');
     this.images = new ImageService(this, this.config.pageserver);
     if (this.pageserver.images('main').length === 0 && this.computes.get('main')?.state === 'running') {
       this.pageserver.setFirstImage(this.images.take('main'));
     }
     this.images.start();
     this.health.start();
-    return notice;
   }
 
   /** Called after each compute launch (see launches()). */
@@ -211,20 +201,6 @@ export class Daemon implements DaemonContext {
       this.onLaunch = () => void (--left <= 0 && resolve());
       if (left <= 0) resolve();
     });
-  }
-
-  // The REST API on 127.0.0.1, and daemon.json saying where it is; resolves with the notice of listen().
-  private async serve(routes: (rest: RestServer) => RestServer | Promise<RestServer>, token: string): Promise<string | undefined> {
-    const { RestServer } = await import('../core/rest.js');
-    this.rest = await routes(new RestServer(token, this.log.child('rest')));
-    const notice = await this.listen();
-    await writeFileAtomic(
-      this.repo.daemonFile,
-      JSON.stringify({ pid: process.pid, port: this.port, startedAt: this.startedAt.toISOString() }) + '\n',
-    );
-    this.log.info('REST API on http://127.0.0.1:%d', this.port);
-    trace('daemon', 'REST listening, daemon.json written');
-    return notice;
   }
 
   /** Supervise a compute of the repository (read from state.json, or just created). */
@@ -245,29 +221,6 @@ export class Daemon implements DaemonContext {
     });
     this.computes.set(record.name, compute);
     return compute;
-  }
-
-  // The configured port (neon.config.ts daemon.port, or NEON_PORT) must be free; the default may move.
-  private async listen(): Promise<string | undefined> {
-    const configured = process.env.NEON_PORT ? Number(process.env.NEON_PORT) : this.config.daemon?.port;
-    if (configured !== undefined && (!Number.isInteger(configured) || configured < 0 || configured > 65535)) {
-      throw new NeonError('bad_port', `daemon port ${configured} is not a port number (0-65535)`);
-    }
-    try {
-      this.port = await this.rest!.listen(configured ?? DEFAULT_DAEMON_PORT);
-      return undefined;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
-      if (configured !== undefined) {
-        const where = process.env.NEON_PORT ? 'NEON_PORT' : 'daemon.port in neon.config.ts';
-        throw new NeonError(
-          'port_taken',
-          `port ${configured} (set by ${where}) is already in use on 127.0.0.1: free it or choose another port`,
-        );
-      }
-      this.port = await this.rest!.listen(0);
-      return `port ${DEFAULT_DAEMON_PORT} is in use, so the REST API listens on port ${this.port}`;
-    }
   }
 
   /** The branch of the main compute: the default branch for snapshots and new branches. */
@@ -340,15 +293,4 @@ export class Daemon implements DaemonContext {
     })();
     return this.shuttingDown;
   }
-}
-
-/** `launcher`, calling `after` once each launch has spawned its process or failed to. */
-function notifying(launcher: Launcher, after: () => void): Launcher {
-  return {
-    launch: (spec) =>
-      launcher.launch(spec).finally(() => {
-        trace('daemon', `${spec.name}: process spawned`);
-        after();
-      }),
-  };
 }
