@@ -4,6 +4,8 @@ import { NeonError } from '../core/errors.js';
 import type { LaunchedProcess, ProcessExit } from '../core/launcher.js';
 import { readPostmasterPid } from '../postgres/postmaster.js';
 import { freePort } from '../lib/net.js';
+import path from 'node:path';
+import type { PgUser } from '../postgres/user.js';
 
 /*
  * The waits of a compute (daemon/compute.ts): until Postgres accepts connections, then until an archive recovery
@@ -125,6 +127,17 @@ export async function waitRecovery(
       throw new NeonError('recovery_failed', `compute ${compute.name} did not finish recovery in time; see ${compute.logFile}`);
     await sleep(50);
   }
+}
+
+/**
+ * A static compute with no target left (a time after the last commit) follows the WAL to its end as a standby,
+ * which stays read-only there; archive recovery would promote it.
+ */
+export function signalFor(dataDir: string, recovery: { until: string; settings: Record<string, string> }, owner?: PgUser): void {
+  if (recovery.until !== 'paused' || hasTarget(recovery.settings)) return;
+  fs.rmSync(path.join(dataDir, 'recovery.signal'), { force: true });
+  fs.writeFileSync(path.join(dataDir, 'standby.signal'), '');
+  if (owner) fs.chownSync(path.join(dataDir, 'standby.signal'), owner.uid, owner.gid);
 }
 
 /** True when recovery settings name a point to stop at. */

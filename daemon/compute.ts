@@ -9,16 +9,7 @@ import { adoptPostmaster, stopLeftovers } from '../postgres/postmaster.js';
 import { ensureInternalRole, sql, type Login } from '../postgres/sql.js';
 import { asUser } from '../postgres/user.js';
 import { trace } from '../lib/trace.js';
-import {
-  ENDED_BEFORE_TARGET,
-  HEALTHY_UPTIME_MS,
-  describe,
-  hasTarget,
-  onFreePort,
-  restartDelay,
-  waitReady,
-  waitRecovery,
-} from './compute-wait.js';
+import * as wait from './compute-wait.js';
 import type { ComputeDeps, ComputeInfo, ComputeState } from './compute-types.js';
 import { isPrimary, type ComputeRecord } from './repository.js';
 
@@ -105,7 +96,7 @@ export class Compute {
         // A time after the last commit of the WAL means "the end": Postgres only stops at a time on a commit after
         // it, and gives up at the end of the WAL. Recover to the end instead.
         const settings = this.record.recovery?.settings;
-        if (!settings?.recovery_target_time || !ENDED_BEFORE_TARGET.test((error as Error).message)) throw error;
+        if (!settings?.recovery_target_time || !wait.ENDED_BEFORE_TARGET.test((error as Error).message)) throw error;
         const { recovery_target_time: time, ...rest } = settings;
         this.deps.log.info('no commit after %s in the WAL of compute %s: recovering to the end instead', time, this.record.name);
         this.record = { ...this.record, recovery: { ...this.record.recovery!, settings: rest } };
@@ -176,16 +167,10 @@ export class Compute {
       const port = await portOrFree(record.port);
       if (port !== record.port) await this.movePort(port, 'is taken');
       const recovery = this.record.recovery;
-      // A static compute with no target left (a time after the last commit) follows the WAL to its end as a
-      // standby, which stays read-only there; archive recovery would promote it.
-      if (recovery?.until === 'paused' && !hasTarget(recovery.settings)) {
-        fs.rmSync(path.join(this.dataDir, 'recovery.signal'), { force: true });
-        fs.writeFileSync(path.join(this.dataDir, 'standby.signal'), '');
-        if (deps.pgUser) fs.chownSync(path.join(this.dataDir, 'standby.signal'), deps.pgUser.uid, deps.pgUser.gid);
-      }
+      if (recovery) wait.signalFor(this.dataDir, recovery, deps.pgUser);
       // The port was free when looked at, but another repository's compute starting at the same moment may bind it
       // first: then Postgres starts again on a port the kernel picks.
-      const child = await onFreePort(
+      const child = await wait.onFreePort(
         () => this.spawnReady(),
         (taken) => this.movePort(taken, 'was taken as it started'),
       );
@@ -214,7 +199,7 @@ export class Compute {
     });
     this.process = child;
     child.exited.then((exit) => this.onExit(child, exit));
-    await waitReady(this.waited, child);
+    await wait.waitReady(this.waited, child);
     return child;
   }
 
@@ -277,7 +262,7 @@ export class Compute {
   // Wait for the recovery to end; a primary then no longer needs the WAL gathered for it, nor its recovery record.
   private async recover(child: LaunchedProcess, until: 'promoted' | 'paused' | 'standby'): Promise<void> {
     const settings = this.record.recovery?.settings ?? {};
-    this.reachedLsn = await waitRecovery({ ...this.waited, settings, query: (q) => this.query(q) }, child, until);
+    this.reachedLsn = await wait.waitRecovery({ ...this.waited, settings, query: (q) => this.query(q) }, child, until);
     if (until !== 'promoted') return;
     const walDir = this.record.recovery?.walDir;
     if (walDir) fs.rmSync(walDir, { recursive: true, force: true });
@@ -295,15 +280,15 @@ export class Compute {
       .catch((error) => log.error('%s', error.message));
     // Exits while starting are reported by waitReady; exits we asked for need no answer.
     if (expected || this.state !== 'running') return;
-    log.error('compute %s exited unexpectedly (%s)', this.record.name, describe(exit));
-    if (Date.now() - this.runningSince >= HEALTHY_UPTIME_MS) this.failures = 0;
+    log.error('compute %s exited unexpectedly (%s)', this.record.name, wait.describe(exit));
+    if (Date.now() - this.runningSince >= wait.HEALTHY_UPTIME_MS) this.failures = 0;
     this.scheduleRestart();
   }
 
   // The next attempt of the supervisor: at once after a healthy run, then with a pause doubling up to 30 s.
   private scheduleRestart(): void {
     const { log } = this.deps;
-    const delay = restartDelay(this.failures);
+    const delay = wait.restartDelay(this.failures);
     this.failures += 1;
     this.state = 'restarting';
     this.nextRestartAt = Date.now() + delay;

@@ -17,6 +17,7 @@ import { discardCompute } from './trash.js';
 import { isReplica } from './schemas.js';
 import { createStorageReplica } from './storage-replica.js';
 import { readFollowSpec } from './storage-follower.js';
+import { trace } from '../lib/trace.js';
 
 /** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export interface CreateComputeRequest {
@@ -137,6 +138,7 @@ async function materialise(
 ): Promise<ComputeInfo> {
   const home = path.join(daemon.repo.computesDir, name);
   const main = daemon.compute('main').record;
+  trace('daemon', `pg create ${name}: start`);
   try {
     makeComputeHome(home);
     const walDir = path.join(home, 'wal');
@@ -144,6 +146,7 @@ async function materialise(
     const prepared = await daemon.pageserver.prepare(branch, standby ? { action: 'promote' } : target, path.join(home, 'pgdata'), walDir, {
       finishedWalOnly: standby,
     });
+    trace('daemon', `pg create ${name}: prepared`);
     const settings = { ...prepared.settings, ...CREATION_SETTINGS };
     if (standby) {
       // A replica streams from the primary, and restores older WAL from the store until it catches up.
@@ -172,8 +175,10 @@ async function materialise(
     };
     await daemon.saveCompute(record);
     const compute = daemon.addCompute(record);
+    trace('daemon', `pg create ${name}: saved`);
     await compute.start();
     if (until === 'promoted') await becomePrimary(daemon, compute);
+    trace('daemon', `pg create ${name}: done`);
     return compute.info();
   } catch (error) {
     await destroyCompute(daemon, name, { force: true }).catch(() => undefined);

@@ -214,23 +214,29 @@ export class Pageserver {
     const wal = this.deps.wal;
     if (!wal) throw new Error('the pageserver has no WAL store here');
     const image = await this.chooseImage(branch, target);
-    const { files } = await stageWal(wal, this.history.chain(branch), parseLsn(image.startLsn), walDir, {
+    // The WAL is gathered and checked (CPU on this thread) while the image's files are copied (on libuv's threads).
+    const staging = stageWal(wal, this.history.chain(branch), parseLsn(image.startLsn), walDir, {
       owner: this.deps.owner,
       finishedOnly: options.finishedWalOnly,
       until: target.lsn,
       untilTime: target.time,
     });
     const key = imageKey(image.branch, parseLsn(image.endLsn));
-    try {
-      // takeCache: an older image's copy may be renamed into place (a checkout), see ImageCache.restore.
+    const restoring = (async () => {
+      // takeCache: an older image's copy may be renamed into place (a checkout), see ImageCache.restore; a rename
+      // costs nothing, and the copy must not be used up by a checkout that its WAL then refuses.
+      if (options.takeCache) await staging;
       const { owner } = this.deps;
       const progress = options.progress && ((bytes: number) => options.progress!(bytes, image.rawBytes));
       if (this.cache.has(key)) await this.cache.restore(key, image, dataDir, owner, { take: options.takeCache, progress });
       else await restoreImage(this.store, image, dataDir, { owner, progress: options.progress });
-    } catch (error) {
+    })();
+    const [staged, restored] = await Promise.allSettled([staging, restoring]);
+    if (staged.status === 'rejected' || restored.status === 'rejected') {
       fs.rmSync(dataDir, { recursive: true, force: true });
-      throw error;
+      throw staged.status === 'rejected' ? staged.reason : (restored as PromiseRejectedResult).reason;
     }
+    const { files } = staged.value;
     fs.writeFileSync(path.join(dataDir, 'recovery.signal'), '');
     if (this.deps.owner) fs.chownSync(path.join(dataDir, 'recovery.signal'), this.deps.owner.uid, this.deps.owner.gid);
     return { image, settings: recoverySettings(walDir, target), walDir, walFiles: files };

@@ -6,6 +6,7 @@ import type { PgUser } from '../postgres/user.js';
 import { DEFAULT_SEGMENT_SIZE, formatLsn, type Lsn, parseSegmentName, segmentOf, segmentStart } from '../core/wal.js';
 import { checkReach } from '../wal/reach.js';
 import { walFileSource } from '../wal/verify.js';
+import { trace } from '../lib/trace.js';
 
 /** Which branch's WAL serves which part of history: a branch up to its child's fork point. */
 export interface WalSpan {
@@ -64,7 +65,9 @@ export async function stageWal(
       if (segment) staged.push({ name, ...segment, ...copied });
     }
   }
+  trace('daemon', `stageWal: ${files} file(s) staged`);
   const end = await checkStagedWal(dir, staged, start, options);
+  trace('daemon', 'stageWal: checked');
   return { files, end };
 }
 
