@@ -5,7 +5,9 @@
 //   4. the daemon's RSS after the full image
 // PostgreSQL 15 on both sides (neon init --pg-version 15; the system's pg_basebackup and pgBackRest).
 //
-//   npm run bench:image [-- --scales 64] [--runs 3] [--keep-logs DIR]
+//   npm run bench:image [-- --scales 64] [--runs 3] [--keep-logs DIR] [--trace] [--neon-only]
+// --trace prints the daemon's image steps (NEON_TRACE, see lib/trace.ts) with the ms each took; --neon-only skips
+// the peers (for a quick look at neon's own figures: no ratios then).
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -17,6 +19,8 @@ import { MB, PlainCluster, bin, median, run, timed } from './lib-snapshot.js';
 const scales = lib.listArg('scales', [64]);
 const runs = lib.listArg('runs', [3])[0];
 const keepLogs = process.argv.includes('--keep-logs') ? process.argv[process.argv.indexOf('--keep-logs') + 1] : undefined;
+const tracing = process.argv.includes('--trace');
+const neonOnly = process.argv.includes('--neon-only');
 
 if (!fs.existsSync(bin('pg_basebackup')) || !fs.existsSync(CLI)) {
   console.error(`bench:image needs the system PostgreSQL 15 (${lib.PG_BIN}) and the built CLI (npm run build)`);
@@ -68,6 +72,8 @@ async function neonRun(scale: number): Promise<Metrics> {
   const cwd = { cwd: dir };
   const repo = path.join(dir, '.neon');
   const m: Metrics = {};
+  const traceFile = path.join(dir, 'trace');
+  if (tracing) process.env.NEON_TRACE = traceFile; // inherited by the daemon that neon start spawns
   try {
     const { url, dbBytes } = await lib.loadedNeon(dir, scale);
     m.dbBytes = dbBytes;
@@ -84,6 +90,7 @@ async function neonRun(scale: number): Promise<Metrics> {
     Object.assign(m, { incrMs, incrNew: incr.new_bytes, incrKind: incr.kind === 'incremental' ? 1 : 0, changedBytes: changed * 8192 });
     m.rssAfter = rssOf(daemonPid);
     await neon(['stop'], cwd);
+    if (tracing) printTrace(traceFile);
     return m;
   } finally {
     await lib.finishRun(dir, repo, scale, keepLogs);
@@ -91,7 +98,23 @@ async function neonRun(scale: number): Promise<Metrics> {
   }
 }
 
+/** The daemon's image steps from a NEON_TRACE file: each with the ms until the next step. */
+function printTrace(file: string): void {
+  const steps = fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .map((line) => /^(\S+) \d+ image (.*)$/.exec(line))
+    .filter((match) => match !== null)
+    .map((match) => ({ at: Number(match[1]), step: match[2] }));
+  steps.forEach(({ at, step }, i) => {
+    const next = steps[i + 1];
+    const took = next && !step.endsWith('stored') ? `${(next.at - at).toFixed(0).padStart(6)} ms` : '         ';
+    console.error(`  ${took}  ${step}`);
+  });
+}
+
 async function peerRun(scale: number): Promise<Metrics> {
+  if (neonOnly) return {};
   const dir = tmpDir('neon-bench-image-peer-');
   live.add(dir);
   const cluster = new PlainCluster(dir, await freePort());

@@ -8,6 +8,7 @@ import { takeOnlineImage } from '../pageserver/take-image.js';
 import { textRows, WireConnection } from '../replication/connection.js';
 import { parseLsn, segmentOf, segmentStart } from '../core/wal.js';
 import type { Compute } from './compute.js';
+import { trace } from '../lib/trace.js';
 
 const CHECK_EVERY_MS = 15_000;
 /** Incrementals in a row before a full image again: bounds what a stale free space map or a missed page could cost. */
@@ -80,6 +81,7 @@ export class ImageService {
       );
     }
     this.taking = true;
+    trace('image', `taking an image of ${compute.record.branch}`);
     try {
       const stored =
         (await this.takeIncremental(compute)) ??
@@ -93,6 +95,7 @@ export class ImageService {
           }),
         ));
       this.error = null;
+      trace('image', `image ${stored.kind} stored`);
       daemon.sync?.schedule();
       return stored;
     } catch (error) {
@@ -114,11 +117,13 @@ export class ImageService {
     if (!last) return undefined;
     try {
       const previous = await daemon.pageserver.readImage(last.key);
+      trace('image', 'incremental: previous manifest read');
       if ((previous.chain ?? 0) >= MAX_CHAIN) {
         daemon.log.info('incremental image of %s not taken (%d incrementals in a row): taking a full one', branch, MAX_CHAIN);
         return undefined;
       }
       const t0 = Date.now();
+      trace('image', 'incremental: checkpoint on the primary');
       const connection = await WireConnection.connect({ ...daemon.primaryOf(compute.record), database: 'postgres' });
       let point: Record<string, string | null>;
       try {
@@ -144,12 +149,14 @@ export class ImageService {
         return undefined;
       }
       daemon.log.info('incremental image of %s: checkpoint in %d ms', branch, Date.now() - t0);
-      return await daemon.pageserver.takeIncremental({
+      const stored = await daemon.pageserver.takeIncremental({
         previous,
         checkpoint: parseLsn(point.checkpoint_lsn!),
         upTo,
         binDir: daemon.binaries.binDir,
       });
+      trace('image', 'incremental: stored and committed');
+      return stored;
     } catch (error) {
       daemon.log.info('incremental image of %s not taken (%s): taking a full one', branch, messageOf(error));
       return undefined;

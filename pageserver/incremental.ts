@@ -9,15 +9,16 @@
 // other records flagged as special relation updates, a timeline switch) makes the caller take a full image.
 import fs from 'node:fs';
 import path from 'node:path';
-import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import { formatLsn, type Lsn, parseLsn } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, formatLsn, type Lsn, PARTIAL_SUFFIX, parseLsn, parseSegmentName, segmentOf } from '../core/wal.js';
 import type { PgUser } from '../postgres/user.js';
-import { addRecord, emptyChangedPages, type ChangedPages } from '../wal/changed-pages.js';
+import { changedPagesThrough, type ChangedPages } from '../wal/changed-pages.js';
 import type { WalStore } from '../wal/store.js';
-import { verifyWal, walFileSource } from '../wal/verify.js';
+import { walFileSource } from '../wal/verify.js';
+import { trace } from '../lib/trace.js';
+import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { ImageCache } from './image-cache.js';
 import { PAGE_SIZE } from './image-builder.js';
 import { imageKey, type ImageFile, type ImageManifest } from './manifest.js';
@@ -28,6 +29,8 @@ import { replayTo } from './replay.js';
 import { EMPTY_DIRS, SKIP_FILES, type NewImage } from './take-image.js';
 
 const RM_XACT_ID = 1;
+/** As stageWal stages: the default segment size (names carry the segment number at that size). */
+const SEGMENT_SIZE = DEFAULT_SEGMENT_SIZE;
 
 /** What an incremental image is made with. */
 export interface IncrementalContext {
@@ -71,7 +74,6 @@ export function needsFull(reason: string): NeonError {
 export async function takeIncrementalImage(ctx: IncrementalContext, request: IncrementalRequest): Promise<TakenIncremental> {
   const { previous } = request;
   const previousKey = imageKey(previous.branch, parseLsn(previous.endLsn));
-  const from = parseLsn(previous.startLsn);
   if (!ctx.cache.has(previousKey)) throw needsFull(`the previous image ${previousKey} has no plain copy to advance`);
   fs.rmSync(ctx.scratch, { recursive: true, force: true }); // a replay a crash interrupted
   fs.mkdirSync(ctx.scratch, { recursive: true, mode: 0o710 });
@@ -79,11 +81,12 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
   if (ctx.owner) fs.chownSync(ctx.scratch, process.getuid?.() ?? 0, ctx.owner.gid);
   const walDir = path.join(ctx.scratch, 'wal');
   try {
-    await stageWal(ctx.wal, ctx.spans, from, walDir, { owner: ctx.owner, until: request.upTo });
-    const { changes, checkpointEnd } = await readChanges(walDir, previous, request);
+    const { changes, checkpointEnd } = await stageAndRead(ctx, walDir, previous, request);
+    trace('image', 'incremental: adopting the plain copy');
     const adopted = await ctx.cache.adopt(previousKey, path.join(ctx.scratch, 'data'));
     if (!adopted) throw needsFull(`the previous image ${previousKey} has no plain copy to advance`);
     try {
+      trace('image', 'incremental: replaying');
       await replayTo({
         dataDir: adopted.root,
         walDir,
@@ -101,6 +104,7 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
         );
       }
       emptyFolder(path.join(adopted.root, 'pg_wal'));
+      trace('image', 'incremental: reading changed pages');
       const before = ctx.store.stats().storedBytes;
       const built = await buildFiles(ctx.store, adopted.root, previous, changes);
       const image: NewImage = {
@@ -121,6 +125,7 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
         rawBytes: built.rawBytes,
         newBytes: ctx.store.stats().storedBytes - before,
       };
+      trace('image', 'incremental: pages chunked');
       return { image, commit: adopted.commit, abandon: adopted.abandon };
     } catch (error) {
       adopted.abandon();
@@ -131,30 +136,94 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
   }
 }
 
-/** The changed-page set from the previous image's redo point to the checkpoint, and where that record ends. */
-async function readChanges(
+/**
+ * Stage the WAL from the previous image's redo point for the replay, and read its changed-page set in the same
+ * verifying pass. First each segment's local copy is linked as it is (no check per copy: the one walk from the
+ * redo point to `upTo` checks every record the replay will apply); when a segment is not on this disk or that
+ * walk finds damage, the WAL store stages again, choosing and verifying a good copy of each segment.
+ */
+async function stageAndRead(
+  ctx: IncrementalContext,
   walDir: string,
   previous: ImageManifest,
   request: IncrementalRequest,
 ): Promise<{ changes: ChangedPages; checkpointEnd: Lsn }> {
-  const source = walFileSource(walDir);
+  const from = parseLsn(previous.startLsn);
+  trace('image', 'incremental: staging local WAL');
+  let read = (await stageLocal(ctx, from, walDir, request.upTo)) ? await readChanges(walDir, previous, request) : undefined;
+  if (!read || 'problem' in read) {
+    ctx.log.info('incremental image: staging WAL through the WAL store (%s)', read ? read.problem : 'a segment is not on this disk');
+    fs.rmSync(walDir, { recursive: true, force: true });
+    trace('image', 'incremental: staging verified WAL');
+    await stageWal(ctx.wal, ctx.spans, from, walDir, { owner: ctx.owner, until: request.upTo });
+    read = await readChanges(walDir, previous, request);
+    if ('problem' in read) throw needsFull(read.problem);
+  }
+  return read;
+}
+
+/**
+ * Link (or, for an unfinished segment, copy) into `dir` the local copy of every WAL file the replay from `from`
+ * to `until` reads, as stageWal chooses them but unverified. False when a segment has no local copy (offloaded
+ * only) or changed while being staged.
+ */
+async function stageLocal(ctx: IncrementalContext, from: Lsn, dir: string, until: Lsn): Promise<boolean> {
+  const { owner } = ctx;
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  if (owner) fs.chownSync(dir, owner.uid, owner.gid);
+  const first = segmentOf(from, SEGMENT_SIZE);
+  for (const span of ctx.spans) {
+    // A span serves up to the next branch's fork point; the segment holding a fork point exists on both sides.
+    const stop = span.to === undefined || until < span.to ? until : span.to;
+    const lo = segmentOf(span.from, SEGMENT_SIZE);
+    const hi = segmentOf(stop, SEGMENT_SIZE);
+    for (const name of await ctx.wal.names(span.branch)) {
+      const segment = parseSegmentName(name, SEGMENT_SIZE);
+      if (segment && (segment.segno < first || segment.segno < lo || segment.segno > hi)) continue;
+      const file = ctx.wal.localFile(span.branch, name);
+      if (!file) return false;
+      const target = path.join(dir, name);
+      fs.rmSync(target, { force: true });
+      try {
+        // An unfinished segment is still being written: a copy of it, not a link.
+        if (file.endsWith(PARTIAL_SUFFIX)) fs.copyFileSync(file, target);
+        else fs.linkSync(file, target);
+      } catch {
+        return false; // finished and renamed, or another file system: the WAL store copies
+      }
+      // A link shares the safekeeper's file (private to neon's user): the Postgres user's group may read it, as
+      // stageWal allows; nobody else can.
+      if (owner) {
+        fs.chownSync(target, -1, owner.gid);
+        fs.chmodSync(target, 0o640);
+      }
+    }
+  }
+  return true;
+}
+
+/**
+ * The changed-page set from the previous image's redo point to the checkpoint, and where that record ends, from
+ * one walk that verifies the WAL up to `upTo`. A `problem` when the staged WAL does not serve (damaged, or short
+ * of the checkpoint); needs_full_image when it does but only a full image can describe the change.
+ */
+async function readChanges(
+  walDir: string,
+  previous: ImageManifest,
+  request: IncrementalRequest,
+): Promise<{ changes: ChangedPages; checkpointEnd: Lsn } | { problem: string }> {
+  trace('image', 'incremental: reading block references');
+  const source = walFileSource(walDir, { reuse: true });
   if (source.timeline !== previous.timeline) {
     throw needsFull(`the WAL is on timeline ${source.timeline}, the previous image on ${previous.timeline}`);
   }
-  const changes = emptyChangedPages();
-  let checkpointEnd: Lsn | undefined;
-  const result = await verifyWal(source, {
-    from: parseLsn(previous.startLsn),
-    upTo: request.upTo,
-    onRecord: (record) => {
-      if (checkpointEnd !== undefined) return; // records after the checkpoint are not replayed
-      addRecord(changes, record);
-      if (record.lsn === request.checkpoint) checkpointEnd = record.endLsn;
-    },
-  });
-  if (result.error) throw needsFull(`the WAL since the previous image cannot be read: ${result.error.message}`);
-  if (checkpointEnd === undefined)
-    throw needsFull(`checkpoint ${formatLsn(request.checkpoint)} is not in the WAL up to ${formatLsn(request.upTo)}`);
+  const from = parseLsn(previous.startLsn);
+  const { changes, result, throughEnd } = await changedPagesThrough(source, { from, upTo: request.upTo, through: request.checkpoint });
+  if (result.error) return { problem: `the WAL since the previous image cannot be read: ${result.error.message}` };
+  const checkpointEnd = throughEnd;
+  if (checkpointEnd === undefined) {
+    return { problem: `checkpoint ${formatLsn(request.checkpoint)} is not in the WAL up to ${formatLsn(request.upTo)}` };
+  }
   if (checkpointEnd <= parseLsn(previous.endLsn)) throw needsFull('no checkpoint since the previous image');
   if (changes.databases.length) {
     throw needsFull(`the WAL holds ${changes.databases.length} database-level records (CREATE or DROP DATABASE)`);

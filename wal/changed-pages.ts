@@ -4,7 +4,7 @@
 // and takes the listed whole relations/databases as changed.
 import type { Lsn } from '../core/wal.js';
 import { u32, type RecordWalker, type RelFileLocator, type WalRecord, type WalSource } from './records.js';
-import { walkWal, walFileSource } from './verify.js';
+import { walkWal, walFileSource, type VerifyResult } from './verify.js';
 
 const RM_SMGR_ID = 2;
 const RM_DBASE_ID = 4;
@@ -129,17 +129,43 @@ export async function changedPages(
   input: string | string[] | WalSource,
   options: { from: Lsn; upTo: Lsn; timeline?: number },
 ): Promise<ChangedPages> {
+  const { changes, result } = await changedPagesThrough(input, options);
+  if (result.error) throw result.error;
+  return changes;
+}
+
+/** What {@link changedPagesThrough} found. */
+export interface ChangedThrough {
+  changes: ChangedPages;
+  /** The walk's verdict on the WAL from `from` to `upTo` (its `error` says where it is damaged). */
+  result: VerifyResult;
+  /** Where the record at `through` ends; undefined when no record starts there. */
+  throughEnd?: Lsn;
+}
+
+/**
+ * {@link changedPages} in one verifying pass, counting only the records up to and including the one at `through`
+ * (the checkpoint an incremental image replays to): the WAL after it, up to `upTo`, is checked but not counted.
+ * Damage is returned in `result`, not thrown: the caller may try other copies of the WAL.
+ */
+export async function changedPagesThrough(
+  input: string | string[] | WalSource,
+  options: { from: Lsn; upTo: Lsn; timeline?: number; through?: Lsn },
+): Promise<ChangedThrough> {
   // The walk keeps no record bytes (relation events copy what they read), so segment buffers can be reused.
   const source =
     typeof input === 'string' || Array.isArray(input) ? walFileSource(input, { timeline: options.timeline, reuse: true }) : input;
   const changes = emptyChangedPages();
   const last = { key: [-1, -1, -1, -1] };
+  const through = options.through === undefined ? -1 : Number(options.through);
   let endLsn = -1;
+  let throughEnd = -1;
   const result = await walkWal(source, options, (walker) => {
+    if (throughEnd >= 0) return; // past `through`: verified, not counted
     addWalked(changes, walker, last);
     endLsn = walker.endLsn;
+    if (walker.lsn === through) throughEnd = walker.endLsn;
   });
-  if (result.error) throw result.error;
   if (endLsn >= 0) changes.endLsn = BigInt(endLsn);
-  return changes;
+  return { changes, result, throughEnd: throughEnd >= 0 ? BigInt(throughEnd) : undefined };
 }

@@ -103,8 +103,11 @@ export class WalStore implements WalSource {
     return names;
   }
 
-  /** Where the best local copy of a file is: a finished one, else the fullest unfinished one. */
-  private localFile(branch: string, name: string): string | undefined {
+  /**
+   * Where the best local copy of a file is: a finished one, else the fullest unfinished one. Not verified: a
+   * caller that serves it checks the WAL itself (an incremental image walks it once, see pageserver/incremental.ts).
+   */
+  localFile(branch: string, name: string): string | undefined {
     if (SEGMENT.test(name)) return this.localCopiesOf(branch, name)[0]?.file;
     // A history file: every safekeeper's is the same.
     return this.safekeepers()
