@@ -98,7 +98,9 @@ export const CONFIG_FILES = [
 export async function loadConfig(dir: string, env: ConfigEnv, builtins: PluginOption[] = []): Promise<ResolvedConfig> {
   // cosmiconfig (with its YAML parser) is ~200 KB of code to load: a folder with nothing to find skips it.
   if (await nothingToLoad(dir)) return { config: {}, plugins: resolvePlugins([], env, builtins) };
-  const { cosmiconfig, defaultLoaders } = await import('cosmiconfig');
+  // A CommonJS package: the bundle's import() gives it as the default export only, Node's gives names too.
+  const loaded = await import('cosmiconfig');
+  const { cosmiconfig, defaultLoaders } = 'cosmiconfig' in loaded ? loaded : (loaded as { default: typeof loaded }).default;
   const explorer = cosmiconfig('neon', {
     searchPlaces: CONFIG_FILES,
     searchStrategy: 'none',
