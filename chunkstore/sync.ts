@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Transform, pipeline, type Readable } from 'node:stream';
 import { NeonError } from '../core/errors.js';
 import { tempNameFor } from '../core/fs-atomic.js';
 import { readObject, type Storage } from '../core/storage.js';
@@ -8,7 +10,6 @@ import { corrupt, decodeIndex, isHash, type PackEntries } from './format.js';
 import { isMissing } from './files.js';
 import { sharedBuffer, type ChunkStore } from './index.js';
 import { eachLimit } from './pool.js';
-import { chunkWorkers } from './workers.js';
 
 /*
  * Packs in storage: `<prefix><id>.pack` and `<prefix><id>.idx`, the same bytes as on disk. The pack is uploaded
@@ -83,8 +84,8 @@ export interface PushOptions {
 
 /**
  * Upload the packs of `store` (all, or those holding `options.chunks`) that `storage` lacks: seals the pending
- * pack, lists the storage once, then for each missing pack uploads the pack, checked against its id before it
- * is sent so that a damaged local file is never published, and then its index. A pack object of the wrong size
+ * pack, lists the storage once, then for each missing pack uploads the pack, checked against its id as it
+ * streams so that a damaged local file is never published, and then its index. A pack object of the wrong size
  * (a damaged upload) is replaced: its content is fixed by its id.
  */
 export async function pushPacks(store: ChunkStore, storage: Storage, options: PushOptions = {}): Promise<PushResult> {
@@ -104,18 +105,14 @@ export async function pushPacks(store: ChunkStore, storage: Storage, options: Pu
   }
   options.onPlan?.(planned);
   let bytes = 0;
-  const buffers = new BufferPool(Math.max(0, ...plan.map((step) => step.pack ?? 0)));
   await eachLimit(plan, UPLOADS, async ({ id, pack, replace, index }) => {
     if (pack !== undefined) {
-      // Read whole into a reused buffer (see BufferPool) and hashed on a worker before anything is sent, so a
-      // damaged local file is never published; a buffer is also what a store's retry can send again.
-      const buffer = buffers.take();
-      try {
-        const body = await readPack(store.packFile(id), pack, buffer);
-        if (await putOnce(storage, `${prefix}${id}.pack`, body, replace)) bytes += pack;
-      } finally {
-        buffers.give(buffer);
-      }
+      const packFile = store.packFile(id);
+      // Hashed on its way out rather than read twice: a mismatch fails the stream, so the put publishes nothing.
+      // (Reading the whole pack into a reused buffer and hashing it on a worker first was slower and held more
+      // memory in an A/B: reading, hashing and sending no longer overlapped.)
+      const body = pipeline(createReadStream(packFile), checkedAgainst(id, packFile), () => undefined);
+      if (await putOnce(storage, `${prefix}${id}.pack`, body, replace)) bytes += pack;
     }
     if (index) {
       const indexFile = store.indexFile(id);
@@ -141,23 +138,19 @@ function packsHolding(store: ChunkStore, chunks: Iterable<string>): string[] {
   return store.packs().filter((id) => ids.has(id));
 }
 
-/** The `size` bytes of pack file `file` in `buffer`, checked to hash (SHA-256, on a worker) to the pack's id. */
-async function readPack(file: string, size: number, buffer: Buffer): Promise<Buffer> {
-  const handle = await fs.open(file, 'r');
-  let at = 0;
-  try {
-    while (at < size) {
-      const { bytesRead } = await handle.read(buffer, at, size - at, at);
-      if (bytesRead === 0) break;
-      at += bytesRead;
-    }
-  } finally {
-    await handle.close();
-  }
-  const body = buffer.subarray(0, at);
-  const { digest } = await chunkWorkers().check(body, new Uint32Array(0));
-  if (digest !== path.basename(file, '.pack')) throw corrupt(`${file} is damaged (its content does not hash to its name); it was not uploaded`);
-  return body;
+/** A pass-through that fails at the end unless what went through hashes (SHA-256) to `id`. */
+function checkedAgainst(id: string, file: string): Transform {
+  const hash = createHash('sha256');
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      hash.update(chunk);
+      done(null, chunk);
+    },
+    flush(done) {
+      const got = hash.digest('hex');
+      done(got === id ? null : corrupt(`${file} is damaged (its content does not hash to its name); it was not uploaded`));
+    },
+  });
 }
 
 /**
@@ -236,8 +229,8 @@ async function remoteIndex(storage: Storage, key: string, id: string, cached: st
 
 /**
  * Pack buffers, reused pack after pack: touching fresh memory is what a pull cost most here (16 MiB of new pages
- * took 150–1000 ms on this machine's VM, the same copy into reused memory 2 ms), so a push or pull allocates one
- * buffer per transfer in flight, in shared memory so that the hashing workers hash it in place.
+ * took 150–1000 ms on this machine's VM, the same copy into reused memory 2 ms), so a pull allocates one
+ * buffer per download in flight, in shared memory so that the hashing workers hash it in place.
  */
 class BufferPool {
   private readonly free: Buffer[] = [];
