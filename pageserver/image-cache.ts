@@ -6,7 +6,6 @@ import type { PgUser } from '../postgres/user.js';
 import type { ImageManifest } from './manifest.js';
 import { checkPath, createTree, fixTree } from './restore.js';
 import { clonesIn, copyFiles, copyTree, treeBytes } from './clone.js';
-import { MirrorWriter } from './mirror-writer.js';
 import { BLCKSZ, checkPage, firstBlockOf, storedChecksum } from './page-checksum.js';
 
 /** A damaged file of an image's cached copy: the first bad page (or a wrong size). */
@@ -74,35 +73,35 @@ export class ImageCache {
     return fs.existsSync(path.join(this.folderOf(key), DONE));
   }
 
-  /**
-   * Start a copy of an image being taken (written off the event loop, see mirror-writer.ts); once the image is
-   * stored and finish() found the copy written and durable, commit it under the image's key.
-   */
-  writer(): ImageMirror & { finish(): Promise<Error | undefined>; commit(key: string): void; abandon(): void } {
+  /** Start a copy of an image being taken; commit it under the image's key once the image is stored. */
+  writer(): ImageMirror & { commit(key: string): void; abandon(): void } {
     fs.mkdirSync(this.dir, { recursive: true });
     const root = fs.mkdtempSync(path.join(this.dir, INCOMING));
-    const files = new MirrorWriter(root);
-    let finished = false;
+    let fd: number | undefined;
+    let bytes = 0;
     return {
-      addDir: (dir) => files.addDir(dir),
-      beginFile: (file) => files.beginFile(file),
-      write: (data) => files.write(data),
-      endFile: () => files.endFile(),
-      finish: async () => {
-        const error = await files.finish();
-        finished = !error;
-        return error;
+      addDir: (dir) => fs.mkdirSync(path.join(root, dir), { recursive: true }),
+      beginFile: (file) => {
+        fs.mkdirSync(path.dirname(path.join(root, file)), { recursive: true });
+        fd = fs.openSync(path.join(root, file), 'w');
+      },
+      write: (data) => {
+        for (let done = 0; done < data.length;) done += fs.writeSync(fd!, data, done);
+        bytes += data.length;
+      },
+      endFile: () => {
+        if (fd !== undefined) fs.closeSync(fd);
+        fd = undefined;
       },
       commit: (key) => {
-        if (!finished) throw new Error(`the copy in ${root} is not finished: its writes may still be under way`);
         const final = this.folderOf(key);
         fs.rmSync(final, { recursive: true, force: true });
-        fs.writeFileSync(path.join(root, DONE), JSON.stringify({ bytes: files.bytes }));
+        fs.writeFileSync(path.join(root, DONE), JSON.stringify({ bytes }));
         fs.renameSync(root, final);
         this.prune();
       },
       abandon: () => {
-        files.abandon();
+        if (fd !== undefined) fs.closeSync(fd);
         fs.rmSync(root, { recursive: true, force: true });
       },
     };

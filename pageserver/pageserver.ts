@@ -118,13 +118,8 @@ export class Pageserver {
   async takeImage(take: (mirror: ImageMirror) => Promise<NewImage>): Promise<ImageManifest> {
     const mirror = this.cache.writer();
     try {
-      const image = await take(mirror);
-      // The copy's last writes and its sync run beside the manifest's; a copy that failed is only not kept.
-      const [manifest, copyError] = await Promise.all([this.storeImage(image), mirror.finish()]);
-      if (copyError) {
-        this.deps.log.warn('the plain copy of image %s is not kept: %s', manifest.endLsn, copyError.message);
-        mirror.abandon();
-      } else mirror.commit(imageKey(manifest.branch, parseLsn(manifest.endLsn)));
+      const manifest = await this.storeImage(await take(mirror));
+      mirror.commit(imageKey(manifest.branch, parseLsn(manifest.endLsn)));
       return manifest;
     } catch (error) {
       mirror.abandon();
