@@ -60,20 +60,35 @@ const withoutCa = (): NodeJS.ProcessEnv => {
   return env;
 };
 
+const hasTime = spawnSync('/usr/bin/time', ['true']).status === 0;
+
+/**
+ * CPU time (user + system) of one command, from /usr/bin/time: unlike its wall time it barely moves with the
+ * machine's load, so it compares builds on a busy machine. Undefined without /usr/bin/time.
+ */
+function cpuMs(command: string, args: string[], cwd: string): number | undefined {
+  if (!hasTime) return undefined;
+  const result = spawnSync('/usr/bin/time', ['-f', '%U %S', command, ...args], { cwd, encoding: 'utf8' });
+  const [user, system] = result.stderr.trim().split('\n').pop()!.split(' ').map(Number);
+  return result.status === 0 ? (user + system) * 1000 : undefined;
+}
+
 /** CLI calls against a running daemon: `neon pg list` (with and without the CA bundle) and curl, interleaved. */
-function cliCalls(dir: string, into: Record<'cli' | 'cliNoCa' | 'rest', number[]>): void {
+function cliCalls(dir: string, into: Record<'cli' | 'cliNoCa' | 'rest' | 'cpu', number[]>): void {
   const repo = path.join(dir, '.neon');
   const { port } = JSON.parse(fs.readFileSync(path.join(repo, 'daemon.json'), 'utf8')) as { port: number };
   const token = fs.readFileSync(path.join(repo, 'token'), 'utf8').trim();
   const curl = ['-sf', '-o', '/dev/null', '-H', `authorization: Bearer ${token}`, `http://127.0.0.1:${port}/pgs`];
   for (let i = 0; i < calls; i++) {
     into.cli.push(timed(() => run(process.execPath, [CLI, 'pg', 'list'], { cwd: dir })));
+    const cpu = cpuMs(process.execPath, [CLI, 'pg', 'list'], dir);
+    if (cpu !== undefined) into.cpu.push(cpu);
     if (process.env[CA_VAR]) into.cliNoCa.push(timed(() => run(process.execPath, [CLI, 'pg', 'list'], { cwd: dir, env: withoutCa() })));
     if (hasCurl) into.rest.push(timed(() => run('curl', curl)));
   }
 }
 
-async function neonRound(cli: Record<'cli' | 'cliNoCa' | 'rest', number[]>): Promise<[number, number]> {
+async function neonRound(cli: Record<'cli' | 'cliNoCa' | 'rest' | 'cpu', number[]>): Promise<[number, number]> {
   const dir = tmpDir('neon-bench-');
   try {
     let t0 = performance.now();
@@ -183,7 +198,7 @@ if (process.argv.includes('--trace')) {
 }
 const neon = { first: [] as number[], restart: [] as number[] };
 const postgres = { first: [] as number[], restart: [] as number[] };
-const cli = { cli: [] as number[], cliNoCa: [] as number[], rest: [] as number[] };
+const cli = { cli: [] as number[], cliNoCa: [] as number[], rest: [] as number[], cpu: [] as number[] };
 for (let i = 0; i < runs; i++) {
   const [pgFirst, pgRestart] = await postgresRound();
   const [neonFirst, neonRestart] = await neonRound(cli);
@@ -216,3 +231,4 @@ const cliRow = (label: string, values: number[]) => {
 };
 cliRow(`\`neon pg list\` vs curl GET /pgs (${cli.cli.length} calls${process.env[CA_VAR] ? `, ${CA_VAR} set` : ''})`, cli.cli);
 cliRow(`\`neon pg list\` vs curl GET /pgs (${cli.cliNoCa.length} calls, without ${CA_VAR})`, cli.cliNoCa);
+if (cli.cpu.length) console.log(`\`neon pg list\` CPU time (user + system, ${cli.cpu.length} calls): median ${median(cli.cpu).toFixed(0)} ms`);

@@ -30,6 +30,9 @@ if (role === '__daemon') {
   const { runSafekeeper } = await import('../safekeeper/main.js');
   await runSafekeeper();
 } else {
-  const { main } = await import('./main.js');
-  await main(process.argv, script);
+  // `neon start`, `neon pg list`, `neon status` and the other one-call commands skip the command table (cli/fast.ts).
+  const { fastCommand, runFast } = await import('./fast.js');
+  const fast = fastCommand(process.argv);
+  if (fast) await runFast(fast, process.argv, script);
+  else await (await import('./main.js')).main(process.argv, script);
 }

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { cac } from 'cac';
-import { isExpected, messageOf, NeonError } from '../core/errors.js';
+import { NeonError } from '../core/errors.js';
+import { print, reportError } from './report.js';
 import { Repository, repoDirFrom } from '../daemon/repository.js';
 import { registerStorageCommands } from './storage-commands.js';
 import { registerFormatCommands } from './format-commands.js';
@@ -16,11 +17,6 @@ interface GlobalOptions {
 /** Options of `neon pg`. */
 type PgOptions = GlobalOptions & { name?: string; storage?: string; branch?: string; at?: string; readOnly?: boolean; replica?: boolean };
 
-
-/** Print `value` as JSON with --json, else the human text. */
-function print(options: GlobalOptions, value: unknown, human: () => string): void {
-  console.log(options.json ? JSON.stringify(value, null, 2) : human());
-}
 
 function repoOf(options: GlobalOptions): Repository {
   return new Repository(repoDirFrom(options.repo));
@@ -299,18 +295,7 @@ export async function main(argv: string[], script: string): Promise<void> {
     }
     await cli.runMatchedCommand();
   } catch (error) {
-    const expected = isExpected(error) || (error as Error)?.name === 'CACError';
-    if (argv.includes('--json')) {
-      // Scripts parse stderr too: the same { code, message } the REST API answers with.
-      const code = error instanceof NeonError ? error.code : expected ? 'bad_usage' : 'internal';
-      console.error(JSON.stringify({ code, message: messageOf(error) }));
-    } else if (expected && !process.env.NEON_DEBUG) {
-      // NEON_DEBUG=1 prints where an expected error came from too.
-      console.error(`neon: ${messageOf(error)}`);
-    } else {
-      console.error((error as Error)?.stack ?? error);
-    }
-    process.exitCode = 1;
+    reportError(error, argv);
   }
 }
 
