@@ -1,4 +1,3 @@
-import fs from 'node:fs';
 import net from 'node:net';
 import { ScramClient } from './scram.js';
 import { createHash } from 'node:crypto';
@@ -236,23 +235,6 @@ export class WireConnection {
     message.writeUInt32BE(length, head);
     let at = head + 4;
     for (const part of parts) at += part.copy(message, at);
-    this.write(message);
-  }
-
-  // A message (a status reply, thousands a second) is written with write(2) at once when nothing is queued before
-  // it, rather than through the stream's per-write request, callback and bookkeeping; what the kernel does not take
-  // (a full socket buffer), or an error, goes the stream's way, which queues it or reports the error.
-  private write(message: Buffer): void {
-    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (fd !== undefined && fd >= 0 && this.socket.writableLength === 0 && !this.socket.connecting) {
-      try {
-        const written = fs.writeSync(fd, message);
-        if (written === message.length) return;
-        message = message.subarray(written);
-      } catch {
-        // EAGAIN, or a broken connection that the stream reports
-      }
-    }
     this.socket.write(message);
   }
 

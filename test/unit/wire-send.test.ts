@@ -7,9 +7,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { WireConnection } from '../../replication/connection.js';
 
-// The replication client writes a message straight to the socket (write(2)) when nothing is queued before it, and
-// through the stream otherwise. A server on a real Unix socket that does not read for a while lets the kernel's
-// buffer fill, so that writes are cut short or refused: every message must still arrive whole and in order.
+// A server on a real Unix socket that does not read for a while lets the kernel's buffer fill under the replication
+// client's writes (status replies and larger messages): every message must still arrive whole and in order. (A
+// write(2) straight to the socket when nothing was queued fails this when it jumps the queue.)
 
 const PORT = 5432;
 const COUNT = 400;
