@@ -73,8 +73,6 @@ export class WireConnection {
   private batchEnd?: () => void;
   private closed = false;
   private copyEnded = false;
-  /** The last read filled the reused read buffer: more is likely waiting in the socket. */
-  private readWasFull = false;
   private closeError?: Error;
   private readonly closeListeners: ((error?: Error) => void)[] = [];
 
@@ -125,14 +123,6 @@ export class WireConnection {
     return this.closed;
   }
 
-  /**
-   * True while a batch ends whose read filled the whole {@link ConnectOptions.readBuffer}: libuv reads the socket
-   * again right after, so a handler that syncs per batch should wait for that read rather than sync twice.
-   */
-  get moreToRead(): boolean {
-    return this.readWasFull;
-  }
-
   private fail(error: Error): void {
     if (this.closed) return;
     this.closed = true;
@@ -157,7 +147,6 @@ export class WireConnection {
   }
 
   private receiveRead(buffer: Uint8Array, length: number): void {
-    this.readWasFull = length === buffer.length;
     this.receive(Buffer.from(buffer.buffer, buffer.byteOffset, length));
   }
 

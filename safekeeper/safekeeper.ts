@@ -223,15 +223,13 @@ export class Safekeeper {
   }
 
   // The messages of one read are queued in the writer as views of the read buffer: write them out (one pwritev)
-  // before it is reused. Then one fdatasync and one reply cover them all, at once, and what arrives while it runs
-  // waits in the socket for the next one (group commit). Only when the read filled the buffer does the
-  // fdatasync wait for the read that follows (libuv reads again at once; setImmediate runs after that).
+  // before it is reused. The fdatasync waits until every read that is ready has been handled (setImmediate runs
+  // after the poll phase): one fdatasync and one reply cover them all, and what arrives while it runs waits in
+  // the socket for the next one (group commit).
   private endOfBatch(): void {
     const writer = this.writer!;
     writer.writeOut();
-    if (writer.written <= writer.flushed) return;
-    if (!this.connection?.moreToRead) this.flush();
-    else if (!this.flushScheduled) {
+    if (!this.flushScheduled && writer.written > writer.flushed) {
       this.flushScheduled = true;
       setImmediate(this.flushNow);
     }
