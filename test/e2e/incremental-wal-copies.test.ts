@@ -5,50 +5,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type Lsn, parseLsn, segmentName } from '../../core/wal.js';
+import { parseLsn } from '../../core/wal.js';
 import { cleanup, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
 import { waitFor } from '../../testkit/wait.js';
-import { verifyWal } from '../../wal/verify.js';
+import { flipHeapRecord, safekeeperWalDir as walDir } from '../../testkit/wal-damage.js';
 
-const SEGMENT = 16 * 1024 * 1024;
-const RM_HEAP_ID = 10;
 const CONFIG = {
   pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 },
   postgres: { settings: { autovacuum: 'off' } },
   safekeepers: 3,
 };
-
-const walDir = (dir: string, sk: string) => path.join(dir, '.neon', 'safekeepers', sk, 'wal', 'main');
-
-/** Flip a byte inside the first heap record between `from` and `to` of safekeeper `sk`'s copy of the WAL. */
-async function flipRecord(dir: string, from: Lsn, to: Lsn, sk: string): Promise<Lsn> {
-  const wal = walDir(dir, sk);
-  const files = fs
-    .readdirSync(wal)
-    .filter((f) => /^[0-9A-F]{24}(\.partial)?$/.test(f))
-    .map((f) => path.join(wal, f));
-  let hit: Lsn | undefined;
-  await verifyWal(files, {
-    from: from - (from % BigInt(SEGMENT)),
-    upTo: to,
-    onRecord: (r) => {
-      const inPage = Number(r.lsn % 8192n) + r.totalLength < 8192;
-      if (hit === undefined && r.rmid === RM_HEAP_ID && r.lsn >= from && inPage && r.totalLength > 100) hit = r.lsn;
-    },
-  });
-  assert.ok(hit !== undefined, `a heap record to damage in ${sk}'s copy`);
-  const name = segmentName(1, hit / BigInt(SEGMENT), SEGMENT);
-  const file = [path.join(wal, name), path.join(wal, name + '.partial')].find((f) => fs.existsSync(f))!;
-  const fd = fs.openSync(file, 'r+');
-  const at = Number(hit % BigInt(SEGMENT)) + 60; // inside the record's data: its CRC no longer matches
-  const byte = Buffer.alloc(1);
-  fs.readSync(fd, byte, 0, 1, at);
-  byte[0] ^= 0x10;
-  fs.writeSync(fd, byte, 0, 1, at);
-  fs.closeSync(fd);
-  return hit;
-}
 
 const sums = async (url: string) => (await query(url, `select md5(string_agg(id || ':' || n, ',' order by id)) as s from items`))[0].s;
 
@@ -79,7 +46,7 @@ test('one of three safekeeper copies damaged: the incremental is taken from a go
   await waitFor('every safekeeper to finish the segment', async () =>
     ['sk1', 'sk2', 'sk3'].every((sk) => fs.existsSync(path.join(walDir(dir, sk), name))),
   );
-  await flipRecord(dir, from, to, 'sk1');
+  await flipHeapRecord(dir, from, to, 'sk1');
 
   const taken = await neonJson(['image', 'create'], { cwd: dir });
   const log = fs.readFileSync(path.join(dir, '.neon', 'logs', 'daemon.log'), 'utf8');

@@ -5,46 +5,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { formatLsn, type Lsn, parseLsn, segmentName } from '../../core/wal.js';
+import { formatLsn, type Lsn, parseLsn } from '../../core/wal.js';
 import { checkPage, pageChecksum, storedChecksum } from '../../pageserver/page-checksum.js';
 import { cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
-import { verifyWal } from '../../wal/verify.js';
+import { flipHeapRecord } from '../../testkit/wal-damage.js';
 
-const SEGMENT = 16 * 1024 * 1024;
 const QUIET = { pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 }, safekeepers: 3 };
 
 const urlOf = async (dir: string, name: string) => (await neonJson(['pg', 'show', '-n', name], { cwd: dir })).connection_string as string;
 const count = async (url: string) => Number((await query(url, 'select count(*) as n from items'))[0].n);
-
-/** Flip one byte inside a heap record after `from` in a safekeeper's copy of the WAL. */
-async function flipRecord(dir: string, from: Lsn, to: Lsn, sk: string): Promise<{ file: string; lsn: Lsn }> {
-  const wal = path.join(dir, '.neon', 'safekeepers', sk, 'wal', 'main');
-  const files = fs
-    .readdirSync(wal)
-    .filter((f) => /^[0-9A-F]{24}(\.partial)?$/.test(f))
-    .map((f) => path.join(wal, f));
-  let hit: Lsn | undefined;
-  await verifyWal(files, {
-    from: from - (from % BigInt(SEGMENT)),
-    upTo: to,
-    onRecord: (r) => {
-      const inPage = Number(r.lsn % 8192n) + r.totalLength < 8192;
-      if (hit === undefined && r.rmid === 10 && r.lsn > from + 65536n && inPage && r.totalLength > 100) hit = r.lsn;
-    },
-  });
-  assert.ok(hit !== undefined, 'a heap record to damage');
-  const name = segmentName(1, hit / BigInt(SEGMENT), SEGMENT);
-  const file = [path.join(wal, name), path.join(wal, name + '.partial')].find((f) => fs.existsSync(f))!;
-  const fd = fs.openSync(file, 'r+');
-  const at = Number(hit % BigInt(SEGMENT)) + 60;
-  const byte = Buffer.alloc(1);
-  fs.readSync(fd, byte, 0, 1, at);
-  byte[0] ^= 0x10;
-  fs.writeSync(fd, byte, 0, 1, at);
-  fs.closeSync(fd);
-  return { file, lsn: hit };
-}
 
 const three = suite('three safekeepers: a damaged copy is skipped by recovery and repaired by verify');
 let dir = '';
@@ -67,7 +37,7 @@ three.before(async () => {
     const sks = await neonJson(['safekeeper', 'list'], { cwd: dir });
     if (sks.every((sk: { flush_lsn: string | null }) => sk.flush_lsn && parseLsn(sk.flush_lsn) >= later)) break;
   }
-  damaged = await flipRecord(dir, snapshot, later, 'sk1');
+  damaged = await flipHeapRecord(dir, snapshot + 65537n, later, 'sk1');
 });
 three.after(() => cleanup(dir));
 

@@ -10,10 +10,9 @@ import { formatLsn, type Lsn, parseLsn, segmentName, walObjectKey } from '../../
 import { cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
 import { waitFor } from '../../testkit/wait.js';
-import { verifyWal } from '../../wal/verify.js';
+import { flipHeapRecord } from '../../testkit/wal-damage.js';
 
 const SEGMENT = 16 * 1024 * 1024;
-const RM_HEAP_ID = 10;
 /** No background images: the WAL from the first image on is what recovery replays. */
 const QUIET = { pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 } };
 
@@ -28,7 +27,6 @@ interface Damaged {
   rows: number;
 }
 
-const walDir = (dir: string, sk = 'sk1') => path.join(dir, '.neon', 'safekeepers', sk, 'wal', 'main');
 const urlOf = async (dir: string, name: string) => (await neonJson(['pg', 'show', '-n', name], { cwd: dir })).connection_string as string;
 const count = async (url: string) => Number((await query(url, 'select count(*) as n from items'))[0].n);
 
@@ -55,43 +53,13 @@ async function prepare(
   return { main, snapshot, later, laterTime };
 }
 
-/** Flip one byte inside a heap record between `from` and `to` in a safekeeper's copy of the WAL. */
-async function flipRecord(dir: string, from: Lsn, to: Lsn, sk = 'sk1'): Promise<{ file: string; name: string; lsn: Lsn }> {
-  const wal = walDir(dir, sk);
-  const files = fs
-    .readdirSync(wal)
-    .filter((f) => /^[0-9A-F]{24}(\.partial)?$/.test(f))
-    .map((f) => path.join(wal, f));
-  let hit: Lsn | undefined;
-  const start = from - (from % BigInt(SEGMENT));
-  await verifyWal(files, {
-    from: start,
-    upTo: to,
-    onRecord: (r) => {
-      const inPage = Number(r.lsn % 8192n) + r.totalLength < 8192;
-      if (hit === undefined && r.rmid === RM_HEAP_ID && r.lsn > from + 65536n && inPage && r.totalLength > 100) hit = r.lsn;
-    },
-  });
-  assert.ok(hit !== undefined, 'a heap record to damage');
-  const name = segmentName(1, hit / BigInt(SEGMENT), SEGMENT);
-  const file = [path.join(wal, name), path.join(wal, name + '.partial')].find((f) => fs.existsSync(f))!;
-  const fd = fs.openSync(file, 'r+');
-  const at = Number(hit % BigInt(SEGMENT)) + 60; // inside the record's data: its CRC no longer matches
-  const byte = Buffer.alloc(1);
-  fs.readSync(fd, byte, 0, 1, at);
-  byte[0] ^= 0x10;
-  fs.writeSync(fd, byte, 0, 1, at);
-  fs.closeSync(fd);
-  return { file, name, lsn: hit };
-}
-
 const alone = suite('one safekeeper, no other copy: damage is reported and a later point fails to be created');
 let dir = '';
 let damaged: Damaged;
 alone.before(async () => {
   dir = tmpDir();
   const { snapshot, later, laterTime } = await prepare(dir, {});
-  damaged = { ...(await flipRecord(dir, snapshot, later)), later, laterTime, rows: 5000 };
+  damaged = { ...(await flipHeapRecord(dir, snapshot + 65537n, later)), later, laterTime, rows: 5000 };
 });
 alone.after(() => cleanup(dir));
 
@@ -152,7 +120,7 @@ offloaded.before(async () => {
   await query(main, 'select pg_switch_wal()');
   await query(main, 'create table marker2 ()');
   await waitFor('the segment to be offloaded', () => fs.existsSync(path.join(storage, ...walObjectKey('main', name).split('/'))), 60_000);
-  odamaged = { ...(await flipRecord(odir, snapshot, later)), later, laterTime, rows: 5000 };
+  odamaged = { ...(await flipHeapRecord(odir, snapshot + 65537n, later)), later, laterTime, rows: 5000 };
   assert.ok(!odamaged.file.endsWith('.partial'), 'a finished segment was damaged');
 });
 offloaded.after(() => cleanup(odir));
