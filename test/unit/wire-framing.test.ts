@@ -6,19 +6,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { WireConnection } from '../../replication/connection.js';
+import { wireMessage as message } from '../../testkit/wire.js';
 
 // The replication client parses messages in place and, with `readBuffer`, reads into one reused buffer. A server
 // on a real Unix socket sends a CopyBoth stream cut at awkward places (one byte, a header split in two, a message
 // larger than the read buffer): every payload must arrive whole, in order, and unchanged until its batch ends.
 
 const PORT = 5432;
-
-function message(type: string, body: Buffer): Buffer {
-  const header = Buffer.alloc(5);
-  header.write(type, 0, 'latin1');
-  header.writeUInt32BE(body.length + 4, 1);
-  return Buffer.concat([header, body]);
-}
 
 /** Payloads of many sizes, each filled with a pattern of its own so that a mix-up shows. */
 function payloads(): Buffer[] {

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { WireConnection } from '../../replication/connection.js';
+import { wireMessage as message } from '../../testkit/wire.js';
 
 // A server on a real Unix socket that does not read for a while lets the kernel's buffer fill under the replication
 // client's writes (status replies and larger messages): every message must still arrive whole and in order. (A
@@ -13,13 +14,6 @@ import { WireConnection } from '../../replication/connection.js';
 
 const PORT = 5432;
 const COUNT = 400;
-
-function message(type: string, body: Buffer): Buffer {
-  const header = Buffer.alloc(5);
-  header.write(type, 0, 'latin1');
-  header.writeUInt32BE(body.length + 4, 1);
-  return Buffer.concat([header, body]);
-}
 
 /** Payloads of many sizes (a 34-byte status reply up to 64 KiB), each with a pattern of its own. */
 function payloads(): Buffer[] {
