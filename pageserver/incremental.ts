@@ -19,6 +19,7 @@ import type { WalStore } from '../wal/store.js';
 import { walFileSource } from '../wal/verify.js';
 import { trace } from '../lib/trace.js';
 import { ChunkList } from '../chunkstore/chunk-list.js';
+import { ChunkPipeline } from '../chunkstore/pipeline.js';
 import type { ImageCache } from './image-cache.js';
 import { PAGE_SIZE } from './image-builder.js';
 import { imageKey, type ImageFile, type ImageManifest } from './manifest.js';
@@ -255,11 +256,15 @@ async function buildFiles(store: ChunkStore, root: string, previous: ImageManife
   const created = new Set(changes.created.map((c) => `${relKey(c.rel)}/${c.fork}`));
   const built: Built = { files: [], rawBytes: 0, pagesRead: 0 };
   const page = Buffer.allocUnsafe(PAGE_SIZE);
-  const readPages = (fd: number, size: number, pages: Iterable<number>, into: ChunkList) => {
+  // Changed pages are hashed and compressed on the hashing workers, as a full image's are: the event loop (the
+  // REST API) stays free, and the lists are complete after pipeline.finish().
+  const pipeline = new ChunkPipeline(store);
+  const readPages = async (fd: number, size: number, pages: Iterable<number>, into: ChunkList) => {
     for (const index of pages) {
       const length = fs.readSync(fd, page, 0, Math.min(PAGE_SIZE, size - index * PAGE_SIZE), index * PAGE_SIZE);
-      into.setHex(index, store.add(page.subarray(0, length)).hash);
+      pipeline.add(page.subarray(0, length), into, index); // copies the page
       built.pagesRead++;
+      if (pipeline.busy) await pipeline.drain();
     }
   };
   const addFile = async (rel: string, mode: number) => {
@@ -280,11 +285,10 @@ async function buildFiles(store: ChunkStore, root: string, previous: ImageManife
     if (wanted.length) {
       const fd = fs.openSync(full, 'r');
       try {
-        readPages(fd, size, wanted, chunks);
+        await readPages(fd, size, wanted, chunks);
       } finally {
         fs.closeSync(fd);
       }
-      await store.drain();
     }
     built.files.push({ path: rel, type: 'file', mode, size, chunks });
     built.rawBytes += size;
@@ -305,6 +309,7 @@ async function buildFiles(store: ChunkStore, root: string, previous: ImageManife
     }
   };
   await walk('');
+  await pipeline.finish();
   await store.flush();
   return built;
 }
