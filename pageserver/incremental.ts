@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
-import { DEFAULT_SEGMENT_SIZE, formatLsn, type Lsn, PARTIAL_SUFFIX, parseLsn, parseSegmentName, segmentOf } from '../core/wal.js';
+import { formatLsn, type Lsn, PARTIAL_SUFFIX, parseLsn } from '../core/wal.js';
 import type { PgUser } from '../postgres/user.js';
 import { changedPagesThrough, type ChangedPages } from '../wal/changed-pages.js';
 import type { WalStore } from '../wal/store.js';
@@ -24,14 +24,12 @@ import type { ImageCache } from './image-cache.js';
 import { PAGE_SIZE } from './image-builder.js';
 import { imageKey, type ImageFile, type ImageManifest } from './manifest.js';
 import { readControlFile } from './pg-control.js';
-import { stageWal, type WalSpan } from './recovery.js';
+import { shareWithPostgres, stageWal, walToStage, type WalSpan } from './recovery.js';
 import { pagesToRead, parseRelPath, relKey, touchedRelations } from './rel-path.js';
 import { replayTo } from './replay.js';
 import { EMPTY_DIRS, SKIP_FILES, type NewImage } from './take-image.js';
 
 const RM_XACT_ID = 1;
-/** As stageWal stages: the default segment size (names carry the segment number at that size). */
-const SEGMENT_SIZE = DEFAULT_SEGMENT_SIZE;
 
 /** What an incremental image is made with. */
 export interface IncrementalContext {
@@ -169,36 +167,21 @@ async function stageAndRead(
  * only) or changed while being staged.
  */
 async function stageLocal(ctx: IncrementalContext, from: Lsn, dir: string, until: Lsn): Promise<boolean> {
-  const { owner } = ctx;
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-  if (owner) fs.chownSync(dir, owner.uid, owner.gid);
-  const first = segmentOf(from, SEGMENT_SIZE);
-  for (const span of ctx.spans) {
-    // A span serves up to the next branch's fork point; the segment holding a fork point exists on both sides.
-    const stop = span.to === undefined || until < span.to ? until : span.to;
-    const lo = segmentOf(span.from, SEGMENT_SIZE);
-    const hi = segmentOf(stop, SEGMENT_SIZE);
-    for (const name of await ctx.wal.names(span.branch)) {
-      const segment = parseSegmentName(name, SEGMENT_SIZE);
-      if (segment && (segment.segno < first || segment.segno < lo || segment.segno > hi)) continue;
-      const file = ctx.wal.localFile(span.branch, name);
-      if (!file) return false;
-      const target = path.join(dir, name);
-      fs.rmSync(target, { force: true });
-      try {
-        // An unfinished segment is still being written: a copy of it, not a link.
-        if (file.endsWith(PARTIAL_SUFFIX)) fs.copyFileSync(file, target);
-        else fs.linkSync(file, target);
-      } catch {
-        return false; // finished and renamed, or another file system: the WAL store copies
-      }
-      // A link shares the safekeeper's file (private to neon's user): the Postgres user's group may read it, as
-      // stageWal allows; nobody else can.
-      if (owner) {
-        fs.chownSync(target, -1, owner.gid);
-        fs.chmodSync(target, 0o640);
-      }
+  if (ctx.owner) fs.chownSync(dir, ctx.owner.uid, ctx.owner.gid);
+  for await (const { branch, name } of walToStage(ctx.wal, ctx.spans, from, { until })) {
+    const file = ctx.wal.localFile(branch, name);
+    if (!file) return false;
+    const target = path.join(dir, name);
+    fs.rmSync(target, { force: true });
+    try {
+      // An unfinished segment is still being written: a copy of it, not a link.
+      if (file.endsWith(PARTIAL_SUFFIX)) fs.copyFileSync(file, target);
+      else fs.linkSync(file, target);
+    } catch {
+      return false; // finished and renamed, or another file system: the WAL store copies
     }
+    shareWithPostgres(target, ctx.owner);
   }
   return true;
 }

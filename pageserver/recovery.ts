@@ -20,6 +20,46 @@ export interface WalSpan {
 const SEGMENT_SIZE = DEFAULT_SEGMENT_SIZE;
 
 /**
+ * The WAL files a replay from `start` reads, span by span (which branch serves which part of the history): the
+ * history files, and the segments from `start`'s up to the one holding `until` (nothing past the target is
+ * replayed); with `finishedOnly`, finished segments only.
+ */
+export async function* walToStage(
+  wal: WalStore,
+  spans: WalSpan[],
+  start: Lsn,
+  options: { finishedOnly?: boolean; until?: Lsn } = {},
+): AsyncGenerator<{ branch: string; name: string; segment?: ReturnType<typeof parseSegmentName> & object }> {
+  const first = segmentOf(start, SEGMENT_SIZE);
+  for (const span of spans) {
+    const lo = segmentOf(span.from, SEGMENT_SIZE);
+    const stop = span.to === undefined || (options.until !== undefined && options.until < span.to) ? options.until : span.to;
+    const hi = stop === undefined ? undefined : segmentOf(stop, SEGMENT_SIZE);
+    for (const name of await wal.names(span.branch)) {
+      const segment = parseSegmentName(name, SEGMENT_SIZE);
+      if (segment) {
+        // The segment holding a fork point exists on both sides (each under its own timeline's name).
+        if (segment.segno < first || segment.segno < lo || (hi !== undefined && segment.segno > hi)) continue;
+        // A replica streams the newest segment from its primary: a copy of it taken now would soon be stale, and
+        // a standby that read it again (as it does when promoted) would find the WAL it already replayed cut off.
+        if (options.finishedOnly && !(await wal.isFinished(span.branch, name))) continue;
+      }
+      yield { branch: span.branch, name, segment: segment ?? undefined };
+    }
+  }
+}
+
+/**
+ * Let the Postgres user's group read a staged WAL file, which restore_command needs; nobody else can. Often a
+ * hard link to the safekeeper's file (private to neon's user).
+ */
+export function shareWithPostgres(file: string, owner: PgUser | undefined): void {
+  if (!owner) return;
+  fs.chownSync(file, -1, owner.gid);
+  fs.chmodSync(file, 0o640);
+}
+
+/**
  * Gather the WAL a recovery needs into `dir`: every segment from `start` on, taken from the branch whose span holds
  * it (the ancestors before a fork point, the branch itself after), plus the timeline history files. Postgres reads
  * them through restore_command; names carry the timeline, so files of different branches never clash.
@@ -36,34 +76,14 @@ export async function stageWal(
   if (owner) fs.chownSync(dir, owner.uid, owner.gid);
   let files = 0;
   const staged: StagedFile[] = [];
-  const first = segmentOf(start, SEGMENT_SIZE);
-  for (const span of spans) {
-    for (const name of await wal.names(span.branch)) {
-      const segment = parseSegmentName(name, SEGMENT_SIZE);
-      if (segment) {
-        const lo = segmentOf(span.from, SEGMENT_SIZE);
-        // Nothing past the target is replayed: leave it out.
-        const stop = span.to === undefined || (options.until !== undefined && options.until < span.to) ? options.until : span.to;
-        const hi = stop === undefined ? undefined : segmentOf(stop, SEGMENT_SIZE);
-        // The segment holding a fork point exists on both sides (each under its own timeline's name).
-        if (segment.segno < first || segment.segno < lo || (hi !== undefined && segment.segno > hi)) continue;
-        // A replica streams the newest segment from its primary: a copy of it taken now would soon be stale, and
-        // a standby that read it again (as it does when promoted) would find the WAL it already replayed cut off.
-        if (options.finishedOnly && !(await wal.isFinished(span.branch, name))) continue;
-      }
-      const target = path.join(dir, name);
-      fs.rmSync(target, { force: true });
-      const copied = await wal.copyTo(span.branch, name, target);
-      if (!copied) continue;
-      // Often a hard link to the safekeeper's file (private to neon's user): the Postgres user's group may read it,
-      // which restore_command needs; nobody else can.
-      if (owner) {
-        fs.chownSync(target, -1, owner.gid);
-        fs.chmodSync(target, 0o640);
-      }
-      files++;
-      if (segment) staged.push({ name, ...segment, ...copied });
-    }
+  for await (const { branch, name, segment } of walToStage(wal, spans, start, options)) {
+    const target = path.join(dir, name);
+    fs.rmSync(target, { force: true });
+    const copied = await wal.copyTo(branch, name, target);
+    if (!copied) continue;
+    shareWithPostgres(target, owner);
+    files++;
+    if (segment) staged.push({ name, ...segment, ...copied });
   }
   trace('daemon', `stageWal: ${files} file(s) staged`);
   const end = await checkStagedWal(dir, staged, start, options);
