@@ -228,8 +228,14 @@ export class Pageserver {
       if (options.takeCache) await staging;
       const { owner } = this.deps;
       const progress = options.progress && ((bytes: number) => options.progress!(bytes, image.rawBytes));
-      if (this.cache.has(key)) await this.cache.restore(key, image, dataDir, owner, { take: options.takeCache, progress });
-      else await restoreImage(this.store, image, dataDir, { owner, progress: options.progress });
+      if (this.cache.has(key)) return this.cache.restore(key, image, dataDir, owner, { take: options.takeCache, progress });
+      const neighbour = await this.cachedNeighbour(image);
+      if (neighbour) {
+        const from = imageKey(neighbour.branch, parseLsn(neighbour.endLsn));
+        this.deps.log.info('restoring %s from the cached copy of %s and the pages that differ', key, from);
+        return this.cache.restoreFrom(from, neighbour, image, dataDir, this.store, owner, { progress });
+      }
+      return restoreImage(this.store, image, dataDir, { owner, progress: options.progress });
     })();
     const [staged, restored] = await Promise.allSettled([staging, restoring]);
     if (staged.status === 'rejected' || restored.status === 'rejected') {
@@ -240,6 +246,25 @@ export class Pageserver {
     fs.writeFileSync(path.join(dataDir, 'recovery.signal'), '');
     if (this.deps.owner) fs.chownSync(path.join(dataDir, 'recovery.signal'), this.deps.owner.uid, this.deps.owner.gid);
     return { image, settings: recoverySettings(walDir, target), walDir, walFiles: files };
+  }
+
+  /**
+   * The image with a cached copy nearest in LSN to `image` on the branches of its line of history (same system),
+   * to derive `image` from when it has no copy of its own (see ImageCache.restoreFrom).
+   */
+  private async cachedNeighbour(image: ImageManifest): Promise<ImageManifest | undefined> {
+    const target = parseLsn(image.endLsn);
+    const distance = (lsn: Lsn) => (lsn > target ? lsn - target : target - lsn);
+    const candidates = this.history
+      .chain(image.branch)
+      .flatMap((span) => this.images(span.branch))
+      .filter((entry) => this.cache.has(entry.key))
+      .sort((a, b) => (distance(a.endLsn) < distance(b.endLsn) ? -1 : distance(a.endLsn) > distance(b.endLsn) ? 1 : 0));
+    for (const entry of candidates) {
+      const manifest = await this.readImage(entry.key).catch(() => undefined);
+      if (manifest?.systemId === image.systemId && manifest.pgVersion === image.pgVersion) return manifest;
+    }
+    return undefined;
   }
 
   /** Create the root branch `main` (at `neon init`). */

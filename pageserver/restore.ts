@@ -146,3 +146,55 @@ export function fixTree(manifest: ImageManifest, dataDir: string, owner?: PgUser
     own(target);
   }
 }
+
+const PAGE = 8192; // chunks are cut on Postgres' page boundaries (image-builder.ts)
+
+/**
+ * Make `target` hold `entry` when it already holds the file whose chunks were `had` (a copy of another image's
+ * file; an empty or missing `target` when `had` is undefined): only the pages whose chunk differs are read from the
+ * store and written, in runs of consecutive pages (one writev each), and the file is cut to `entry.size`. Returns the
+ * bytes written. Used to derive an image's data directory from the cached copy of a neighbouring image.
+ */
+export async function patchFile(store: ChunkStore, target: string, entry: ImageFile, had?: ChunkList): Promise<number> {
+  const chunks = entry.chunks ?? new ChunkList();
+  if (chunks.length === 0 && entry.size > 0) throw new NeonError('corrupt', `image entry ${entry.path} has a size but no chunks`);
+  const differ: number[] = [];
+  for (let i = 0; i < chunks.length; i++) if (!had || !chunks.sameAt(i, had)) differ.push(i);
+  const handle = await fs.promises.open(target, fs.existsSync(target) ? 'r+' : 'w', entry.mode & 0o7777);
+  let written = 0;
+  try {
+    const ahead: Promise<Buffer>[] = [];
+    const read = (i: number) => {
+      const promise = store.read(chunks.hexAt(differ[i]));
+      promise.catch(() => undefined); // read-ahead of a failing page: the awaited read reports it
+      return promise;
+    };
+    let run: Buffer[] = [];
+    let runStart = 0;
+    let runBytes = 0;
+    const flush = async () => {
+      const at = runStart * PAGE;
+      let done = run.length ? (await handle.writev(run, at)).bytesWritten : 0;
+      if (done < runBytes) {
+        const all = Buffer.concat(run);
+        while (done < runBytes) done += (await handle.write(all, done, runBytes - done, at + done)).bytesWritten;
+      }
+      written += runBytes;
+      run = [];
+      runBytes = 0;
+    };
+    for (let i = 0; i < differ.length; i++) {
+      while (ahead.length < READ_AHEAD && i + ahead.length < differ.length) ahead.push(read(i + ahead.length));
+      const data = await ahead.shift()!;
+      if (run.length && (differ[i] !== runStart + run.length || runBytes >= WRITE_BATCH)) await flush();
+      if (!run.length) runStart = differ[i];
+      run.push(data);
+      runBytes += data.length;
+    }
+    await flush();
+    await handle.truncate(entry.size);
+  } finally {
+    await handle.close();
+  }
+  return written;
+}

@@ -1,0 +1,135 @@
+// An image without a cached copy of its own (an incremental advanced it in place on ext4, or it was evicted) is
+// restored from the cached copy of a neighbouring image plus the pages that differ: byte for byte what a restore
+// from chunks gives, whether files grew, shrank, appeared or went between the two images.
+import fs from 'node:fs';
+import path from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { ChunkStore } from '../../chunkstore/index.js';
+import { ImageCache } from '../../pageserver/image-cache.js';
+import { decodeManifest, imageKey, type ImageManifest } from '../../pageserver/manifest.js';
+import { parseLsn } from '../../core/wal.js';
+import { restoreImage } from '../../pageserver/restore.js';
+import { cleanup, neonJson, tmpDir } from '../../testkit/env.js';
+import { query } from '../../testkit/pg.js';
+import { waitFor } from '../../testkit/wait.js';
+
+const CONFIG = JSON.stringify({
+  pageserver: { imageAfterMb: 1_000_000, imageIntervalMinutes: 1_000_000 },
+  postgres: { settings: { autovacuum: 'off' } },
+});
+
+const test = suite('restore from a neighbouring image’s cached copy');
+let dir = '';
+const cwd = () => ({ cwd: dir });
+const neonDir = () => path.join(dir, '.neon');
+const imagesDir = () => path.join(neonDir(), 'pageserver', 'images', 'main');
+
+async function manifests(): Promise<ImageManifest[]> {
+  const names = fs.readdirSync(imagesDir()).sort();
+  return Promise.all(names.map((name) => decodeManifest(`images/main/${name}`, fs.readFileSync(path.join(imagesDir(), name)))));
+}
+const keyOf = (manifest: ImageManifest) => imageKey(manifest.branch, parseLsn(manifest.endLsn));
+
+/** Every entry under `root`: type, mode and, for files, the bytes (as a map path → description). */
+function tree(root: string): Map<string, string> {
+  const found = new Map<string, string>();
+  for (const entry of fs.readdirSync(root, { withFileTypes: true, recursive: true })) {
+    const full = path.join(entry.parentPath, entry.name);
+    const stat = fs.lstatSync(full);
+    const what = entry.isFile() ? fs.readFileSync(full).toString('base64') : entry.isSymbolicLink() ? fs.readlinkSync(full) : 'dir';
+    found.set(path.relative(root, full), `${(stat.mode & 0o7777).toString(8)} ${what}`);
+  }
+  return found;
+}
+
+/** The folder of an image's plain copy (image-cache.ts folderOf). */
+const cachedCopyOf = (manifest: ImageManifest) =>
+  path.join(
+    neonDir(),
+    'pageserver',
+    'cache',
+    keyOf(manifest)
+      .replace(/\//g, '_')
+      .replace(/\.json\.gz$/, ''),
+  );
+
+let older: ImageManifest;
+let newer: ImageManifest;
+
+test.before(async () => {
+  dir = tmpDir();
+  fs.writeFileSync(path.join(dir, 'neon.config.json'), CONFIG);
+  const url = (await neonJson(['start'], cwd())).connection_string;
+  await waitFor('the first base image', async () => (await neonJson(['image', 'list'], cwd())).length > 0, 60_000);
+  await query(
+    url,
+    `create table items (id int primary key, n int, pad text);
+     insert into items select g, 0, repeat('x', 200) from generate_series(1, 20000) g;
+     create table shrinks (id int, pad text);
+     insert into shrinks select g, repeat('y', 500) from generate_series(1, 3000) g;
+     create table goes (id int);
+     insert into goes select generate_series(1, 1000);`,
+  );
+  await neonJson(['snapshot', 'create', 'A'], cwd());
+  await neonJson(['image', 'create'], cwd());
+  // Between the two images: pages changed, a file grew, one shrank (vacuum truncates its empty tail), one went,
+  // one appeared.
+  await query(
+    url,
+    `update items set n = 1 where id % 97 = 0;
+     insert into items select g, 2, repeat('z', 200) from generate_series(20001, 24000) g;
+     delete from shrinks where id > 100;
+     drop table goes;
+     create table appears (id int); insert into appears select generate_series(1, 500);`,
+  );
+  await query(url, 'vacuum shrinks'); // not in a transaction block
+  await neonJson(['image', 'create'], cwd());
+  [older, newer] = (await manifests()).slice(-2);
+  assert.is(newer.kind, 'incremental', 'the newer image advanced the older one');
+});
+test.after(() => cleanup(dir));
+
+test('a copy of the newer image patched with the older image’s pages is the older image, byte for byte', async () => {
+  await neonJson(['stop'], cwd());
+  const store = await ChunkStore.open(path.join(neonDir(), 'pageserver', 'chunks'));
+  try {
+    const cache = new ImageCache(path.join(neonDir(), 'pageserver', 'cache'));
+    assert.ok(cache.has(keyOf(newer)), 'the newer image has its cached copy');
+    const viaNeighbour = path.join(dir, 'via-neighbour');
+    const viaChunks = path.join(dir, 'via-chunks');
+    await cache.restoreFrom(keyOf(newer), newer, older, viaNeighbour, store);
+    await restoreImage(store, older, viaChunks);
+    const expected = tree(viaChunks);
+    const got = tree(viaNeighbour);
+    assert.equal([...got.keys()].sort(), [...expected.keys()].sort(), 'the same entries');
+    for (const [file, description] of expected) assert.ok(got.get(file) === description, `${file} is the same`);
+    // The two images differ, so the patching mattered: the neighbour's copy itself is not the older image.
+    const neighbour = tree(cachedCopyOf(newer));
+    neighbour.delete('.complete');
+    assert.not.equal(neighbour, expected);
+  } finally {
+    await store.close();
+  }
+});
+
+test('checkout of a snapshot whose image has no copy of its own: the rows of that point, from the neighbour', async () => {
+  const cacheDir = path.join(neonDir(), 'pageserver', 'cache');
+  // Whatever the file system kept (a clone keeps the older copy), that copy goes: it is only a cache.
+  for (const name of fs.readdirSync(cacheDir)) {
+    if (path.join(cacheDir, name) !== cachedCopyOf(newer)) fs.rmSync(path.join(cacheDir, name), { recursive: true, force: true });
+  }
+  await neonJson(['start'], cwd());
+  await neonJson(['checkout', 'A'], cwd());
+  const url = (await neonJson(['pg', 'show', '-n', 'main'], cwd())).connection_string as string;
+  const [row] = await query(url, `select count(*)::int as n, sum(n)::int as s from items`);
+  assert.equal([row.n, row.s], [20000, 0], 'items as at A');
+  const [{ goes }] = await query(url, `select count(*)::int as goes from goes`);
+  assert.is(goes, 1000, 'the table dropped after A is there at A');
+  const log = fs.readFileSync(path.join(neonDir(), 'logs', 'daemon.log'), 'utf8');
+  assert.match(log, /from the cached copy of images\/main\//);
+  const verify = await neonJson(['verify'], cwd());
+  assert.is(verify.ok, true, JSON.stringify(verify).slice(0, 300));
+});
+
+test.run();
