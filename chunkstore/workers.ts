@@ -2,10 +2,9 @@
 // daemon's event loop (its REST API) stays responsive while a base image is taken. Written by hand: a pool
 // library (piscina…) resolves its own worker file, which the esbuild bundle of dist/ does not ship, and the
 // pool needed here is two message types and a FIFO per worker.
-import fs from 'node:fs';
 import os from 'node:os';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker, workerEntry } from '../lib/worker.js';
 import { checkPack, processBatch, type BatchResult, type PackCheck } from './codec.js';
 
 /**
@@ -59,21 +58,6 @@ const IDLE_MS = 15_000;
 const MAX_WORKERS = 4;
 
 /**
- * The worker entry: `chunk-worker.js` in dist/ (this module is bundled into dist/<folder>/ or dist/chunks/, one
- * level below dist/), or `chunk-worker.ts` beside this file when run from sources under tsx (tests, benchmarks). Undefined when neither exists: batches then run on the calling thread.
- */
-function workerEntry(): URL | undefined {
-  const candidates = import.meta.url.endsWith('.ts')
-    ? ['./chunk-worker.ts']
-    : ['../chunkstore/chunk-worker.js', './chunk-worker.js', './chunkstore/chunk-worker.js'];
-  for (const candidate of candidates) {
-    const url = new URL(candidate, import.meta.url);
-    if (url.protocol === 'file:' && fs.existsSync(fileURLToPath(url))) return url;
-  }
-  return undefined;
-}
-
-/**
  * Runs {@link processBatch} on worker threads, one per core (at most {@link MAX_WORKERS}). A batch goes to the
  * worker with the fewest batches queued; each worker answers its batches in order. A worker that dies fails
  * its queued batches and is replaced on the next run. Idle workers do not keep the process alive.
@@ -84,7 +68,7 @@ export class ChunkWorkers {
 
   constructor(
     readonly size = Math.max(1, Math.min(os.availableParallelism(), MAX_WORKERS)),
-    private readonly entry: URL | undefined = workerEntry(),
+    private readonly entry: URL | undefined = workerEntry(import.meta.url, 'chunkstore', 'chunk-worker'),
   ) {}
 
   /** False when no worker entry exists (batches run inline). */
@@ -151,13 +135,7 @@ export class ChunkWorkers {
   }
 
   private spawn(): Slot {
-    const worker = this.entry!.pathname.endsWith('.ts')
-      ? // From sources: the worker needs tsx's loader before it can import a .ts entry.
-        new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(this.entry!.href)}); });`, {
-          eval: true,
-          name: 'neon-chunk-worker',
-        })
-      : new Worker(this.entry!, { name: 'neon-chunk-worker' });
+    const worker = startWorker(this.entry!, 'neon-chunk-worker');
     const slot: Slot = { worker, pending: new Map() };
     worker.unref();
     const fail = (error: Error) => {

@@ -32,12 +32,12 @@ export class ImageBuilder {
 
   /** True when enough chunks wait for the workers that the caller should await {@link drain}. */
   get busy(): boolean {
-    return this.pipeline.busy;
+    return this.pipeline.busy || !!this.mirror?.busy;
   }
 
-  /** Wait until the workers and the store's pack writes have caught up (memory bound). */
-  drain(): Promise<void> {
-    return this.pipeline.drain();
+  /** Wait until the workers, the store's pack writes and the plain copy's writes have caught up (memory bound). */
+  async drain(): Promise<void> {
+    await Promise.all([this.pipeline.drain(), this.mirror?.drain?.()]);
   }
 
   /** End the current file and wait until every chunk is in the store (not flushed) and every list complete. */

@@ -7,6 +7,7 @@ import type { ImageFile, ImageManifest } from './manifest.js';
 import { checkPath, createTree, fixTree, ownerSetter, patchFile } from './restore.js';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { clonesIn, copyFiles, copyTree, treeBytes } from './clone.js';
+import { CacheWriter } from './cache-writer.js';
 import { BLCKSZ, checkPage, firstBlockOf, storedChecksum } from './page-checksum.js';
 
 /** A damaged file of an image's cached copy: the first bad page (or a wrong size). */
@@ -24,6 +25,10 @@ export interface ImageMirror {
   beginFile(path: string, mode: number): void;
   write(data: Buffer): void;
   endFile(): void;
+  /** True when writing has fallen behind: await {@link drain} before giving more. */
+  readonly busy?: boolean;
+  /** Resolves once writing has caught up enough; rejects when it failed. */
+  drain?(): Promise<void>;
 }
 
 const DONE = '.complete';
@@ -74,35 +79,33 @@ export class ImageCache {
     return fs.existsSync(path.join(this.folderOf(key), DONE));
   }
 
-  /** Start a copy of an image being taken; commit it under the image's key once the image is stored. */
-  writer(): ImageMirror & { commit(key: string): void; abandon(): void } {
+  /**
+   * Start a copy of an image being taken, written on a thread of its own (cache-writer.ts); commit it under the
+   * image's key once the image is stored: it is on disk then, folders included, before it is marked complete.
+   */
+  writer(): ImageMirror & { commit(key: string): Promise<void>; abandon(): Promise<void> } {
     fs.mkdirSync(this.dir, { recursive: true });
     const root = fs.mkdtempSync(path.join(this.dir, INCOMING));
-    let fd: number | undefined;
-    let bytes = 0;
+    const thread = new CacheWriter(root);
     return {
-      addDir: (dir) => fs.mkdirSync(path.join(root, dir), { recursive: true }),
-      beginFile: (file) => {
-        fs.mkdirSync(path.dirname(path.join(root, file)), { recursive: true });
-        fd = fs.openSync(path.join(root, file), 'w');
+      addDir: (dir) => thread.addDir(dir),
+      beginFile: (file) => thread.beginFile(file),
+      write: (data) => thread.write(data),
+      endFile: () => thread.endFile(),
+      get busy() {
+        return thread.busy;
       },
-      write: (data) => {
-        for (let done = 0; done < data.length;) done += fs.writeSync(fd!, data, done);
-        bytes += data.length;
-      },
-      endFile: () => {
-        if (fd !== undefined) fs.closeSync(fd);
-        fd = undefined;
-      },
-      commit: (key) => {
+      drain: () => thread.drain(),
+      commit: async (key) => {
+        const bytes = await thread.close();
         const final = this.folderOf(key);
         fs.rmSync(final, { recursive: true, force: true });
         fs.writeFileSync(path.join(root, DONE), JSON.stringify({ bytes }));
         fs.renameSync(root, final);
         this.prune();
       },
-      abandon: () => {
-        if (fd !== undefined) fs.closeSync(fd);
+      abandon: async () => {
+        await thread.stop();
         fs.rmSync(root, { recursive: true, force: true });
       },
     };

@@ -117,14 +117,20 @@ export class Pageserver {
    */
   async takeImage(take: (mirror: ImageMirror) => Promise<NewImage>): Promise<ImageManifest> {
     const mirror = this.cache.writer();
+    let manifest: ImageManifest;
     try {
-      const manifest = await this.storeImage(await take(mirror));
-      mirror.commit(imageKey(manifest.branch, parseLsn(manifest.endLsn)));
-      return manifest;
+      manifest = await this.storeImage(await take(mirror));
     } catch (error) {
-      mirror.abandon();
+      await mirror.abandon();
       throw error;
     }
+    const key = imageKey(manifest.branch, parseLsn(manifest.endLsn));
+    // The copy is only a cache: the image is stored whether or not its copy could be written.
+    await mirror.commit(key).catch(async (error: Error) => {
+      this.deps.log.warn('the cached copy of %s could not be written (%s): computes restore it from chunks', key, error.message);
+      await mirror.abandon();
+    });
+    return manifest;
   }
 
   /**

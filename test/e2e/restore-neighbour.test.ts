@@ -7,8 +7,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ChunkStore } from '../../chunkstore/index.js';
 import { ImageCache } from '../../pageserver/image-cache.js';
-import { decodeManifest, imageKey, type ImageManifest } from '../../pageserver/manifest.js';
-import { parseLsn } from '../../core/wal.js';
+import type { ImageManifest } from '../../pageserver/manifest.js';
+import { cachedCopyOf, keyOf, manifestsOf, treeOf } from '../../testkit/images.js';
 import { restoreImage } from '../../pageserver/restore.js';
 import { cleanup, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
@@ -23,37 +23,6 @@ const test = suite('restore from a neighbouring image’s cached copy');
 let dir = '';
 const cwd = () => ({ cwd: dir });
 const neonDir = () => path.join(dir, '.neon');
-const imagesDir = () => path.join(neonDir(), 'pageserver', 'images', 'main');
-
-async function manifests(): Promise<ImageManifest[]> {
-  const names = fs.readdirSync(imagesDir()).sort();
-  return Promise.all(names.map((name) => decodeManifest(`images/main/${name}`, fs.readFileSync(path.join(imagesDir(), name)))));
-}
-const keyOf = (manifest: ImageManifest) => imageKey(manifest.branch, parseLsn(manifest.endLsn));
-
-/** Every entry under `root`: type, mode and, for files, the bytes (as a map path → description). */
-function tree(root: string): Map<string, string> {
-  const found = new Map<string, string>();
-  for (const entry of fs.readdirSync(root, { withFileTypes: true, recursive: true })) {
-    const full = path.join(entry.parentPath, entry.name);
-    const stat = fs.lstatSync(full);
-    const what = entry.isFile() ? fs.readFileSync(full).toString('base64') : entry.isSymbolicLink() ? fs.readlinkSync(full) : 'dir';
-    found.set(path.relative(root, full), `${(stat.mode & 0o7777).toString(8)} ${what}`);
-  }
-  return found;
-}
-
-/** The folder of an image's plain copy (image-cache.ts folderOf). */
-const cachedCopyOf = (manifest: ImageManifest) =>
-  path.join(
-    neonDir(),
-    'pageserver',
-    'cache',
-    keyOf(manifest)
-      .replace(/\//g, '_')
-      .replace(/\.json\.gz$/, ''),
-  );
-
 let older: ImageManifest;
 let newer: ImageManifest;
 
@@ -85,7 +54,7 @@ test.before(async () => {
   );
   await query(url, 'vacuum shrinks'); // not in a transaction block
   await neonJson(['image', 'create'], cwd());
-  [older, newer] = (await manifests()).slice(-2);
+  [older, newer] = (await manifestsOf(neonDir())).slice(-2);
   assert.is(newer.kind, 'incremental', 'the newer image advanced the older one');
 });
 test.after(() => cleanup(dir));
@@ -100,14 +69,12 @@ test('a copy of the newer image patched with the older image’s pages is the ol
     const viaChunks = path.join(dir, 'via-chunks');
     await cache.restoreFrom(keyOf(newer), newer, older, viaNeighbour, store);
     await restoreImage(store, older, viaChunks);
-    const expected = tree(viaChunks);
-    const got = tree(viaNeighbour);
+    const expected = treeOf(viaChunks);
+    const got = treeOf(viaNeighbour);
     assert.equal([...got.keys()].sort(), [...expected.keys()].sort(), 'the same entries');
     for (const [file, description] of expected) assert.ok(got.get(file) === description, `${file} is the same`);
     // The two images differ, so the patching mattered: the neighbour's copy itself is not the older image.
-    const neighbour = tree(cachedCopyOf(newer));
-    neighbour.delete('.complete');
-    assert.not.equal(neighbour, expected);
+    assert.not.equal(treeOf(cachedCopyOf(neonDir(), newer)), expected);
   } finally {
     await store.close();
   }
@@ -117,7 +84,8 @@ test('checkout of a snapshot whose image has no copy of its own: the rows of tha
   const cacheDir = path.join(neonDir(), 'pageserver', 'cache');
   // Whatever the file system kept (a clone keeps the older copy), that copy goes: it is only a cache.
   for (const name of fs.readdirSync(cacheDir)) {
-    if (path.join(cacheDir, name) !== cachedCopyOf(newer)) fs.rmSync(path.join(cacheDir, name), { recursive: true, force: true });
+    if (path.join(cacheDir, name) !== cachedCopyOf(neonDir(), newer))
+      fs.rmSync(path.join(cacheDir, name), { recursive: true, force: true });
   }
   await neonJson(['start'], cwd());
   await neonJson(['checkout', 'A'], cwd());

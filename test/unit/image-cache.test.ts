@@ -17,7 +17,7 @@ test.before.each(() => {
 test.after.each(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 /** An image of a few files (one of 3 MiB, so that copies use more than one system call), written into the cache. */
-function put(cache: ImageCache, lsn: number, fill: number, branch = 'main'): { key: string; manifest: ImageManifest } {
+async function put(cache: ImageCache, lsn: number, fill: number, branch = 'main'): Promise<{ key: string; manifest: ImageManifest }> {
   const key = `images/${branch}/${lsn.toString(16).toUpperCase().padStart(16, '0')}.json.gz`;
   const files = [
     { path: 'base', type: 'dir' as const, mode: 0o700, size: 0 },
@@ -37,17 +37,17 @@ function put(cache: ImageCache, lsn: number, fill: number, branch = 'main'): { k
   writer.endFile();
   writer.beginFile('empty', 0o600);
   writer.endFile();
-  writer.commit(key);
+  await writer.commit(key);
   const manifest = { files, rawBytes: 3 * 1024 * 1024 + 3 } as unknown as ImageManifest;
   return { key, manifest };
 }
 
 const modeOf = (file: string) => fs.statSync(file).mode & 0o777;
 
-test('leftovers of a cache write that was interrupted (incoming-*) are removed when the cache is opened', () => {
+test('leftovers of a cache write that was interrupted (incoming-*) are removed when the cache is opened', async () => {
   const cacheDir = path.join(dir, 'cache');
   const cache = new ImageCache(cacheDir);
-  const { key } = put(cache, 0x1000000, 1);
+  const { key } = await put(cache, 0x1000000, 1);
   const interrupted = cache.writer(); // never committed nor abandoned: the process was killed
   interrupted.beginFile('big', 0o600);
   interrupted.write(Buffer.alloc(1024 * 1024, 7));
@@ -64,7 +64,7 @@ test('leftovers of a cache write that was interrupted (incoming-*) are removed w
 
 test('restore clones or copies every file with the manifest’s modes, and the copy stays in the cache', async () => {
   const cache = new ImageCache(path.join(dir, 'cache'));
-  const { key, manifest } = put(cache, 0x1000000, 9);
+  const { key, manifest } = await put(cache, 0x1000000, 9);
   const data = path.join(dir, 'pgdata');
   const bytes = await cache.restore(key, manifest, data);
   assert.is(bytes, manifest.rawBytes);
@@ -98,8 +98,8 @@ test('copyTree copies folders, files and symlinks with their modes (the clone or
 
 test('an older copy is kept within the budget; taken for a checkout it is renamed into place (or cloned where that is free)', async () => {
   const cache = new ImageCache(path.join(dir, 'cache'), { olderBudgetBytes: 10 * 1024 * 1024 });
-  const older = put(cache, 0x1000000, 1);
-  const newest = put(cache, 0x2000000, 2);
+  const older = await put(cache, 0x1000000, 1);
+  const newest = await put(cache, 0x2000000, 2);
   assert.ok(cache.has(older.key), 'the older copy is kept (within the budget)');
   const data = path.join(dir, 'pgdata');
   await cache.restore(older.key, older.manifest, data, undefined, { take: true });
@@ -113,18 +113,18 @@ test('an older copy is kept within the budget; taken for a checkout it is rename
   assert.ok(cache.has(newest.key), 'the newest copy stays');
 });
 
-test('older copies beyond the budget go, the oldest first; the newest of each branch always stays', () => {
+test('older copies beyond the budget go, the oldest first; the newest of each branch always stays', async () => {
   const cache = new ImageCache(path.join(dir, 'cache'), { olderBudgetBytes: 4 * 1024 * 1024 });
-  const first = put(cache, 0x1000000, 1);
-  const second = put(cache, 0x2000000, 2);
-  const third = put(cache, 0x3000000, 3);
-  const other = put(cache, 0x1000000, 4, 'feature');
+  const first = await put(cache, 0x1000000, 1);
+  const second = await put(cache, 0x2000000, 2);
+  const third = await put(cache, 0x3000000, 3);
+  const other = await put(cache, 0x1000000, 4, 'feature');
   assert.not.ok(cache.has(first.key), 'the oldest older copy went (two do not fit in 4 MiB)');
   assert.ok(cache.has(second.key), 'the newer older copy fits');
   assert.ok(cache.has(third.key) && cache.has(other.key), 'the newest of each branch stays');
   const none = new ImageCache(path.join(dir, 'cache0'), { olderBudgetBytes: 0 });
-  const a = put(none, 0x1000000, 1);
-  const b = put(none, 0x2000000, 2);
+  const a = await put(none, 0x1000000, 1);
+  const b = await put(none, 0x2000000, 2);
   assert.not.ok(none.has(a.key), 'budget 0: only the newest');
   assert.ok(none.has(b.key));
 });

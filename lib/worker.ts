@@ -1,0 +1,28 @@
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+
+/**
+ * The entry file of a worker thread: `<folder>/<name>.js` in dist/ (the caller is bundled into dist/<folder>/ or
+ * dist/chunks/, one level below dist/), or `<name>.ts` beside the caller when run from sources under tsx (tests,
+ * benchmarks). `from` is the caller's `import.meta.url`. Undefined when neither exists.
+ */
+export function workerEntry(from: string, folder: string, name: string): URL | undefined {
+  const candidates = from.endsWith('.ts') ? [`./${name}.ts`] : [`../${folder}/${name}.js`, `./${name}.js`, `./${folder}/${name}.js`];
+  for (const candidate of candidates) {
+    const url = new URL(candidate, from);
+    if (url.protocol === 'file:' && fs.existsSync(fileURLToPath(url))) return url;
+  }
+  return undefined;
+}
+
+/** Start a worker thread on `entry`; from sources, the worker first needs tsx's loader to import a .ts entry. */
+export function startWorker(entry: URL, name: string, workerData?: unknown): Worker {
+  return entry.pathname.endsWith('.ts')
+    ? new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); });`, {
+        eval: true,
+        name,
+        workerData,
+      })
+    : new Worker(entry, { name, workerData });
+}
