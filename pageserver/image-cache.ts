@@ -27,7 +27,7 @@ export interface ImageMirror {
   endFile(): void;
   /** True when writing has fallen behind: await {@link drain} before giving more. */
   readonly busy?: boolean;
-  /** Resolves once writing has caught up enough; rejects when it failed. */
+  /** Resolves once writing has caught up enough (a copy that failed does not hold the image up). */
   drain?(): Promise<void>;
 }
 
@@ -212,7 +212,7 @@ export class ImageCache {
       const worker = async () => {
         for (let item = next.next(); !item.done; item = next.next()) {
           const target = path.join(dataDir, checkPath(item.value));
-          bytes += await patchFile(store, target, item.value, had.get(item.value.path)?.chunks ?? undefined);
+          bytes += await patchFile(store, target, item.value, had.get(item.value.path)?.chunks);
           own(target);
         }
       };
