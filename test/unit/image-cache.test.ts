@@ -60,6 +60,7 @@ test('leftovers of a cache write that was interrupted (incoming-*) are removed w
     'no incoming-* folder after the cache is opened again',
   );
   assert.ok(reopened.has(key), 'the committed copy stays');
+  await interrupted.abandon(); // the killed process's writer thread would be gone with it
 });
 
 test('restore clones or copies every file with the manifest’s modes, and the copy stays in the cache', async () => {
