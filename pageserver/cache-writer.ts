@@ -50,8 +50,6 @@ export class CacheWriter {
   constructor(root: string) {
     if (!entry) throw new Error('the image-cache writer thread (cache-writer-worker) is missing from this build');
     this.worker = startWorker(entry, 'neon-cache-writer', { root });
-    // Not what keeps a process alive: an image being taken does that, and close() holds it while it waits.
-    this.worker.unref();
     this.worker.on('message', (reply: WriterReply) => {
       if (reply.error) return this.fail(new Error(`writing the image's cached copy: ${reply.error}`));
       if (reply.closed) return this.closed?.resolve(reply.bytes ?? 0);
@@ -61,6 +59,9 @@ export class CacheWriter {
     });
     this.worker.on('error', (error) => this.fail(error));
     this.worker.on('exit', () => this.fail(new Error('the image-cache writer thread ended')));
+    // Not what keeps a process alive: an image being taken does that, and close() holds it while it waits. After the
+    // listeners: adding a 'message' listener refs the worker again.
+    this.worker.unref();
   }
 
   addDir(path: string): void {
