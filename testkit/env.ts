@@ -53,6 +53,16 @@ export async function neonJson<T = any>(args: string[], options: RunOptions): Pr
   return JSON.parse(result.stdout) as T;
 }
 
+/** True while process `pid` exists (signal 0 only asks). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Every process that belongs to a test folder: started with it in the command line, or running inside it. */
 export function processesOf(dir: string): number[] {
   const pids = new Set(processesMatching(dir));

@@ -10,7 +10,7 @@ import { pathToFileURL } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ChunkStore } from '../../chunkstore/index.js';
-import { cleanup, neon, neonJson, ROOT, tmpDir } from '../../testkit/env.js';
+import { alive, cleanup, neon, neonJson, ROOT, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
 import { waitFor } from '../../testkit/wait.js';
 
@@ -243,14 +243,5 @@ daemon('the restarted daemon repairs the index, neon verify is clean, the data i
   const after = await neon(['verify', '--json'], { cwd: repo });
   assert.equal(JSON.parse(after.stdout).problems, [], 'and verify stays clean');
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 daemon.run();

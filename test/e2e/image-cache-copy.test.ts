@@ -7,7 +7,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ChunkStore } from '../../chunkstore/index.js';
 import { restoreImage } from '../../pageserver/restore.js';
-import { cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
+import { alive, cleanup, neon, neonJson, tmpDir } from '../../testkit/env.js';
 import { cachedCopyOf, manifestsOf, treeOf } from '../../testkit/images.js';
 import { query } from '../../testkit/pg.js';
 import { waitFor } from '../../testkit/wait.js';
@@ -86,14 +86,5 @@ test('SIGKILL while the copy is written: nothing half-written stays, the next im
   await neonJson(['stop'], cwd());
   await newestCopyIsTheImage('after the restart');
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 test.run();
