@@ -54,13 +54,14 @@ export class CacheWriter {
       if (reply.error) return this.fail(new Error(`writing the image's cached copy: ${reply.error}`));
       if (reply.closed) return this.closed?.resolve(reply.bytes ?? 0);
       if (reply.free) this.free.push(reply.free);
-      this.inFlight--;
+      if (--this.inFlight === 0 && !this.closed) this.worker.unref();
       if (this.inFlight <= IN_FLIGHT / 2) this.wake();
     });
     this.worker.on('error', (error) => this.fail(error));
     this.worker.on('exit', () => this.fail(new Error('the image-cache writer thread ended')));
-    // Not what keeps a process alive: an image being taken does that, and close() holds it while it waits. After the
-    // listeners: adding a 'message' listener refs the worker again.
+    // The thread keeps the process alive only while it has work (see send): an idle writer that is never closed must
+    // not hold a process open, but an image waiting on drain() may have nothing else keeping the loop alive (`neon
+    // init` takes its image in the CLI's own process). After the listeners: adding a 'message' listener refs again.
     this.worker.unref();
   }
 
@@ -133,7 +134,7 @@ export class CacheWriter {
     if (this.failure || (!this.ops.length && !this.used)) return;
     const data = this.used ? (this.buffer.buffer as ArrayBuffer) : undefined;
     this.worker.postMessage({ ops: this.ops, data } satisfies WriterRequest, data ? [data] : []);
-    this.inFlight++;
+    if (this.inFlight++ === 0) this.worker.ref();
     this.ops = [];
     if (data) {
       this.buffer = Buffer.from(this.free.pop() ?? new ArrayBuffer(BUFFER));
