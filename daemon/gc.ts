@@ -48,7 +48,7 @@ export async function collectGarbage(daemon: DaemonContext, keepWalDays = 7): Pr
     for (const image of pageserver.images(branch.name)) {
       if (keep.has(image.key)) continue;
       fs.rmSync(path.join(pageserver.dir, ...image.key.split('/')), { force: true });
-      pageserver.cache.remove(image.key);
+      await pageserver.cache.remove(image.key);
       await storage?.delete(image.key);
       removed.push(image.key);
     }

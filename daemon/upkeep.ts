@@ -190,7 +190,7 @@ async function checkImageCache(daemon: DaemonContext, images: ImageManifest[], p
     checked++;
     const { damaged } = await cache.verify(key, image);
     if (!damaged.length) continue;
-    cache.remove(key);
+    await cache.remove(key);
     for (const damage of damaged) {
       problems.push({
         what: 'cache',

@@ -4,18 +4,23 @@ import { startWorker, workerEntry } from '../lib/worker.js';
 /** One step of writing a copy: a folder, a file begun, `n` bytes of it (the next ones of the buffer), its end. */
 export type WriterOp = { t: 'd'; p: string } | { t: 'b'; p: string } | { t: 'w'; n: number } | { t: 'e' };
 
-/** To the writer thread: steps, and the bytes their writes take in order; or, last, close (sync the folders). */
+/**
+ * To the writer thread: steps, and the bytes their writes take in order; or close (report when all is written); or
+ * last, sync the copy, which is now at the folder `sync`.
+ */
 export interface WriterRequest {
   ops: WriterOp[];
   data?: ArrayBuffer;
   close?: boolean;
+  sync?: string;
 }
 
-/** From the writer thread: a buffer handed back for reuse, the end (bytes written), or what failed. */
+/** From the writer thread: a buffer handed back for reuse, the end (bytes written), the copy synced, or what failed. */
 export interface WriterReply {
   free?: ArrayBuffer;
   closed?: boolean;
   bytes?: number;
+  synced?: boolean;
   error?: string;
 }
 
@@ -33,8 +38,8 @@ const entry = workerEntry(import.meta.url, 'pageserver', 'cache-writer-worker');
  * files and writing 1 GB took ~0.8 s of blocking system calls on the daemon's event loop, which is what delayed its
  * REST answers during an image (an async writer through libuv's pool measured slower: one trip per call). The
  * bytes are copied into 1 MiB buffers that travel to the thread and back (transferred, not copied); the image
- * waits on {@link drain} when the thread falls behind, so memory stays bounded. The thread syncs every file as it
- * goes: once {@link close} resolves, the copy is on disk.
+ * waits on {@link drain} when the thread falls behind, so memory stays bounded. {@link close} resolves when every
+ * byte is written, {@link sync} when it is all on disk: the image need not wait for the second.
  */
 export class CacheWriter {
   private readonly worker: Worker;
@@ -46,13 +51,16 @@ export class CacheWriter {
   private failure?: Error;
   private waiters: (() => void)[] = [];
   private closed?: { resolve: (bytes: number) => void; reject: (error: Error) => void };
+  private synced?: { resolve: (bytes: number) => void; reject: (error: Error) => void };
 
-  constructor(root: string) {
+  /** `flushAsWritten`: flush each file while it is written, not only in {@link sync} (see cache-writer-worker.ts). */
+  constructor(root: string, flushAsWritten = false) {
     if (!entry) throw new Error('the image-cache writer thread (cache-writer-worker) is missing from this build');
-    this.worker = startWorker(entry, 'neon-cache-writer', { root });
+    this.worker = startWorker(entry, 'neon-cache-writer', { root, flushAsWritten });
     this.worker.on('message', (reply: WriterReply) => {
       if (reply.error) return this.fail(new Error(`writing the image's cached copy: ${reply.error}`));
       if (reply.closed) return this.closed?.resolve(reply.bytes ?? 0);
+      if (reply.synced) return this.synced?.resolve(0);
       if (reply.free) this.free.push(reply.free);
       if (--this.inFlight === 0 && !this.closed) this.worker.unref();
       if (this.inFlight <= IN_FLIGHT / 2) this.wake();
@@ -103,19 +111,26 @@ export class CacheWriter {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
-  /** Send what is left, wait until every file and folder is written and synced; the bytes of the files. */
-  async close(): Promise<number> {
+  /** Send what is left, wait until every file and folder is written (not synced); the bytes of the files. */
+  close(): Promise<number> {
     this.send();
-    const bytes = await new Promise<number>((resolve, reject) => {
-      this.closed = { resolve, reject };
-      if (this.failure) reject(this.failure);
-      else {
-        this.worker.ref();
-        this.worker.postMessage({ ops: [], close: true } satisfies WriterRequest);
-      }
-    });
+    return this.ask({ ops: [], close: true }, (waiter) => (this.closed = waiter));
+  }
+
+  /** After {@link close}, once the copy has moved to the folder `root`: flush it all to disk, then end the thread. */
+  async sync(root: string): Promise<void> {
+    await this.ask({ ops: [], sync: root }, (waiter) => (this.synced = waiter));
     await this.stop();
-    return bytes;
+  }
+
+  /** Ask the thread for one answer, holding the process open until it comes. */
+  private ask(request: WriterRequest, wait: (waiter: { resolve: (n: number) => void; reject: (e: Error) => void }) => void): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      wait({ resolve, reject });
+      if (this.failure) return reject(this.failure);
+      this.worker.ref();
+      this.worker.postMessage(request);
+    });
   }
 
   /** Stop the thread, whatever it was doing (the copy is abandoned). */
@@ -145,6 +160,7 @@ export class CacheWriter {
   private fail(error: Error): void {
     this.failure ??= error;
     this.closed?.reject(this.failure);
+    this.synced?.reject(this.failure);
     this.wake();
   }
 

@@ -42,6 +42,8 @@ export interface ImageCacheOptions {
    * Default: a quarter of the free space of the file system, at most 4 GiB. 0 keeps only the newest per branch.
    */
   olderBudgetBytes?: number;
+  /** Told when a copy could not be flushed to disk (it is dropped: computes restore that image from chunks). */
+  warn?: (message: string) => void;
 }
 
 /**
@@ -54,14 +56,22 @@ export interface ImageCacheOptions {
 export class ImageCache {
   /** Copies being read (cloned from): never taken away or evicted meanwhile. */
   private readonly reading = new Map<string, number>();
+  /**
+   * Copies written and in their folder but still being flushed to disk, by key, with their size: usable by this
+   * process (clones read the page cache), marked complete on disk once flushed, moved or removed only after.
+   */
+  private readonly syncing = new Map<string, { bytes: number; done: Promise<void> }>();
 
   constructor(
     readonly dir: string,
     private readonly options: ImageCacheOptions = {},
   ) {
-    // A cache write that a crash or a kill interrupted leaves its incoming folder: nothing will ever commit it.
+    // A cache write that a crash or a kill interrupted leaves its incoming folder, or a folder never marked complete
+    // (not known to be on disk): nothing will ever commit either.
     for (const entry of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
-      if (entry.startsWith(INCOMING)) fs.rmSync(path.join(dir, entry), { recursive: true, force: true });
+      if (entry.startsWith(INCOMING) || !fs.existsSync(path.join(dir, entry, DONE))) {
+        fs.rmSync(path.join(dir, entry), { recursive: true, force: true });
+      }
     }
   }
 
@@ -74,19 +84,27 @@ export class ImageCache {
     return clonesIn(this.dir);
   }
 
-  /** True when a complete copy of the image `key` is here. */
+  /** True when a complete copy of the image `key` is here (perhaps still being flushed to disk). */
   has(key: string): boolean {
-    return fs.existsSync(path.join(this.folderOf(key), DONE));
+    return this.syncing.has(key) || fs.existsSync(path.join(this.folderOf(key), DONE));
+  }
+
+  /** Resolves once the copy of `key` (every copy, without a key) is flushed to disk, or dropped. */
+  async settled(key?: string): Promise<void> {
+    if (key !== undefined) await this.syncing.get(key)?.done;
+    else await Promise.all([...this.syncing.values()].map((entry) => entry.done));
   }
 
   /**
    * Start a copy of an image being taken, written on a thread of its own (cache-writer.ts); commit it under the
-   * image's key once the image is stored: it is on disk then, folders included, before it is marked complete.
+   * image's key once the image is stored. commit() resolves when the copy is written and in place; it is flushed
+   * to disk after that, in the background (see {@link settled}), and marked complete on disk only then, so that a
+   * power loss never leaves a torn copy marked complete (it would be cloned into every new compute).
    */
   writer(): ImageMirror & { commit(key: string): Promise<void>; abandon(): Promise<void> } {
     fs.mkdirSync(this.dir, { recursive: true });
     const root = fs.mkdtempSync(path.join(this.dir, INCOMING));
-    const thread = new CacheWriter(root);
+    const thread = new CacheWriter(root, this.clones);
     return {
       addDir: (dir) => thread.addDir(dir),
       beginFile: (file) => thread.beginFile(file),
@@ -99,9 +117,22 @@ export class ImageCache {
       commit: async (key) => {
         const bytes = await thread.close();
         const final = this.folderOf(key);
+        await this.settled(key);
         fs.rmSync(final, { recursive: true, force: true });
-        fs.writeFileSync(path.join(root, DONE), JSON.stringify({ bytes }));
         fs.renameSync(root, final);
+        const done = thread
+          .sync(final)
+          .then(() => fs.writeFileSync(path.join(final, DONE), JSON.stringify({ bytes })))
+          .catch(async (error: Error) => {
+            await thread.stop();
+            fs.rmSync(final, { recursive: true, force: true });
+            this.options.warn?.(`the cached copy of ${key} could not be flushed to disk (${error.message}): dropped`);
+          })
+          .finally(() => {
+            this.syncing.delete(key);
+            this.prune();
+          });
+        this.syncing.set(key, { bytes, done });
         this.prune();
       },
       abandon: async () => {
@@ -112,7 +143,8 @@ export class ImageCache {
   }
 
   /** Drop the copy of an image (it was removed by gc). */
-  remove(key: string): void {
+  async remove(key: string): Promise<void> {
+    await this.settled(key);
     fs.rmSync(this.folderOf(key), { recursive: true, force: true });
   }
 
@@ -125,6 +157,7 @@ export class ImageCache {
    * Undefined when there is no copy.
    */
   async adopt(key: string, root: string): Promise<{ root: string; commit(key: string): void; abandon(): void } | undefined> {
+    await this.settled(key);
     if (!this.has(key)) return undefined;
     if (this.clones) {
       await this.reader(key, () => copyTree(this.folderOf(key), root));
@@ -160,6 +193,7 @@ export class ImageCache {
     options: { take?: boolean; concurrency?: number; progress?: (bytes: number) => void } = {},
   ): Promise<number> {
     const source = this.folderOf(key);
+    if (options.take) await this.settled(key);
     if (options.take && !this.clones && !this.reading.get(key) && !this.isNewest(key)) {
       fs.renameSync(source, dataDir);
       fixTree(manifest, dataDir, owner, [DONE]);
@@ -231,10 +265,12 @@ export class ImageCache {
   }
 
   /** The complete copies: folder name, branch prefix, size, and when each was made. */
-  private entries(): { name: string; prefix: string; bytes: number; made: number }[] {
+  private entries(): { name: string; prefix: string; bytes: number; made: number; flushing?: boolean }[] {
     const found = [];
     for (const name of fs.existsSync(this.dir) ? fs.readdirSync(this.dir) : []) {
       const done = path.join(this.dir, name, DONE);
+      const flushing = [...this.syncing].find(([key]) => path.basename(this.folderOf(key)) === name)?.[1];
+      if (flushing) found.push({ name, prefix: name.replace(/_[0-9a-f]{16}$/, '_'), bytes: flushing.bytes, made: Date.now(), flushing: true });
       if (name.startsWith(INCOMING) || !fs.existsSync(done)) continue;
       let bytes: number;
       try {
@@ -265,7 +301,7 @@ export class ImageCache {
     let budget = this.options.olderBudgetBytes ?? defaultBudget(this.dir);
     for (const entry of older) {
       const key = [...this.reading.keys()].find((k) => this.reading.get(k) && path.basename(this.folderOf(k)) === entry.name);
-      if (entry.bytes <= budget || key) budget -= entry.bytes;
+      if (entry.bytes <= budget || key || entry.flushing) budget -= entry.bytes;
       else fs.rmSync(path.join(this.dir, entry.name), { recursive: true, force: true });
     }
   }

@@ -57,7 +57,7 @@ export class Pageserver {
     private readonly deps: PageserverDeps,
   ) {
     this.history = new History(path.join(dir, 'history.json'));
-    this.cache = new ImageCache(path.join(dir, 'cache'));
+    this.cache = new ImageCache(path.join(dir, 'cache'), { warn: (message) => deps.log.warn('%s', message) });
   }
 
   static async open(deps: PageserverDeps): Promise<Pageserver> {
@@ -83,6 +83,7 @@ export class Pageserver {
 
   async close(): Promise<void> {
     await this.firstImage;
+    await this.cache.settled(); // a copy not flushed yet would be dropped at the next start
     await this.store.close();
   }
 

@@ -81,8 +81,13 @@ function walkDirs(dir: string, depth = 4): string[] {
 
 /** Kill whatever a test left running in `dir` and remove the folder. */
 export async function cleanup(dir: string): Promise<void> {
-  const pids = processesOf(dir);
-  for (const pid of pids) signal(pid, 'SIGKILL');
-  await waitGone(pids, 10_000);
+  // Again until none is left: a process started between the listing and the kill (a Postgres the daemon was
+  // spawning, a backend its postmaster forked) would go on writing while the folder is removed.
+  for (let round = 0; round < 5; round++) {
+    const pids = processesOf(dir);
+    if (!pids.length) break;
+    for (const pid of pids) signal(pid, 'SIGKILL');
+    await waitGone(pids, 10_000);
+  }
   fs.rmSync(dir, { recursive: true, force: true });
 }

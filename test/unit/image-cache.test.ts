@@ -38,13 +38,17 @@ async function put(cache: ImageCache, lsn: number, fill: number, branch = 'main'
   writer.beginFile('empty', 0o600);
   writer.endFile();
   await writer.commit(key);
+  assert.ok(cache.has(key), 'usable as soon as it is written');
+  await cache.settled(key);
+  const folder = path.join(cache.dir, key.replace(/\//g, '_').replace(/\.json\.gz$/, ''));
+  assert.ok(fs.existsSync(path.join(folder, '.complete')), 'marked complete once flushed');
   const manifest = { files, rawBytes: 3 * 1024 * 1024 + 3 } as unknown as ImageManifest;
   return { key, manifest };
 }
 
 const modeOf = (file: string) => fs.statSync(file).mode & 0o777;
 
-test('leftovers of a cache write that was interrupted (incoming-*) are removed when the cache is opened', async () => {
+test('leftovers of a cache write that was interrupted (incoming-*, or a copy not yet flushed) are removed when the cache is opened', async () => {
   const cacheDir = path.join(dir, 'cache');
   const cache = new ImageCache(cacheDir);
   const { key } = await put(cache, 0x1000000, 1);
@@ -53,7 +57,12 @@ test('leftovers of a cache write that was interrupted (incoming-*) are removed w
   interrupted.write(Buffer.alloc(1024 * 1024, 7));
   interrupted.endFile();
   assert.equal(fs.readdirSync(cacheDir).filter((name) => name.startsWith('incoming-')).length, 1, 'the interrupted write left its folder');
+  // Killed after the copy was moved into place, before it was flushed and marked complete.
+  const unflushed = path.join(cacheDir, 'images_main_00000000FFFFFFFF');
+  fs.mkdirSync(unflushed);
+  fs.writeFileSync(path.join(unflushed, 'PG_VERSION'), '15\n');
   const reopened = new ImageCache(cacheDir);
+  assert.not.ok(fs.existsSync(unflushed), 'a copy never marked complete is removed');
   assert.equal(
     fs.readdirSync(cacheDir).filter((name) => name.startsWith('incoming-')),
     [],
