@@ -7,7 +7,8 @@
 //
 //   npm run bench:image [-- --scales 64] [--runs 3] [--keep-logs DIR] [--trace] [--neon-only]
 // --trace prints the daemon's image steps (NEON_TRACE, see lib/trace.ts) with the ms each took; --neon-only skips
-// the peers (for a quick look at neon's own figures: no ratios then).
+// the peers (for a quick look at neon's own figures: no ratios then). NEON_BENCH_PROFILE=<dir> writes a CPU profile
+// of the daemon during each full image there (see cpu-profile.cjs).
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -74,11 +75,12 @@ async function neonRun(scale: number): Promise<Metrics> {
   const m: Metrics = {};
   const traceFile = path.join(dir, 'trace');
   if (tracing) process.env.NEON_TRACE = traceFile; // inherited by the daemon that neon start spawns
+  Object.assign(process.env, lib.profileEnv());
   try {
     const { url, dbBytes } = await lib.loadedNeon(dir, scale);
     m.dbBytes = dbBytes;
     const daemonPid = Number(fs.readFileSync(path.join(repo, 'daemon.pid'), 'utf8'));
-    const taking = timed(() => neonJson(['image', 'create'], cwd));
+    const taking = lib.profiled(daemonPid, () => timed(() => neonJson(['image', 'create'], cwd)));
     const latencies = await pollStatus(repo, taking);
     const [fullMs, full] = await taking;
     Object.assign(m, { fullMs, fullNew: full.new_bytes, fullRaw: full.raw_bytes, fullKind: full.kind === 'online' ? 1 : 0 });

@@ -255,3 +255,19 @@ export async function loadedNeon(dir: string, scale: number): Promise<{ url: str
   await query(url, 'checkpoint');
   return { url, dbBytes: await dbSize(url) };
 }
+
+/** NEON_BENCH_PROFILE=<dir>: the environment that makes the daemons a benchmark starts profilable (cpu-profile.cjs). */
+export const PROFILE_DIR = process.env.NEON_BENCH_PROFILE;
+export const profileEnv = (): Record<string, string> =>
+  PROFILE_DIR ? { NODE_OPTIONS: `--require ${path.resolve('bench/cpu-profile.cjs')}`, NEON_CPU_PROFILE_DIR: PROFILE_DIR } : {};
+
+/** Run `work`, profiling daemon `pid` meanwhile when NEON_BENCH_PROFILE is set (see cpu-profile.cjs). */
+export async function profiled<T>(pid: number, work: () => Promise<T>): Promise<T> {
+  if (!PROFILE_DIR) return work();
+  process.kill(pid, 'SIGUSR2');
+  try {
+    return await work();
+  } finally {
+    process.kill(pid, 'SIGUSR2');
+  }
+}

@@ -16,19 +16,18 @@ import { cleanup, neonJson, tmpDir } from '../testkit/env.js';
 import { query } from '../testkit/pg.js';
 import { startS3 } from '../testkit/s3.js';
 import { waitFor } from '../testkit/wait.js';
-import { listArg } from './lib-snapshot.js';
+import { listArg, profileEnv, profiled } from './lib-snapshot.js';
 
 const MB = 1024 * 1024;
 const scale = listArg('scale', [8])[0];
 const runs = listArg('runs', [3])[0];
 const root = tmpDir('neon-bench-pushpull-');
 const s3 = await startS3();
-const profile = process.env.NEON_BENCH_PROFILE;
 const env: Record<string, string> = {
   ...s3.env,
   NEON_PORT: '0',
   ...(process.env.NEON_TRACE ? { NEON_TRACE: process.env.NEON_TRACE } : {}),
-  ...(profile ? { NODE_OPTIONS: `--require ${path.resolve('bench/cpu-profile.cjs')}`, NEON_CPU_PROFILE_DIR: profile } : {}),
+  ...profileEnv(),
 };
 const load = () => `load ${os.loadavg()[0].toFixed(1)}`;
 const client = new S3Client({
@@ -50,17 +49,6 @@ async function peakRss<T>(pid: number, work: () => Promise<T>): Promise<{ value:
   } finally {
     clearInterval(timer);
     sample();
-  }
-}
-
-/** Run `work`, profiling daemon `pid` meanwhile when NEON_BENCH_PROFILE is set (see cpu-profile.cjs). */
-async function profiled<T>(pid: number, work: () => Promise<T>): Promise<T> {
-  if (!profile) return work();
-  process.kill(pid, 'SIGUSR2');
-  try {
-    return await work();
-  } finally {
-    process.kill(pid, 'SIGUSR2');
   }
 }
 

@@ -5,6 +5,9 @@
 import { parentPort } from 'node:worker_threads';
 import { checkPack, processBatch } from './codec.js';
 import type { BatchReply, WorkerRequest } from './workers.js';
+import { backgroundThread } from '../lib/worker.js';
+
+backgroundThread();
 
 const port = parentPort;
 if (!port) throw new Error('chunk-worker.ts runs only as a worker thread');

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
@@ -25,4 +26,19 @@ export function startWorker(entry: URL, name: string, workerData?: unknown): Wor
         workerData,
       })
     : new Worker(entry, { name, workerData });
+}
+
+/**
+ * Called first by a background worker thread: lower its own scheduling priority (nice 10), so that on a machine with
+ * fewer cores than busy threads the daemon's event loop (REST answers, WAL acknowledgements) runs as soon as it has
+ * work, and the hashing or copying waits instead. Linux applies a priority to one thread when given its thread id;
+ * elsewhere (no /proc/thread-self) the thread keeps its priority.
+ */
+export function backgroundThread(): void {
+  try {
+    const tid = Number(fs.readlinkSync('/proc/thread-self').split('/').pop());
+    if (tid) os.setPriority(tid, 10);
+  } catch {
+    // not Linux, or not allowed: only responsiveness under load is at stake
+  }
 }

@@ -9,6 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { WriterOp, WriterReply, WriterRequest } from './cache-writer.js';
+import { backgroundThread } from '../lib/worker.js';
+
+backgroundThread();
 
 const port = parentPort;
 if (!port) throw new Error('cache-writer-worker.ts runs only as a worker thread');

@@ -7,6 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { NeonError } from '../../core/errors.js';
 import { MIDX_ENTRY, MidxFile, MidxWriter, writeEntry, type MidxEntry, type MidxPack } from '../../chunkstore/midx.js';
+import { byHash } from '../../chunkstore/table.js';
 import { cleanup, tmpDir } from '../../testkit/env.js';
 
 const hashOf = (n: number) => createHash('sha256').update(`chunk ${n}`).digest('hex');
@@ -81,6 +82,17 @@ test('a flipped byte anywhere, or a truncated file, is corrupt at load', async (
   } finally {
     await cleanup(dir);
   }
+});
+
+test('a merge orders the in-memory tail by hash, hashes alike in their first 32 bits included', () => {
+  const tail: [string, number][] = Array.from({ length: 5000 }, (_, i) => [hashOf(i), i]);
+  // Hashes that share their first 8 hex digits with another (sorted by the typed-array key alone they would tie).
+  for (const [i, prefix] of [[5000, 'ffffffff'], [5001, 'ffffffff'], [5002, '00000000'], [5003, 'ffffffff'], [5004, '00000000']] as const) {
+    tail.push([prefix + hashOf(i).slice(8), i]);
+  }
+  tail.push(['ffffffff' + '0'.repeat(56), 5005]);
+  const expected = [...tail].sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  assert.equal(byHash([...tail].reverse()), expected);
 });
 
 test.run();
