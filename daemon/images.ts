@@ -1,10 +1,11 @@
+import fs from 'node:fs';
 import type { PageserverConfig } from '../core/config.js';
 import type { DaemonContext } from './context.js';
 import { NeonError, messageOf } from '../core/errors.js';
 import { isPrimary } from './repository.js';
 import { formatLsn } from '../core/wal.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
-import { takeOnlineImage } from '../pageserver/take-image.js';
+import { takeDirectImage, takeOnlineImage } from '../pageserver/take-image.js';
 import { textRows, WireConnection } from '../replication/connection.js';
 import { parseLsn, segmentOf, segmentStart } from '../core/wal.js';
 import type { Compute } from './compute.js';
@@ -85,15 +86,17 @@ export class ImageService {
     try {
       const stored =
         (await this.takeIncremental(compute)) ??
-        (await daemon.pageserver.takeImage((mirror) =>
-          takeOnlineImage({
+        (await daemon.pageserver.takeImage((mirror) => {
+          const source = {
             store: daemon.pageserver.store,
             branch: compute.record.branch,
             pgVersion: daemon.binaries.version,
             primary: daemon.primaryOf(compute.record),
             mirror,
-          }),
-        ));
+          };
+          // Its files are read where they are when this process may read them (pg_backup_start/stop); else BASE_BACKUP.
+          return readable(compute.dataDir) ? takeDirectImage({ ...source, dataDir: compute.dataDir }) : takeOnlineImage(source);
+        }));
       this.error = null;
       trace('image', `image ${stored.kind} stored`);
       daemon.sync?.schedule();
@@ -204,4 +207,13 @@ function walStartAfter(image: ImageManifest, upTo: bigint, segmentSize: number):
   if (image.kind !== 'online' || !(segmentSize > 0)) return end;
   const next = segmentStart(segmentOf(end, segmentSize) + 1n, segmentSize);
   return upTo >= next ? next : end;
+}
+
+function readable(dir: string): boolean {
+  try {
+    fs.accessSync(dir, fs.constants.R_OK | fs.constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }

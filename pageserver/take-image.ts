@@ -3,9 +3,9 @@ import path from 'node:path';
 import { Parser, type ReadEntry } from 'tar';
 import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
-import { WireConnection } from '../replication/connection.js';
+import { textRows, WireConnection } from '../replication/connection.js';
 import { baseBackup } from '../replication/base-backup.js';
-import { DEFAULT_SEGMENT_SIZE, formatLsn, segmentName, segmentOf } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, formatLsn, parseLsn, segmentName, segmentOf } from '../core/wal.js';
 import { identifySystem } from '../replication/stream.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { ImageBuilder } from './image-builder.js';
@@ -162,28 +162,49 @@ export async function takeOfflineImage(source: ImageSource & { dataDir: string }
   }
   const builder = new ImageBuilder(store, source.mirror);
   const before = store.stats().storedBytes;
+  await copyTree(builder, dataDir, (rel, entry) => {
+    if (entry.isDirectory() && EMPTY_DIRS.has(rel)) return rel === 'pg_wal' ? [...keepWal] : [];
+    if (!entry.isDirectory() && path.dirname(rel) === '.' && SKIP_FILES.has(entry.name)) return 'skip';
+    return 'copy';
+  });
+  await builder.finish();
+  await store.flush();
+  return finish(source, builder, before, {
+    timeline: control.timeline,
+    startLsn: control.redo,
+    endLsn: control.checkpoint,
+    systemId: control.systemId,
+    kind: 'offline',
+  });
+}
+
+/**
+ * What to do with an entry of a data directory being read (`rel`: its path in it): copy it; skip it; or, for a
+ * folder, create it empty but for the files and (empty) folders listed (paths in the data directory).
+ */
+type Choice = 'copy' | 'skip' | string[];
+
+/**
+ * Feed the folders, symlinks and files of `dataDir` to `builder`, in name order, as `choose` says. With `live` the
+ * server is running: a file or folder that vanishes meanwhile (a dropped table, a finished temp file) is left out,
+ * as BASE_BACKUP does; a file read while it is written may hold torn pages, which the WAL from the backup's start
+ * repairs.
+ */
+async function copyTree(builder: ImageBuilder, dataDir: string, choose: (rel: string, entry: fs.Dirent) => Choice, live = false): Promise<void> {
   const buffer = Buffer.allocUnsafe(1024 * 1024);
-  const walk = async (relative: string): Promise<void> => {
-    const entries = fs.readdirSync(path.join(dataDir, relative), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
-    for (const entry of entries) {
-      const rel = relative ? path.join(relative, entry.name) : entry.name;
-      const full = path.join(dataDir, rel);
-      const stat = fs.lstatSync(full);
-      if (entry.isDirectory()) {
-        builder.addDir(rel, stat.mode & 0o7777);
-        if (!EMPTY_DIRS.has(rel)) await walk(rel);
-        else if (rel === 'pg_wal') for (const wal of keepWal) if (fs.existsSync(path.join(dataDir, wal))) await addFile(wal);
-      } else if (entry.isSymbolicLink()) {
-        builder.addSymlink(rel, fs.readlinkSync(full), stat.mode & 0o7777);
-      } else if (entry.isFile() && !(relative === '' && SKIP_FILES.has(entry.name))) {
-        await addFile(rel);
-      }
-    }
-  };
+  const gone = (error: unknown) => live && (error as NodeJS.ErrnoException).code === 'ENOENT';
   const addFile = async (rel: string) => {
     const full = path.join(dataDir, rel);
-    builder.beginFile(rel, fs.statSync(full).mode & 0o7777);
-    const fd = fs.openSync(full, 'r');
+    let fd: number;
+    let mode: number;
+    try {
+      fd = fs.openSync(full, 'r');
+      mode = fs.fstatSync(fd).mode & 0o7777;
+    } catch (error) {
+      if (gone(error)) return;
+      throw error;
+    }
+    builder.beginFile(rel, mode);
     try {
       for (let read; (read = fs.readSync(fd, buffer, 0, buffer.length, null)) > 0;) {
         builder.write(buffer.subarray(0, read));
@@ -195,14 +216,125 @@ export async function takeOfflineImage(source: ImageSource & { dataDir: string }
     builder.endFile();
     await builder.drain();
   };
+  const addListed = async (rel: string) => {
+    const stat = fs.statSync(path.join(dataDir, rel), { throwIfNoEntry: false });
+    if (stat?.isDirectory()) builder.addDir(rel, stat.mode & 0o7777);
+    else if (stat) await addFile(rel);
+  };
+  const walk = async (relative: string): Promise<void> => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(path.join(dataDir, relative), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
+    } catch (error) {
+      if (gone(error)) return;
+      throw error;
+    }
+    for (const entry of entries) {
+      const rel = relative ? path.join(relative, entry.name) : entry.name;
+      const full = path.join(dataDir, rel);
+      const choice = choose(rel, entry);
+      if (choice === 'skip') continue;
+      try {
+        if (entry.isDirectory()) {
+          builder.addDir(rel, fs.statSync(full).mode & 0o7777);
+          if (choice === 'copy') await walk(rel);
+          else for (const item of choice) await addListed(item);
+        } else if (entry.isSymbolicLink()) {
+          builder.addSymlink(rel, fs.readlinkSync(full), fs.lstatSync(full).mode & 0o7777);
+        } else if (entry.isFile()) {
+          await addFile(rel);
+        }
+      } catch (error) {
+        if (!gone(error)) throw error;
+      }
+    }
+  };
   await walk('');
-  await builder.finish();
-  await store.flush();
-  return finish(source, builder, before, {
-    timeline: control.timeline,
-    startLsn: control.redo,
-    endLsn: control.checkpoint,
-    systemId: control.systemId,
-    kind: 'offline',
-  });
+}
+
+// What BASE_BACKUP leaves out of a running server's data directory (PostgreSQL's basebackup.c), beside SKIP_FILES
+// and the contents of EMPTY_DIRS: files rewritten at start, or that only mean something to the running server.
+const LIVE_SKIP_FILES = new Set(['postgresql.auto.conf.tmp', 'current_logfiles.tmp', 'backup_label', 'tablespace_map']);
+const TEMP_RELATION = /^t\d+_\d+/;
+const RELATION_FILE = /^(\d+)(?:_(?:fsm|vm|init))?(?:\.\d+)?$/;
+
+/**
+ * What of a running server's data directory goes into an image: everything BASE_BACKUP sends. Unlogged relations
+ * keep only their init fork (Postgres resets them from it after recovery), temporary ones and temp files nothing.
+ */
+function liveChoice(dataDir: string): (rel: string, entry: fs.Dirent) => Choice {
+  const unloggedIn = new Map<string, Set<string>>();
+  const unlogged = (dir: string) => {
+    let found = unloggedIn.get(dir);
+    if (!found) {
+      found = new Set();
+      try {
+        for (const name of fs.readdirSync(path.join(dataDir, dir))) if (name.endsWith('_init')) found.add(name.slice(0, -5));
+      } catch {
+        // the database was dropped meanwhile: its files are gone too
+      }
+      unloggedIn.set(dir, found);
+    }
+    return found;
+  };
+  return (rel, entry) => {
+    if (entry.isDirectory()) {
+      if (rel === 'pg_wal') return ['pg_wal/archive_status', 'pg_wal/summaries']; // no segment: as BASE_BACKUP sends it
+      return EMPTY_DIRS.has(rel) ? [] : 'copy';
+    }
+    const name = entry.name;
+    if (name === 'pg_internal.init' || name.startsWith('pgsql_tmp') || LIVE_SKIP_FILES.has(name)) return 'skip';
+    if (path.dirname(rel) === '.' && SKIP_FILES.has(name)) return 'skip';
+    const dir = path.dirname(rel);
+    if (dir.startsWith('base/') || dir === 'global') {
+      if (TEMP_RELATION.test(name)) return 'skip';
+      const node = RELATION_FILE.exec(name)?.[1];
+      if (node && !name.endsWith('_init') && unlogged(dir).has(node)) return 'skip';
+    }
+    return 'copy';
+  };
+}
+
+/**
+ * Take a base image of a running primary by reading its data directory's files (`dataDir`, on this machine)
+ * between pg_backup_start and pg_backup_stop, as pgBackRest does, instead of through BASE_BACKUP: the files are
+ * read straight from the file system (the page cache, mostly) rather than read by a walsender, framed into a
+ * tar stream, sent over a socket and parsed again, which took a core of its own. What goes into the image is what
+ * BASE_BACKUP sends (see liveChoice), and the backup_label comes from pg_backup_stop.
+ */
+export async function takeDirectImage(source: ImageSource & { primary: PrimaryInfo; dataDir: string }): Promise<NewImage> {
+  const { store, dataDir } = source;
+  const connection = await WireConnection.connect({ ...source.primary, database: 'postgres', applicationName: 'neon-pageserver' });
+  try {
+    const major = parseInt(connection.parameters.server_version ?? '', 10);
+    if (major < 15) throw new Error(`pg_backup_start: the server is PostgreSQL ${major}; neon needs 15 or newer`);
+    if (fs.readdirSync(path.join(dataDir, 'pg_tblspc')).length) {
+      throw new NeonError('tablespaces_unsupported', 'the primary has a tablespace; neon images cover the main data directory only');
+    }
+    const [{ system }] = textRows(await connection.query('select system_identifier::text as system from pg_control_system()'));
+    const label = `neon image of ${source.branch}`.replace(/'/g, "''");
+    await connection.query(`select pg_backup_start('${label}', true)`);
+    const builder = new ImageBuilder(store, source.mirror);
+    const before = store.stats().storedBytes;
+    await copyTree(builder, dataDir, liveChoice(dataDir), true);
+    const [stop] = textRows(await connection.query('select lsn::text, labelfile from pg_backup_stop(false)'));
+    const labelFile = stop.labelfile ?? '';
+    builder.beginFile('backup_label', 0o600);
+    builder.write(Buffer.from(labelFile));
+    builder.endFile();
+    const start = /^START WAL LOCATION: (\S+)/m.exec(labelFile)?.[1];
+    const timeline = /^START TIMELINE: (\d+)/m.exec(labelFile)?.[1];
+    if (!start || !timeline || !stop.lsn) throw new Error(`pg_backup_stop returned a backup_label neon cannot read: ${JSON.stringify(labelFile)}`);
+    await builder.finish();
+    await store.flush();
+    return finish(source, builder, before, {
+      timeline: Number(timeline),
+      startLsn: parseLsn(start),
+      endLsn: parseLsn(stop.lsn),
+      systemId: system!,
+      kind: 'online',
+    });
+  } finally {
+    connection.close();
+  }
 }
