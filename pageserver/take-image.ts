@@ -28,13 +28,15 @@ export interface ImageSource {
 /** Input bytes between two checks that the hashing workers and the pack writes keep up. */
 const DRAIN_EVERY = 8 * 1024 * 1024;
 
-/** The manifest of an image whose files the builder holds (all its chunks flushed by now). */
-function finish(
+/** Wait until every chunk the builder was given is packed and durable; the manifest of its image. */
+async function finish(
   source: ImageSource,
   builder: ImageBuilder,
   storedBefore: number,
   point: { timeline: number; startLsn: bigint; endLsn: bigint; systemId: string; kind: NewImage['kind'] },
-): NewImage {
+): Promise<NewImage> {
+  await builder.finish();
+  await source.store.flush();
   return {
     format: 'neon-image',
     version: 2,
@@ -110,8 +112,6 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
       },
     );
     parser?.end();
-    await builder.finish();
-    await store.flush();
     return finish(source, builder, before, {
       timeline: result.timeline,
       startLsn: result.startLsn,
@@ -167,8 +167,6 @@ export async function takeOfflineImage(source: ImageSource & { dataDir: string }
     if (!entry.isDirectory() && path.dirname(rel) === '.' && SKIP_FILES.has(entry.name)) return 'skip';
     return 'copy';
   });
-  await builder.finish();
-  await store.flush();
   return finish(source, builder, before, {
     timeline: control.timeline,
     startLsn: control.redo,
@@ -325,8 +323,6 @@ export async function takeDirectImage(source: ImageSource & { primary: PrimaryIn
     const start = /^START WAL LOCATION: (\S+)/m.exec(labelFile)?.[1];
     const timeline = /^START TIMELINE: (\d+)/m.exec(labelFile)?.[1];
     if (!start || !timeline || !stop.lsn) throw new Error(`pg_backup_stop returned a backup_label neon cannot read: ${JSON.stringify(labelFile)}`);
-    await builder.finish();
-    await store.flush();
     return finish(source, builder, before, {
       timeline: Number(timeline),
       startLsn: parseLsn(start),
