@@ -276,12 +276,13 @@ function liveChoice(dataDir: string): (rel: string, entry: fs.Dirent) => Choice 
     return found;
   };
   return (rel, entry) => {
+    if (entry.name.startsWith('pgsql_tmp')) return 'skip'; // temp files, and their folder (base/pgsql_tmp)
     if (entry.isDirectory()) {
       if (rel === 'pg_wal') return ['pg_wal/archive_status', 'pg_wal/summaries']; // no segment: as BASE_BACKUP sends it
       return EMPTY_DIRS.has(rel) ? [] : 'copy';
     }
     const name = entry.name;
-    if (name === 'pg_internal.init' || name.startsWith('pgsql_tmp') || LIVE_SKIP_FILES.has(name)) return 'skip';
+    if (name === 'pg_internal.init' || LIVE_SKIP_FILES.has(name)) return 'skip';
     if (path.dirname(rel) === '.' && SKIP_FILES.has(name)) return 'skip';
     const dir = path.dirname(rel);
     if (dir.startsWith('base/') || dir === 'global') {
