@@ -3,18 +3,16 @@
 // committed row once it has replayed the WAL of the backup; unlogged tables come back empty, as Postgres resets them.
 import fs from 'node:fs';
 import path from 'node:path';
-import { execa } from 'execa';
 import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ChunkStore } from '../../chunkstore/index.js';
 import { parseLsn } from '../../core/wal.js';
-import { freePort } from '../../lib/net.js';
 import type { ImageManifest } from '../../pageserver/manifest.js';
 import { restoreImage } from '../../pageserver/restore.js';
 import { takeDirectImage, takeOnlineImage, type NewImage } from '../../pageserver/take-image.js';
-import { embeddedBinaries, reachableBinaries } from '../../postgres/binaries.js';
-import { asUser, chownTo, pgUserFor } from '../../postgres/user.js';
+import { chownTo, pgUserFor } from '../../postgres/user.js';
+import { testCluster } from '../../testkit/cluster.js';
 import { cleanup, tmpDir } from '../../testkit/env.js';
 
 const pgUser = pgUserFor();
@@ -28,20 +26,13 @@ direct.after(async () => {
 const entriesOf = (image: NewImage) => new Map(image.files.filter((f) => f.path !== 'backup_label').map((f) => [f.path, f.type]));
 
 direct('holds what BASE_BACKUP sends, and restores every committed row while writes went on', async () => {
-  const embedded = await embeddedBinaries();
-  if (!embedded) return console.log('  (embedded Postgres not installed: skipped)');
-  const { binDir } = await reachableBinaries(embedded, pgUser);
   dir = tmpDir('neon-direct-image-');
-  const data = path.join(dir, 'data');
-  const socket = path.join(dir, 'sock');
-  fs.mkdirSync(socket, { mode: 0o755 });
-  await chownTo(pgUser, dir, true);
-  const run = (bin: string, args: string[]) => execa(path.join(binDir, bin), args, { ...asUser(pgUser), env: { LC_ALL: 'C' }, stdin: 'ignore' });
-  await run('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '--locale=C', '--data-checksums']);
-  const port = await freePort();
-  const server = (at: string, log: string) =>
-    run('pg_ctl', ['-D', at, '-l', path.join(dir, log), '-w', '-t', '120', '-o', `-p ${port} -k ${socket} -c listen_addresses='' -c wal_keep_size=1GB`, 'start']);
-  await server(data, 'log');
+  const cluster = await testCluster(dir, pgUser, ['--data-checksums']);
+  if (!cluster) return console.log('  (embedded Postgres not installed: skipped)');
+  const { data, socket, port } = cluster;
+  // The server keeps its WAL, for the restore below.
+  const settings = '-c wal_keep_size=1GB';
+  await cluster.start({ settings });
   const client = new pg.Client({ host: socket, port, user: 'postgres', database: 'postgres' });
   await client.connect();
   const writer = new pg.Client({ host: socket, port, user: 'postgres', database: 'postgres' });
@@ -88,7 +79,7 @@ direct('holds what BASE_BACKUP sends, and restores every committed row while wri
     // Restore it, give it the WAL the server kept (wal_keep_size), start it: it replays from the backup's start.
     await client.end();
     await writer.end();
-    await run('pg_ctl', ['-D', data, '-w', '-m', 'fast', 'stop']);
+    await cluster.stop();
     const restored = path.join(dir, 'restored');
     await restoreImage(store, { ...image, checksum: '' } as ImageManifest, restored, { owner: pgUser });
     for (const segment of fs.readdirSync(path.join(data, 'pg_wal')).filter((name) => /^[0-9A-F]{24}$/.test(name))) {
@@ -96,7 +87,7 @@ direct('holds what BASE_BACKUP sends, and restores every committed row while wri
     }
     await chownTo(pgUser, restored, true);
     fs.chmodSync(restored, 0o700);
-    await server(restored, 'restored.log').catch((error: Error) => {
+    await cluster.start({ dataDir: restored, log: 'restored.log', settings }).catch((error: Error) => {
       throw new Error(`${error.message}\n${fs.readFileSync(path.join(dir, 'restored.log'), 'utf8')}`);
     });
     const check = new pg.Client({ host: socket, port, user: 'postgres', database: 'postgres' });
@@ -111,7 +102,7 @@ direct('holds what BASE_BACKUP sends, and restores every committed row while wri
       assert.is(u, 0, 'an unlogged table comes back empty');
     } finally {
       await check.end();
-      await run('pg_ctl', ['-D', restored, '-w', '-m', 'fast', 'stop']);
+      await cluster.stop(restored);
     }
     await store.close();
   } finally {

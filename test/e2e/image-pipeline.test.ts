@@ -4,7 +4,6 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { deflateRawSync } from 'node:zlib';
-import { execa } from 'execa';
 import pg from 'pg';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -14,12 +13,11 @@ import { encodeIndex, FLAG_DEFLATE, FLAG_ZSTD, PACK_HEADER, RECORD_HEADER, write
 import { ChunkStore } from '../../chunkstore/index.js';
 import { ChunkPipeline } from '../../chunkstore/pipeline.js';
 import { ChunkWorkers } from '../../chunkstore/workers.js';
-import { freePort } from '../../lib/net.js';
 import type { ImageManifest } from '../../pageserver/manifest.js';
 import { restoreImage } from '../../pageserver/restore.js';
 import { EMPTY_DIRS, SKIP_FILES, takeOfflineImage } from '../../pageserver/take-image.js';
-import { embeddedBinaries, reachableBinaries } from '../../postgres/binaries.js';
-import { asUser, chownTo, pgUserFor } from '../../postgres/user.js';
+import { pgUserFor } from '../../postgres/user.js';
+import { testCluster } from '../../testkit/cluster.js';
 import { cleanup, tmpDir } from '../../testkit/env.js';
 
 const PAGE = 8192;
@@ -209,18 +207,11 @@ function tree(root: string, skip: (rel: string) => boolean): Map<string, string>
 }
 
 zeros('an offline image of a cluster with zero pages restores an identical data directory, storing no zero page', async () => {
-  const embedded = await embeddedBinaries();
-  if (!embedded) return console.log('  (embedded Postgres not installed: skipped)');
-  const { binDir } = await reachableBinaries(embedded, pgUser);
   clusterDir = tmpDir('neon-zero-pages-');
-  const data = path.join(clusterDir, 'data');
-  const socket = path.join(clusterDir, 'sock');
-  fs.mkdirSync(socket, { mode: 0o755 });
-  await chownTo(pgUser, clusterDir, true);
-  const run = (bin: string, args: string[]) => execa(path.join(binDir, bin), args, { ...asUser(pgUser), env: { LC_ALL: 'C' }, stdin: 'ignore' });
-  await run('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '--locale=C']);
-  const port = await freePort();
-  await run('pg_ctl', ['-D', data, '-l', path.join(clusterDir, 'log'), '-w', '-o', `-p ${port} -k ${socket} -c listen_addresses=''`, 'start']);
+  const cluster = await testCluster(clusterDir, pgUser);
+  if (!cluster) return console.log('  (embedded Postgres not installed: skipped)');
+  const { data, socket, port } = cluster;
+  await cluster.start();
   // A hash index allocates its buckets in groups by writing the group's last page: the pages before it are
   // holes that read as zeros. Rows make it split into a few such groups.
   const sql = [
@@ -236,7 +227,7 @@ zeros('an offline image of a cluster with zero pages restores an identical data 
   } finally {
     await client.end();
   }
-  await run('pg_ctl', ['-D', data, '-w', '-m', 'fast', 'stop']);
+  await cluster.stop();
 
   const store = await ChunkStore.open(path.join(clusterDir, 'store'));
   const image = await takeOfflineImage({ store, dataDir: data, branch: 'main', pgVersion: 17 });
