@@ -5,7 +5,7 @@ import { NeonError, messageOf } from '../core/errors.js';
 import { isPrimary } from './repository.js';
 import { formatLsn } from '../core/wal.js';
 import type { ImageManifest } from '../pageserver/manifest.js';
-import { takeDirectImage, takeOnlineImage } from '../pageserver/take-image.js';
+import { commitAfterCheckpoint, takeDirectImage, takeOnlineImage } from '../pageserver/take-image.js';
 import { textRows, WireConnection } from '../replication/connection.js';
 import { parseLsn, segmentOf, segmentStart } from '../core/wal.js';
 import type { Compute } from './compute.js';
@@ -126,36 +126,41 @@ export class ImageService {
         return undefined;
       }
       const t0 = Date.now();
-      trace('image', 'incremental: checkpoint on the primary');
       const connection = await WireConnection.connect({ ...daemon.primaryOf(compute.record), database: 'postgres' });
       let point: Record<string, string | null>;
+      let visibleFrom: bigint;
       try {
+        // More WAL than half the database: most pages changed, and a full image reads them faster than a replay.
+        // Known before the checkpoint, which a full image would make again.
+        const [now] = textRows(
+          await connection.query(
+            `select pg_current_wal_insert_lsn() as lsn, (select setting from pg_settings where name = 'wal_segment_size') as segment_size`,
+          ),
+        );
+        const walBytes = parseLsn(now.lsn!) - walStartAfter(previous, parseLsn(now.lsn!), Number(now.segment_size));
+        if (walBytes > BigInt(previous.rawBytes) / 2n) {
+          daemon.log.info(
+            'incremental image of %s not taken (%s bytes of WAL since the last image, database %d bytes): taking a full one',
+            branch,
+            String(walBytes),
+            previous.rawBytes,
+          );
+          return undefined;
+        }
+        trace('image', 'incremental: checkpoint on the primary');
         await connection.query('checkpoint');
-        const sql = `select checkpoint_lsn, pg_current_wal_insert_lsn() as up_to,
-          (select setting from pg_settings where name = 'wal_segment_size') as segment_size from pg_control_checkpoint()`;
-        [point] = textRows(await connection.query(sql));
-        // A commit waits for the safekeepers (synchronous replication): then they hold the checkpoint record.
-        await connection.query('select txid_current()');
+        [point] = textRows(await connection.query('select checkpoint_lsn, pg_current_wal_insert_lsn() as up_to from pg_control_checkpoint()'));
+        // Its commit waits for the safekeepers: then they hold the WAL up to up_to, checkpoint record included.
+        visibleFrom = await commitAfterCheckpoint(connection, true);
       } finally {
         connection.close();
-      }
-      const upTo = parseLsn(point.up_to!);
-      // More WAL than half the database: most pages changed, and BASE_BACKUP streams them faster than a replay.
-      const walBytes = upTo - walStartAfter(previous, upTo, Number(point.segment_size));
-      if (walBytes > BigInt(previous.rawBytes) / 2n) {
-        daemon.log.info(
-          'incremental image of %s not taken (%s bytes of WAL since the last image, database %d bytes): taking a full one',
-          branch,
-          String(walBytes),
-          previous.rawBytes,
-        );
-        return undefined;
       }
       daemon.log.info('incremental image of %s: checkpoint in %d ms', branch, Date.now() - t0);
       const stored = await daemon.pageserver.takeIncremental({
         previous,
         checkpoint: parseLsn(point.checkpoint_lsn!),
-        upTo,
+        upTo: parseLsn(point.up_to!),
+        visibleFrom,
         binDir: daemon.binaries.binDir,
       });
       trace('image', 'incremental: stored and committed');

@@ -55,6 +55,11 @@ export interface IncrementalRequest {
   checkpoint: Lsn;
   /** The safekeepers' flush point, at or past the end of that record. */
   upTo: Lsn;
+  /**
+   * Past a commit made after that checkpoint (see commitAfterCheckpoint): the image serves points from here on,
+   * where a hot standby started at the checkpoint sees every transaction that committed before it.
+   */
+  visibleFrom: Lsn;
 }
 
 /** An incremental image, and its plain copy to commit under the image's key once the manifest is stored. */
@@ -112,7 +117,7 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
         branch: previous.branch,
         timeline: control.timeline,
         startLsn: formatLsn(control.redo),
-        endLsn: formatLsn(checkpointEnd),
+        endLsn: formatLsn(request.visibleFrom > checkpointEnd ? request.visibleFrom : checkpointEnd),
         systemId: previous.systemId,
         pgVersion: previous.pgVersion,
         kind: 'incremental',

@@ -5,7 +5,7 @@ import type { ChunkStore } from '../chunkstore/index.js';
 import { NeonError } from '../core/errors.js';
 import { textRows, WireConnection } from '../replication/connection.js';
 import { baseBackup } from '../replication/base-backup.js';
-import { DEFAULT_SEGMENT_SIZE, formatLsn, parseLsn, segmentName, segmentOf } from '../core/wal.js';
+import { DEFAULT_SEGMENT_SIZE, formatLsn, type Lsn, parseLsn, segmentName, segmentOf } from '../core/wal.js';
 import { identifySystem } from '../replication/stream.js';
 import type { PrimaryInfo } from '../safekeeper/safekeeper.js';
 import { ImageBuilder } from './image-builder.js';
@@ -54,6 +54,33 @@ async function finish(
   };
 }
 
+/**
+ * Commit a transaction that writes WAL, after a checkpoint an image starts from and before the image is consistent.
+ *
+ * Why: a transaction that has written its commit record but still waits for the safekeepers (synchronous
+ * replication) is listed as running in the running-xacts record of a checkpoint made meanwhile. A hot standby
+ * starting from that checkpoint skips it as committed (pg_xact says so) but takes the record's latestCompletedXid
+ * as the newest finished transaction, so its snapshots hide that transaction until it replays a later commit or
+ * abort: a read-only compute paused at a point soon after the image did not see a table created just before it.
+ * This commit, of a transaction newer than any listed, must come before every point the image serves: the image is
+ * consistent from no earlier than the returned LSN, which is past the commit. With `wait`, the commit also waits
+ * for the safekeepers, so they hold every WAL byte written before it.
+ */
+export async function commitAfterCheckpoint(to: WireConnection | PrimaryInfo, wait = false): Promise<Lsn> {
+  const connection = to instanceof WireConnection ? to : await WireConnection.connect({ ...to, database: 'postgres', applicationName: 'neon-pageserver' });
+  try {
+    // A transaction that only takes an xid (txid_current()) writes no WAL before its commit record, and such a
+    // commit waits for nobody: the logical message makes it a commit that writes WAL.
+    await connection.query(
+      `begin; ${wait ? '' : 'set local synchronous_commit = local; '}select pg_logical_emit_message(true, 'neon', 'image'); commit`,
+    );
+    const [row] = textRows(await connection.query('select pg_current_wal_insert_lsn()::text as lsn'));
+    return parseLsn(row.lsn!);
+  } finally {
+    if (connection !== to) connection.close();
+  }
+}
+
 const normalise = (entryPath: string) => entryPath.replace(/^\.\//, '').replace(/\/+$/, '');
 
 /**
@@ -68,6 +95,7 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
     const builder = new ImageBuilder(store, source.mirror);
     const before = store.stats().storedBytes;
     let parser: Parser | undefined;
+    let marked: Promise<Lsn> | undefined;
     let received = 0;
     let drainedAt = 0;
     const onEntry = (entry: ReadEntry) => {
@@ -94,6 +122,10 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
             );
           }
           parser = new Parser({ strict: true, onReadEntry: onEntry });
+          // The backup's checkpoint is made: commit after it before the backup can end (the stream waits).
+          connection.pause();
+          marked = commitAfterCheckpoint(source.primary).finally(() => connection.resume());
+          marked.catch(() => undefined); // handled where it is awaited, after the stream
         },
         data(chunk) {
           parser!.write(chunk);
@@ -112,10 +144,11 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
       },
     );
     parser?.end();
+    const visible = (await marked) ?? 0n;
     return finish(source, builder, before, {
       timeline: result.timeline,
       startLsn: result.startLsn,
-      endLsn: result.endLsn,
+      endLsn: visible > result.endLsn ? visible : result.endLsn, // a tiny backup may end before the commit
       systemId: system.systemId,
       kind: 'online',
     });
@@ -313,6 +346,7 @@ export async function takeDirectImage(source: ImageSource & { primary: PrimaryIn
     const [{ system }] = textRows(await connection.query('select system_identifier::text as system from pg_control_system()'));
     const label = `neon image of ${source.branch}`.replace(/'/g, "''");
     await connection.query(`select pg_backup_start('${label}', true)`);
+    await commitAfterCheckpoint(connection); // before pg_backup_stop: the image is consistent after it
     const builder = new ImageBuilder(store, source.mirror);
     const before = store.stats().storedBytes;
     await copyTree(builder, dataDir, liveChoice(dataDir), true);

@@ -89,5 +89,6 @@ export async function cleanup(dir: string): Promise<void> {
     for (const pid of pids) signal(pid, 'SIGKILL');
     await waitGone(pids, 10_000);
   }
-  fs.rmSync(dir, { recursive: true, force: true });
+  // NEON_TEST_KEEP=1 keeps the folder (logs, data directories) to look into a failure; the processes are gone.
+  if (process.env.NEON_TEST_KEEP !== '1') fs.rmSync(dir, { recursive: true, force: true });
 }
