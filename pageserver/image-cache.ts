@@ -84,9 +84,13 @@ export class ImageCache {
     return clonesIn(this.dir);
   }
 
-  /** True when a complete copy of the image `key` is here (perhaps still being flushed to disk). */
+  /**
+   * True when a complete copy of the image `key` is here (perhaps still being flushed to disk). A copy whose folder
+   * was removed meanwhile (by hand: the cache is only an accelerator) is not: restores then read the chunks.
+   */
   has(key: string): boolean {
-    return this.syncing.has(key) || fs.existsSync(path.join(this.folderOf(key), DONE));
+    const folder = this.folderOf(key);
+    return this.syncing.has(key) ? fs.existsSync(folder) : fs.existsSync(path.join(folder, DONE));
   }
 
   /** Resolves once the copy of `key` (every copy, without a key) is flushed to disk, or dropped. */

@@ -72,6 +72,21 @@ test('leftovers of a cache write that was interrupted (incoming-*, or a copy not
   await interrupted.abandon(); // the killed process's writer thread would be gone with it
 });
 
+test('a copy whose folder is removed while it is flushed is not used (restores then read the chunks)', async () => {
+  const warnings: string[] = [];
+  const cache = new ImageCache(path.join(dir, 'cache'), { warn: (message) => warnings.push(message) });
+  const key = 'images/main/0000000001000000.json.gz';
+  const writer = cache.writer();
+  writer.beginFile('base/1/1259', 0o600);
+  writer.write(Buffer.alloc(8 * 1024 * 1024, 3));
+  writer.endFile();
+  await writer.commit(key);
+  fs.rmSync(path.join(cache.dir, 'images_main_0000000001000000'), { recursive: true, force: true });
+  assert.not.ok(cache.has(key), 'gone from the cache at once, not only once its flush has failed');
+  await cache.settled(key);
+  assert.not.ok(cache.has(key));
+});
+
 test('restore clones or copies every file with the manifest’s modes, and the copy stays in the cache', async () => {
   const cache = new ImageCache(path.join(dir, 'cache'));
   const { key, manifest } = await put(cache, 0x1000000, 9);
