@@ -4,7 +4,7 @@
 // pool needed here is two message types and a FIFO per worker.
 import os from 'node:os';
 import type { Worker } from 'node:worker_threads';
-import { startWorker, workerEntry } from '../lib/worker.js';
+import { collectWhenIdle, startWorker, workerEntry } from '../lib/worker.js';
 import { checkPack, processBatch, type BatchResult, type PackCheck } from './codec.js';
 
 /**
@@ -125,7 +125,9 @@ export class ChunkWorkers {
     if (slot.pending.size) return;
     const index = this.slots.indexOf(slot);
     if (index >= 0) this.slots.splice(index, 1);
-    void slot.worker.terminate();
+    void slot.worker.terminate().then(() => {
+      if (!this.slots.length) collectWhenIdle(); // the work that made garbage is done: give it back now
+    });
   }
 
   private pick(): Slot {

@@ -3,7 +3,7 @@ import { callDaemon, notRunning } from './client.js';
 import type { DaemonMessage } from '../daemon/main.js';
 import { NeonError } from '../core/errors.js';
 import { isDaemonOf } from '../daemon/lock.js';
-import { cmdlineOf, isAlive, processesMatching, signal, waitGone } from '../lib/proc.js';
+import { cmdlineOf, DAEMON_NODE_FLAGS, isAlive, processesMatching, signal, waitGone } from '../lib/proc.js';
 import { trace } from '../lib/trace.js';
 import type { Repository } from '../daemon/repository.js';
 
@@ -32,7 +32,7 @@ export async function spawnDaemon(repo: Repository, projectDir: string, cli: str
   fs.mkdirSync(repo.logsDir, { recursive: true });
   const logFile = repo.logFile('daemon');
   const log = fs.openSync(logFile, 'a', 0o640);
-  const child = spawn(process.execPath, [cli, '__daemon', '--repo', repo.dir], {
+  const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, cli, '__daemon', '--repo', repo.dir], {
     cwd: projectDir,
     env: process.env,
     detached: true,

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { createLogger, type Logger } from '../core/log.js';
 import { isDaemonOf } from './lock.js';
 import { Repository } from './repository.js';
+import { DAEMON_NODE_FLAGS } from '../lib/proc.js';
 import { trace } from '../lib/trace.js';
 
 /** Set in the daemon's environment by its watchdog: that process is the daemon itself. */
@@ -105,7 +106,7 @@ export async function runWatchdog(repoDir: string, cli: string): Promise<void> {
     started = Date.now();
     ready = false;
     trace('watchdog', 'spawning the daemon');
-    const daemon = spawn(process.execPath, [cli, '__daemon', '--repo', repoDir], {
+    const daemon = spawn(process.execPath, [...DAEMON_NODE_FLAGS, cli, '__daemon', '--repo', repoDir], {
       env: daemonEnv,
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });

@@ -42,3 +42,8 @@ export function backgroundThread(): void {
     // not Linux, or not allowed: only responsiveness under load is at stake
   }
 }
+
+/** A full garbage collection, where the process allows it (the daemon: see DAEMON_NODE_FLAGS in ./proc.ts); else nothing. */
+export function collectWhenIdle(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
