@@ -84,7 +84,8 @@ export function signal(pid: number, sig: NodeJS.Signals): void {
 
 /**
  * Node flags of the daemon process. `--expose-gc` lets it collect once its last worker thread has ended
- * (collectWhenIdle in ./worker.ts): after an image, V8 holds tens of MB of dead buffers and an old space grown for the
- * image until allocation pressure triggers a GC, which an idle daemon never has (1 GB, 20 s after the image: RSS 198 MB against 225 MB, medians of 3).
+ * (collectWhenIdle in ./worker.ts): after an image, V8 holds tens of MB of dead buffers and an old space grown
+ * for the image until allocation pressure triggers a GC, which an idle daemon never has (1 GB, 20 s after the
+ * image: RSS 198 MB against 225 MB, medians of 3).
  */
 export const DAEMON_NODE_FLAGS = ['--expose-gc'];
