@@ -3,7 +3,7 @@
 // missing. For each file system and pgbench scale (8 ≈ 100 MB, 64 ≈ 1 GB), a fresh neon repository and a plain cluster:
 //   1. neon image create, then neon pg create -n b1 (the first compute after the image) → first query, and a second
 //      one → first query; WAL the compute wrote (its pg_wal);   peer: cp -a (XFS: cp --reflink=always -a) of the
-//      stopped cluster + pg_ctl start -w + first query
+//      stopped cluster + pg_ctl start -w + first query, and the same with the copy made durable (sync -f) first
 //   2. snapshot A, 1% of the rows changed, an image; neon checkout A → first query; neon checkout back (the state left)
 //      → first query; checkout A again → first query;   peer: pg_ctl stop + cp -a (reflink) of a saved copy +
 //      pg_ctl start -w + first query
@@ -164,6 +164,18 @@ async function peerRun(base: string, scale: number, reflink: boolean): Promise<M
     });
     cluster.stop(copy);
     fs.rmSync(copy, { recursive: true });
+    // The same made crash-safe before it starts, as a neon compute is: Postgres syncs a restored data directory
+    // before its recovery (recovery_init_sync_method = syncfs); a copy of a cleanly stopped cluster skips that.
+    const durable = path.join(dir, 'durable');
+    copies.push(durable);
+    [m.cpSyncMs] = await timed(async () => {
+      cp(cluster.data, durable);
+      run('sync', ['-f', durable]);
+      cluster.start(durable, `-p ${port2} -c archive_mode=off`);
+      await lib.firstQuery(cluster.url(port2));
+    });
+    cluster.stop(durable);
+    fs.rmSync(durable, { recursive: true });
     // A checkout: the running cluster stops, a saved copy is copied into place and started.
     const saved = path.join(dir, 'saved');
     cp(cluster.data, saved);
@@ -201,6 +213,7 @@ function report(system: string, size: number, scale: number, neonRuns: Metrics[]
   const row = (what: string, key: string, peer: string, peerText: string) =>
     console.log(`| ${what} | ${sec(n(key))} | ${sec(p(peer))} ${peerText} | ${x(ratio(key, peer))} |`);
   row('first compute after an image → first query', 'firstMs', 'cpMs', `(${cp} + pg_ctl start)`);
+  row('… against the copy made durable first', 'firstMs', 'cpSyncMs', `(${cp} + sync -f + pg_ctl start)`);
   row('… request → Postgres starts (clone/copy, WAL staging)', 'firstBeforePgMs', 'cpMs', '');
   row('second compute → first query', 'secondMs', 'cpMs', `(${cp} + pg_ctl start)`);
   row('checkout of an older snapshot → first query', 'toA', 'checkoutMs', `(stop + ${cp} of a saved copy + start)`);
