@@ -66,19 +66,14 @@ async function finish(
  * consistent from no earlier than the returned LSN, which is past the commit. With `wait`, the commit also waits
  * for the safekeepers, so they hold every WAL byte written before it.
  */
-export async function commitAfterCheckpoint(to: WireConnection | PrimaryInfo, wait = false): Promise<Lsn> {
-  const connection = to instanceof WireConnection ? to : await WireConnection.connect({ ...to, database: 'postgres', applicationName: 'neon-pageserver' });
-  try {
-    // A transaction that only takes an xid (txid_current()) writes no WAL before its commit record, and such a
-    // commit waits for nobody: the logical message makes it a commit that writes WAL.
-    await connection.query(
-      `begin; ${wait ? '' : 'set local synchronous_commit = local; '}select pg_logical_emit_message(true, 'neon', 'image'); commit`,
-    );
-    const [row] = textRows(await connection.query('select pg_current_wal_insert_lsn()::text as lsn'));
-    return parseLsn(row.lsn!);
-  } finally {
-    if (connection !== to) connection.close();
-  }
+export async function commitAfterCheckpoint(connection: WireConnection, wait = false): Promise<Lsn> {
+  // A transaction that only takes an xid (txid_current()) writes no WAL before its commit record, and such a
+  // commit waits for nobody: the logical message makes it a commit that writes WAL.
+  await connection.query(
+    `begin; ${wait ? '' : 'set local synchronous_commit = local; '}select pg_logical_emit_message(true, 'neon', 'image'); commit`,
+  );
+  const [row] = textRows(await connection.query('select pg_current_wal_insert_lsn()::text as lsn'));
+  return parseLsn(row.lsn!);
 }
 
 const normalise = (entryPath: string) => entryPath.replace(/^\.\//, '').replace(/\/+$/, '');
@@ -124,7 +119,9 @@ export async function takeOnlineImage(source: ImageSource & { primary: PrimaryIn
           parser = new Parser({ strict: true, onReadEntry: onEntry });
           // The backup's checkpoint is made: commit after it before the backup can end (the stream waits).
           connection.pause();
-          marked = commitAfterCheckpoint(source.primary).finally(() => connection.resume());
+          marked = WireConnection.connect({ ...source.primary, database: 'postgres', applicationName: 'neon-pageserver' })
+            .then((sql) => commitAfterCheckpoint(sql).finally(() => sql.close()))
+            .finally(() => connection.resume());
           marked.catch(() => undefined); // handled where it is awaited, after the stream
         },
         data(chunk) {
