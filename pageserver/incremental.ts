@@ -85,20 +85,31 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
   if (ctx.owner) fs.chownSync(ctx.scratch, process.getuid?.() ?? 0, ctx.owner.gid);
   const walDir = path.join(ctx.scratch, 'wal');
   try {
-    const { changes, checkpointEnd } = await stageAndRead(ctx, walDir, previous, request);
     trace('image', 'incremental: adopting the plain copy');
     const adopted = await ctx.cache.adopt(previousKey, path.join(ctx.scratch, 'data'));
     if (!adopted) throw needsFull(`the previous image ${previousKey} has no plain copy to advance`);
+    let replaying: Promise<Error | undefined> | undefined;
     try {
-      trace('image', 'incremental: replaying');
-      await replayTo({
-        dataDir: adopted.root,
-        walDir,
-        binDir: ctx.binDir,
-        checkpoint: request.checkpoint,
-        owner: ctx.owner,
-        logFile: path.join(ctx.scratch, 'replay.log'),
-      });
+      const replay = () => {
+        trace('image', 'incremental: replaying');
+        return replayTo({
+          dataDir: adopted.root,
+          walDir,
+          binDir: ctx.binDir,
+          checkpoint: request.checkpoint,
+          owner: ctx.owner,
+          logFile: path.join(ctx.scratch, 'replay.log'),
+        }).then(
+          () => undefined,
+          (error: Error) => error,
+        );
+      };
+      const { changes, checkpointEnd } = await stageAndRead(ctx, walDir, previous, request, () => (replaying = replay()));
+      // A replay of WAL that the walk found damaged stopped short (Postgres checks every record's CRC too): run it
+      // again on the verified copies, from the restartpoint where it stopped.
+      let failed = await replaying;
+      if (!replaying || failed || !atCheckpoint(adopted.root, request.checkpoint)) failed = await (replaying = replay());
+      if (failed) throw failed;
       const control = readControlFile(adopted.root);
       if (control.state !== 2 || control.checkpoint !== request.checkpoint) {
         throw new NeonError(
@@ -132,6 +143,7 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
       trace('image', 'incremental: pages chunked');
       return { image, commit: adopted.commit, abandon: adopted.abandon };
     } catch (error) {
+      await replaying; // Postgres leaves the folder before it goes
       adopted.abandon();
       throw error;
     }
@@ -140,22 +152,33 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
   }
 }
 
+/** True when Postgres shut down in `dataDir` at the checkpoint record `checkpoint` (a finished replay). */
+function atCheckpoint(dataDir: string, checkpoint: Lsn): boolean {
+  const control = readControlFile(dataDir);
+  return control.state === 2 && control.checkpoint === checkpoint;
+}
+
 /**
  * Stage the WAL from the previous image's redo point for the replay, and read its changed-page set in the same
  * verifying pass. First each segment's local copy is linked as it is (no check per copy: the one walk from the
- * redo point to `upTo` checks every record the replay will apply); when a segment is not on this disk or that
- * walk finds damage, the WAL store stages again, choosing and verifying a good copy of each segment.
+ * redo point to `upTo` checks every record the replay will apply), and `startReplay` is called at once, so that
+ * Postgres replays while this thread walks; when a segment is not on this disk or the walk finds damage, the WAL
+ * store stages again, choosing and verifying a good copy of each segment, and the replay is left to the caller.
  */
 async function stageAndRead(
   ctx: IncrementalContext,
   walDir: string,
   previous: ImageManifest,
   request: IncrementalRequest,
+  startReplay: () => Promise<unknown>,
 ): Promise<{ changes: ChangedPages; checkpointEnd: Lsn }> {
   const from = parseLsn(previous.startLsn);
   trace('image', 'incremental: staging local WAL');
-  let read = (await stageLocal(ctx, from, walDir, request.upTo)) ? await readChanges(walDir, previous, request) : undefined;
+  const local = await stageLocal(ctx, from, walDir, request.upTo);
+  const replaying = local ? startReplay() : undefined;
+  let read = local ? await readChanges(walDir, previous, request) : undefined;
   if (!read || 'problem' in read) {
+    await replaying; // it reads the staged WAL, which is replaced now
     ctx.log.info('incremental image: staging WAL through the WAL store (%s)', read ? read.problem : 'a segment is not on this disk');
     fs.rmSync(walDir, { recursive: true, force: true });
     trace('image', 'incremental: staging verified WAL');
