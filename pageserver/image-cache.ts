@@ -4,9 +4,10 @@ import path from 'node:path';
 import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { PgUser } from '../postgres/user.js';
 import type { ImageFile, ImageManifest } from './manifest.js';
-import { checkPath, createTree, fixTree, ownerSetter, patchFile } from './restore.js';
+import { checkPath, createTree, fixTree, ownerSetter, patchFile, restoreImage } from './restore.js';
 import type { ChunkStore } from '../chunkstore/index.js';
-import { clonesIn, copyFiles, copyTree, treeBytes } from './clone.js';
+import { fsyncDir } from '../core/fs-atomic.js';
+import { clonesIn, copyFiles, copyTree, syncTree, treeBytes } from './clone.js';
 import { CacheWriter } from './cache-writer.js';
 import { BLCKSZ, checkPage, firstBlockOf, storedChecksum } from './page-checksum.js';
 
@@ -32,6 +33,8 @@ export interface ImageMirror {
 }
 
 const DONE = '.complete';
+/** A refill waits this long before it starts, so that the compute a checkout starts is up first. */
+const REFILL_DELAY_MS = 1000;
 const INCOMING = 'incoming-';
 const GiB = 1024 ** 3;
 
@@ -44,6 +47,8 @@ export interface ImageCacheOptions {
   olderBudgetBytes?: number;
   /** Told when a copy could not be flushed to disk (it is dropped: computes restore that image from chunks). */
   warn?: (message: string) => void;
+  /** Told what the cache does in the background (a copy taken by a checkout being written again). */
+  info?: (message: string) => void;
 }
 
 /**
@@ -61,6 +66,8 @@ export class ImageCache {
    * process (clones read the page cache), marked complete on disk once flushed, moved or removed only after.
    */
   private readonly syncing = new Map<string, { bytes: number; done: Promise<void> }>();
+  /** Copies being written again from chunks, after a checkout took the newest copy of a branch (see {@link refill}). */
+  private readonly refilling = new Map<string, { done: Promise<void>; abort: AbortController }>();
 
   constructor(
     readonly dir: string,
@@ -97,6 +104,22 @@ export class ImageCache {
   async settled(key?: string): Promise<void> {
     if (key !== undefined) await this.syncing.get(key)?.done;
     else await Promise.all([...this.syncing.values()].map((entry) => entry.done));
+  }
+
+  /**
+   * Resolves once the copy of `key` (every copy, without a key) that a checkout took is written again (or its
+   * refill failed): whoever would use that copy waits for it rather than rebuild the image from chunks too.
+   */
+  async refilled(key?: string): Promise<void> {
+    if (key !== undefined) await this.refilling.get(key)?.done;
+    else await Promise.all([...this.refilling.values()].map((entry) => entry.done));
+  }
+
+  /** Stop refills (a refill left unfinished is removed, as after a crash) and wait for every flush. */
+  async close(): Promise<void> {
+    for (const entry of this.refilling.values()) entry.abort.abort();
+    await this.refilled();
+    await this.settled();
   }
 
   /**
@@ -148,6 +171,7 @@ export class ImageCache {
 
   /** Drop the copy of an image (it was removed by gc). */
   async remove(key: string): Promise<void> {
+    await this.refilled(key);
     await this.settled(key);
     fs.rmSync(this.folderOf(key), { recursive: true, force: true });
   }
@@ -161,6 +185,7 @@ export class ImageCache {
    * Undefined when there is no copy.
    */
   async adopt(key: string, root: string): Promise<{ root: string; commit(key: string): void; abandon(): void } | undefined> {
+    await this.refilled(key);
     await this.settled(key);
     if (!this.has(key)) return undefined;
     if (this.clones) {
@@ -185,21 +210,20 @@ export class ImageCache {
 
   /**
    * Materialise the copy of `manifest` (stored as `key`) as `dataDir`, with the manifest's modes and owner. Files
-   * are cloned (or copied in the kernel) in parallel; with `take`, where the file system cannot clone and the copy
-   * is an older one (not the newest of its branch, which incrementals and new computes clone), the copy itself is
-   * renamed into place instead, a metadata change whatever the size (it leaves the cache). Returns the bytes.
+   * are cloned (or copied in the kernel) in parallel. With `take` (a checkout), where the file system cannot
+   * clone, the copy itself is renamed into place instead, a metadata change whatever the size: it leaves the
+   * cache, and when it was the newest of its branch (which incrementals and new computes start from) it is
+   * written again from `take`'s chunk store in the background (see {@link refill}). Returns the bytes.
    */
   async restore(
     key: string,
     manifest: ImageManifest,
     dataDir: string,
     owner?: PgUser,
-    options: { take?: boolean; concurrency?: number; progress?: (bytes: number) => void } = {},
+    options: { take?: ChunkStore; concurrency?: number; progress?: (bytes: number) => void } = {},
   ): Promise<number> {
     const source = this.folderOf(key);
-    if (options.take) await this.settled(key);
-    if (options.take && !this.clones && !this.reading.get(key) && !this.isNewest(key)) {
-      fs.renameSync(source, dataDir);
+    if (await this.take(key, manifest, dataDir, options.take)) {
       fixTree(manifest, dataDir, owner, [DONE]);
       options.progress?.(manifest.rawBytes);
       return manifest.rawBytes;
@@ -221,6 +245,8 @@ export class ImageCache {
    * are then read from the chunk store and written (restore.ts patchFile); files the neighbour lacks come from the
    * chunks whole. The result is the image byte for byte, as from restoreImage, at about the cost of a copy when few
    * pages differ: an older snapshot whose own copy an incremental advanced (ext4) is a copy of the newer one away.
+   * With `take` (a checkout), where the file system cannot clone, the neighbour's copy itself is renamed into place
+   * and patched there, as {@link restore} takes a copy: then only the pages that differ are written.
    */
   async restoreFrom(
     sourceKey: string,
@@ -229,10 +255,31 @@ export class ImageCache {
     dataDir: string,
     store: ChunkStore,
     owner?: PgUser,
-    options: { concurrency?: number; progress?: (bytes: number) => void } = {},
+    options: { take?: boolean; concurrency?: number; progress?: (bytes: number) => void } = {},
   ): Promise<number> {
     const root = this.folderOf(sourceKey);
     const had = new Map(source.files.filter((entry) => entry.type === 'file').map((entry) => [entry.path, entry]));
+    const patch = async (files: ImageFile[]) => {
+      const next = files.filter((entry) => !sameFile(entry, had.get(entry.path)))[Symbol.iterator]();
+      const own = ownerSetter(owner);
+      let bytes = 0;
+      const worker = async () => {
+        for (let item = next.next(); !item.done; item = next.next()) {
+          const target = path.join(dataDir, checkPath(item.value));
+          bytes += await patchFile(store, target, item.value, had.get(item.value.path)?.chunks);
+          own(target);
+        }
+      };
+      await Promise.all(Array.from({ length: options.concurrency ?? 8 }, worker));
+      return bytes;
+    };
+    if (options.take && (await this.take(sourceKey, source, dataDir, store))) {
+      const files = pruneTree(manifest, dataDir);
+      const bytes = await patch(files);
+      fixTree(manifest, dataDir, owner, [DONE]);
+      options.progress?.(manifest.rawBytes);
+      return bytes;
+    }
     return this.reader(sourceKey, async () => {
       const files = createTree(manifest, dataDir, owner);
       const copies = files
@@ -243,20 +290,60 @@ export class ImageCache {
           mode: entry.mode,
           size: had.get(entry.path)!.size,
         }));
-      let bytes = await copyFiles(copies, { owner, concurrency: options.concurrency, progress: options.progress });
-      const patches = files.filter((entry) => !sameFile(entry, had.get(entry.path)));
-      const next = patches[Symbol.iterator]();
-      const own = ownerSetter(owner);
-      const worker = async () => {
-        for (let item = next.next(); !item.done; item = next.next()) {
-          const target = path.join(dataDir, checkPath(item.value));
-          bytes += await patchFile(store, target, item.value, had.get(item.value.path)?.chunks);
-          own(target);
-        }
-      };
-      await Promise.all(Array.from({ length: options.concurrency ?? 8 }, worker));
-      return bytes;
+      return (await copyFiles(copies, { owner, concurrency: options.concurrency, progress: options.progress })) + (await patch(files));
     });
+  }
+
+  /**
+   * Rename the copy of `key` (of `manifest`) to `dataDir` when that is the cheaper way to materialise it: a
+   * checkout (`store` given) where the file system cannot clone, and nobody reads the copy. The newest copy of a
+   * branch is then written again from `store` in the background. False when the copy must be cloned instead.
+   */
+  private async take(key: string, manifest: ImageManifest, dataDir: string, store?: ChunkStore): Promise<boolean> {
+    if (!store || this.clones) return false;
+    await this.settled(key);
+    if (this.reading.get(key) || !this.has(key)) return false;
+    const newest = this.isNewest(key);
+    fs.renameSync(this.folderOf(key), dataDir);
+    if (newest) this.refill(key, manifest, store);
+    return true;
+  }
+
+  /**
+   * Write the copy of `manifest` (stored as `key`) again from the chunk store, in the background: into an
+   * incoming folder, flushed to disk, marked complete, and only then renamed into place. While it runs the copy
+   * is not there ({@link has} is false), and {@link refilled} waits for it.
+   */
+  private refill(key: string, manifest: ImageManifest, store: ChunkStore): void {
+    if (this.refilling.has(key)) return;
+    const abort = new AbortController();
+    const root = path.join(this.dir, `${INCOMING}refill-${process.pid}-${Date.now()}`);
+    const final = this.folderOf(key);
+    const started = Date.now();
+    const done = (async () => {
+      // Let the checkout's compute start first: the refill reads and writes a whole image.
+      await new Promise((resolve) => setTimeout(resolve, REFILL_DELAY_MS));
+      await restoreImage(store, manifest, root, { concurrency: 4, signal: abort.signal });
+      await syncTree(root);
+      abort.signal.throwIfAborted();
+      fs.writeFileSync(path.join(root, DONE), JSON.stringify({ bytes: manifest.rawBytes }));
+      await fsyncDir(root);
+      fs.rmSync(final, { recursive: true, force: true });
+      fs.renameSync(root, final);
+      await fsyncDir(this.dir);
+      this.options.info?.(`the cached copy of ${key} is written again (${Date.now() - started} ms)`);
+    })()
+      .catch((error: Error) => {
+        fs.rmSync(root, { recursive: true, force: true });
+        if (!abort.signal.aborted) {
+          this.options.warn?.(`the cached copy of ${key} could not be written again (${error.message}): computes restore it from chunks`);
+        }
+      })
+      .finally(() => {
+        this.refilling.delete(key);
+        this.prune();
+      });
+    this.refilling.set(key, { done, abort });
   }
 
   private async reader<T>(key: string, work: () => Promise<T>): Promise<T> {
@@ -365,6 +452,31 @@ export class ImageCache {
     }
     return { damaged, bytes };
   }
+}
+
+/**
+ * Bring the folder tree at `dataDir` (a neighbour's copy, renamed there) to `manifest`'s entries: whatever the
+ * manifest lacks, or holds as another type, is removed; its folders are made. Returns its files,
+ * which are left to patch.
+ */
+function pruneTree(manifest: ImageManifest, dataDir: string): ImageFile[] {
+  const wanted = new Map(manifest.files.map((entry) => [checkPath(entry), entry.type]));
+  const typeOf = (entry: fs.Dirent) => (entry.isDirectory() ? 'dir' : entry.isSymbolicLink() ? 'symlink' : entry.isFile() ? 'file' : 'other');
+  const walk = (relative: string) => {
+    for (const entry of fs.readdirSync(path.join(dataDir, relative), { withFileTypes: true })) {
+      const rel = relative ? path.join(relative, entry.name) : entry.name;
+      if (wanted.get(rel) !== typeOf(entry)) fs.rmSync(path.join(dataDir, rel), { recursive: true, force: true });
+      else if (entry.isDirectory()) walk(rel);
+    }
+  };
+  walk('');
+  const files: ImageFile[] = [];
+  for (const entry of manifest.files) {
+    const target = path.join(dataDir, checkPath(entry));
+    if (entry.type === 'dir') fs.mkdirSync(target, { recursive: true, mode: entry.mode & 0o7777 });
+    else if (entry.type === 'file') files.push(entry); // symlinks: fixTree makes them
+  }
+  return files;
 }
 
 /** True when a file of a neighbouring image holds exactly `entry` (same size, same chunks). */

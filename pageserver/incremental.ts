@@ -78,6 +78,7 @@ export function needsFull(reason: string): NeonError {
 export async function takeIncrementalImage(ctx: IncrementalContext, request: IncrementalRequest): Promise<TakenIncremental> {
   const { previous } = request;
   const previousKey = imageKey(previous.branch, parseLsn(previous.endLsn));
+  await ctx.cache.refilled(previousKey); // a checkout took the copy: it is being written again
   if (!ctx.cache.has(previousKey)) throw needsFull(`the previous image ${previousKey} has no plain copy to advance`);
   fs.rmSync(ctx.scratch, { recursive: true, force: true }); // a replay a crash interrupted
   fs.mkdirSync(ctx.scratch, { recursive: true, mode: 0o710 });

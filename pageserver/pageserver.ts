@@ -57,7 +57,10 @@ export class Pageserver {
     private readonly deps: PageserverDeps,
   ) {
     this.history = new History(path.join(dir, 'history.json'));
-    this.cache = new ImageCache(path.join(dir, 'cache'), { warn: (message) => deps.log.warn('%s', message) });
+    this.cache = new ImageCache(path.join(dir, 'cache'), {
+      warn: (message) => deps.log.warn('%s', message),
+      info: (message) => deps.log.info('%s', message),
+    });
   }
 
   static async open(deps: PageserverDeps): Promise<Pageserver> {
@@ -83,7 +86,7 @@ export class Pageserver {
 
   async close(): Promise<void> {
     await this.firstImage;
-    await this.cache.settled(); // a copy not flushed yet would be dropped at the next start
+    await this.cache.close(); // a copy not flushed yet would be dropped at the next start
     await this.store.close();
   }
 
@@ -233,14 +236,16 @@ export class Pageserver {
       // takeCache: an older image's copy may be renamed into place (a checkout), see ImageCache.restore; a rename
       // costs nothing, and the copy must not be used up by a checkout that its WAL then refuses.
       if (options.takeCache) await staging;
+      await this.cache.refilled(); // a copy that a checkout took and that is being written again
       const { owner } = this.deps;
       const progress = options.progress && ((bytes: number) => options.progress!(bytes, image.rawBytes));
-      if (this.cache.has(key)) return this.cache.restore(key, image, dataDir, owner, { take: options.takeCache, progress });
+      const take = options.takeCache ? this.store : undefined;
+      if (this.cache.has(key)) return this.cache.restore(key, image, dataDir, owner, { take, progress });
       const neighbour = await this.cachedNeighbour(image);
       if (neighbour) {
         const from = imageKey(neighbour.branch, parseLsn(neighbour.endLsn));
         this.deps.log.info('restoring %s from the cached copy of %s and the pages that differ', key, from);
-        return this.cache.restoreFrom(from, neighbour, image, dataDir, this.store, owner, { progress });
+        return this.cache.restoreFrom(from, neighbour, image, dataDir, this.store, owner, { take: !!take, progress });
       }
       return restoreImage(this.store, image, dataDir, { owner, progress: options.progress });
     })();

@@ -25,6 +25,8 @@ export interface RestoreOptions {
   concurrency?: number;
   /** Called with the bytes written so far, for progress. */
   progress?: (bytes: number, total: number) => void;
+  /** Stops the restore between files (it then rejects); what was written stays, for the caller to remove. */
+  signal?: AbortSignal;
 }
 
 /** The path of an image entry, checked to stay inside the data directory. */
@@ -87,6 +89,7 @@ export async function restoreImage(
   };
   const worker = async () => {
     for (let item = next.next(); !item.done && !failed; item = next.next()) {
+      options.signal?.throwIfAborted();
       const entry = item.value;
       const target = path.join(dataDir, checkPath(entry));
       fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 });

@@ -10,6 +10,7 @@ import { ImageCache } from '../../pageserver/image-cache.js';
 import type { ImageManifest } from '../../pageserver/manifest.js';
 import { cachedCopyOf, keyOf, manifestsOf, treeOf } from '../../testkit/images.js';
 import { restoreImage } from '../../pageserver/restore.js';
+import { clonesIn } from '../../pageserver/clone.js';
 import { cleanup, neonJson, tmpDir } from '../../testkit/env.js';
 import { query } from '../../testkit/pg.js';
 import { waitFor } from '../../testkit/wait.js';
@@ -74,7 +75,27 @@ test('a copy of the newer image patched with the older image’s pages is the ol
     assert.equal([...got.keys()].sort(), [...expected.keys()].sort(), 'the same entries');
     for (const [file, description] of expected) assert.ok(got.get(file) === description, `${file} is the same`);
     // The two images differ, so the patching mattered: the neighbour's copy itself is not the older image.
-    assert.not.equal(treeOf(cachedCopyOf(neonDir(), newer)), expected);
+    const newerTree = treeOf(cachedCopyOf(neonDir(), newer));
+    assert.not.equal(newerTree, expected);
+
+    // A checkout takes the neighbour's copy itself where a copy would cost every byte: renamed into place and
+    // patched there, the result is the same; the cache then writes the newer image's copy again from chunks.
+    const taken = path.join(dir, 'taken');
+    await cache.restoreFrom(keyOf(newer), newer, older, taken, store, undefined, { take: true });
+    const tookIt = !fs.existsSync(cachedCopyOf(neonDir(), newer));
+    assert.is(tookIt, !cache.clones, 'renamed where the file system cannot clone');
+    const gotTaken = treeOf(taken);
+    assert.equal([...gotTaken.keys()].sort(), [...expected.keys()].sort(), 'the same entries (taken)');
+    for (const [file, description] of expected) assert.ok(gotTaken.get(file) === description, `${file} is the same (taken)`);
+    await cache.refilled();
+    assert.ok(cache.has(keyOf(newer)), 'the newer image has its copy again');
+    const newerViaChunks = path.join(dir, 'newer-via-chunks');
+    await restoreImage(store, newer, newerViaChunks);
+    const newerExpected = treeOf(newerViaChunks);
+    const refilled = treeOf(cachedCopyOf(neonDir(), newer));
+    assert.equal([...refilled.keys()].sort(), [...newerExpected.keys()].sort(), 'the copy written again has the image’s entries');
+    for (const [file, description] of newerExpected) assert.ok(refilled.get(file) === description, `${file} is the same (written again)`);
+    await cache.close();
   } finally {
     await store.close();
   }
@@ -88,7 +109,7 @@ test('checkout of a snapshot whose image has no copy of its own: the rows of tha
       fs.rmSync(path.join(cacheDir, name), { recursive: true, force: true });
   }
   await neonJson(['start'], cwd());
-  await neonJson(['checkout', 'A'], cwd());
+  const { left } = await neonJson(['checkout', 'A'], cwd());
   const url = (await neonJson(['pg', 'show', '-n', 'main'], cwd())).connection_string as string;
   const [row] = await query(url, `select count(*)::int as n, sum(n)::int as s from items`);
   assert.equal([row.n, row.s], [20000, 0], 'items as at A');
@@ -96,6 +117,15 @@ test('checkout of a snapshot whose image has no copy of its own: the rows of tha
   assert.is(goes, 1000, 'the table dropped after A is there at A');
   const log = fs.readFileSync(path.join(neonDir(), 'logs', 'daemon.log'), 'utf8');
   assert.match(log, /from the cached copy of images\/main\//);
+  if (!clonesIn(dir)) {
+    // The checkout renamed the newer image's copy into place: the daemon writes it again in the background, and
+    // a compute at the state the checkout left (which starts from that image) has main's rows.
+    await waitFor('the copy taken to be written again', () => fs.existsSync(path.join(cachedCopyOf(neonDir(), newer), '.complete')), 60_000);
+    assert.match(fs.readFileSync(path.join(neonDir(), 'logs', 'daemon.log'), 'utf8'), /is written again/);
+  }
+  const tip = (await neonJson(['pg', 'create', '-n', 'tip', '--at', left, '--read-only'], cwd())).connection_string as string;
+  const [atTip] = await query(tip, `select count(*)::int as n, sum(n)::int as s from items`);
+  assert.equal([atTip.n, atTip.s], [24000, 206 + 8000], 'items at main’s tip');
   const verify = await neonJson(['verify'], cwd());
   assert.is(verify.ok, true, JSON.stringify(verify).slice(0, 300));
 });

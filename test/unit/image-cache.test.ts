@@ -7,6 +7,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ImageCache } from '../../pageserver/image-cache.js';
 import { clonesIn, copyTree } from '../../pageserver/clone.js';
+import { ChunkStore } from '../../chunkstore/index.js';
 import type { ImageManifest } from '../../pageserver/manifest.js';
 
 const test = suite('image cache');
@@ -121,21 +122,36 @@ test('copyTree copies folders, files and symlinks with their modes (the clone or
   assert.is(fs.readlinkSync(path.join(target, 'link')), 'a/b/file');
 });
 
-test('an older copy is kept within the budget; taken for a checkout it is renamed into place (or cloned where that is free)', async () => {
-  const cache = new ImageCache(path.join(dir, 'cache'), { olderBudgetBytes: 10 * 1024 * 1024 });
-  const older = await put(cache, 0x1000000, 1);
-  const newest = await put(cache, 0x2000000, 2);
-  assert.ok(cache.has(older.key), 'the older copy is kept (within the budget)');
-  const data = path.join(dir, 'pgdata');
-  await cache.restore(older.key, older.manifest, data, undefined, { take: true });
-  assert.ok(fs.readFileSync(path.join(data, 'base/1/1259')).equals(Buffer.alloc(3 * 1024 * 1024, 1)));
-  assert.is(modeOf(path.join(data, 'PG_VERSION')), 0o640);
-  assert.not.ok(fs.existsSync(path.join(data, '.complete')), 'no cache marker in the data directory');
-  assert.is(cache.has(older.key), cache.clones, 'renamed away where copies cost data, kept where they are clones');
-  // The newest copy of a branch is never taken: incrementals and new computes clone it.
-  const data2 = path.join(dir, 'pgdata2');
-  await cache.restore(newest.key, newest.manifest, data2, undefined, { take: true });
-  assert.ok(cache.has(newest.key), 'the newest copy stays');
+test('a copy taken for a checkout is renamed into place (or cloned where that is free); the newest is written again', async () => {
+  const warnings: string[] = [];
+  const cache = new ImageCache(path.join(dir, 'cache'), { olderBudgetBytes: 10 * 1024 * 1024, warn: (m) => warnings.push(m) });
+  const store = await ChunkStore.open(path.join(dir, 'chunks'));
+  try {
+    const older = await put(cache, 0x1000000, 1);
+    const newest = await put(cache, 0x2000000, 2);
+    assert.ok(cache.has(older.key), 'the older copy is kept (within the budget)');
+    const data = path.join(dir, 'pgdata');
+    await cache.restore(older.key, older.manifest, data, undefined, { take: store });
+    assert.ok(fs.readFileSync(path.join(data, 'base/1/1259')).equals(Buffer.alloc(3 * 1024 * 1024, 1)));
+    assert.is(modeOf(path.join(data, 'PG_VERSION')), 0o640);
+    assert.not.ok(fs.existsSync(path.join(data, '.complete')), 'no cache marker in the data directory');
+    assert.is(cache.has(older.key), cache.clones, 'renamed away where copies cost data, kept where they are clones');
+    await cache.refilled();
+    assert.is(cache.has(older.key), cache.clones, 'an older copy taken is not written again');
+    // The newest copy of a branch (incrementals and new computes start from it) is written again from the chunks
+    // once taken. These test manifests name no chunks: that refill fails, and leaves nothing behind.
+    const data2 = path.join(dir, 'pgdata2');
+    await cache.restore(newest.key, newest.manifest, data2, undefined, { take: store });
+    assert.ok(fs.readFileSync(path.join(data2, 'base/1/1259')).equals(Buffer.alloc(3 * 1024 * 1024, 2)));
+    await cache.refilled();
+    if (!cache.clones) {
+      assert.not.ok(cache.has(newest.key), 'no copy of the newest image while its refill cannot read the chunks');
+      assert.match(warnings.join('\n'), /could not be written again/);
+      assert.equal(fs.readdirSync(cache.dir).filter((name) => name.startsWith('incoming-')), [], 'the failed refill left no folder');
+    } else assert.ok(cache.has(newest.key), 'cloned: the newest copy stays');
+  } finally {
+    await store.close();
+  }
 });
 
 test('older copies beyond the budget go, the oldest first; the newest of each branch always stays', async () => {
