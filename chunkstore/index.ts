@@ -53,6 +53,8 @@ export interface ChunkLocation {
 }
 
 const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
+/** The most bytes {@link ChunkStore.readMany} reads at once. */
+const RUN_BYTES = 1024 * 1024;
 const MAX_PACK_SIZE = 1024 * 1024 * 1024;
 // Offsets in an index are u32: a pack holds at most a pack size plus one oversized chunk, below 4 GiB.
 const MAX_CHUNK = 1024 * 1024 * 1024;
@@ -216,6 +218,52 @@ export class ChunkStore {
       }
       return this.unpack(record, 0, location, file);
     }
+  }
+
+  /**
+   * The raw bytes of several chunks, in order, each checked as {@link read} checks it. Records that lie one after
+   * the other in a pack file (an image's pages, stored in file order) are read with one system call of up to
+   * 1 MiB instead of one each: a restore from chunks spent half its time issuing 8 KiB reads. (Unpacking on the
+   * hashing workers too measured slower on two cores: the reads and the writes need this thread and the kernel.)
+   */
+  async readMany(hashes: readonly string[]): Promise<Buffer[]> {
+    this.assertOpen();
+    const out = new Array<Buffer>(hashes.length);
+    const onDisk = (hash: string | undefined) => {
+      const location = hash === undefined || hash === ZERO_PAGE_HASH ? undefined : this.table.find(hash);
+      return location && !location.slot.bytes ? location : undefined;
+    };
+    for (let i = 0; i < hashes.length; ) {
+      const first = onDisk(hashes[i]);
+      const run = first ? [first] : [];
+      let end = first ? first.offset + RECORD_HEADER + first.stored : 0;
+      for (let next = first && onDisk(hashes[i + 1]); next && end - first!.offset < RUN_BYTES; next = onDisk(hashes[i + run.length])) {
+        if (next.slot !== first!.slot || next.offset !== end) break;
+        run.push(next);
+        end = next.offset + RECORD_HEADER + next.stored;
+      }
+      const file = first && packPath(this.dir, first.slot.id!);
+      const bytes =
+        run.length > 1
+          ? await this.handles
+              .use(file!, async (handle) => {
+                const buf = Buffer.allocUnsafe(end - first!.offset);
+                const { bytesRead } = await handle.read(buf, 0, buf.length, first!.offset);
+                return buf.subarray(0, bytesRead);
+              })
+              .catch((error: unknown) => {
+                if (isMissing(error)) return undefined; // moved by gc meanwhile: read() finds the chunks' new place
+                throw error;
+              })
+          : undefined;
+      if (!bytes) {
+        out[i] = await this.read(hashes[i]);
+        i++;
+        continue;
+      }
+      for (const location of run) out[i++] = this.unpack(bytes, location.offset - first!.offset, location, file!);
+    }
+    return out;
   }
 
   /** Where chunk `hash` is stored, or undefined. */

@@ -207,6 +207,29 @@ damage('a flipped byte is corrupt for that chunk only; a removed pack makes its 
   assert.is((await rejection(reopened.read(target))).code, 'corrupt');
 });
 
+damage('readMany reads runs of adjacent records at once: the same bytes as read(), and a flipped byte names its chunk', async ({ open }) => {
+  const store = await open('store', { packSize: 16 * 1024 });
+  const pages = Array.from({ length: 60 }, (_, i) => textPage(i));
+  for (const page of pages) store.add(page);
+  await store.flush();
+  assert.ok(store.packs().length >= 3, 'the pages span several packs');
+  store.add(textPage(1000)); // still in memory, not in a pack file
+  const zero = sha(Buffer.alloc(PAGE));
+  // In order, across packs, with a repeat, a zero page and the chunk still in memory between them.
+  const wanted = [...pages.map(sha), sha(pages[3]), zero, sha(textPage(1000)), ...pages.slice(10, 20).map(sha)];
+  const got = await store.readMany(wanted);
+  assert.is(got.length, wanted.length);
+  for (const [i, hash] of wanted.entries()) assert.ok(got[i].equals(await store.read(hash)), `chunk ${i}`);
+
+  const target = sha(pages[25]);
+  const where = store.locate(target)!;
+  flipByte(store.packFile(where.pack!), where.offset + 10);
+  const error = await rejection(store.readMany(pages.map(sha)));
+  assert.is(error.code, 'corrupt');
+  assert.match(error.message, target);
+  assert.match(error.message, store.packFile(where.pack!));
+});
+
 damage('a truncated index is rebuilt from its pack; a truncated pack is a clear error', async ({ open, dir }) => {
   const store = await open('store', { packSize: 8 * 1024 });
   const pages = Array.from({ length: 20 }, (_, i) => textPage(i));
