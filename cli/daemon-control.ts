@@ -3,7 +3,7 @@ import { callDaemon, notRunning } from './client.js';
 import type { DaemonMessage } from '../daemon/main.js';
 import { NeonError } from '../core/errors.js';
 import { isDaemonOf } from '../daemon/lock.js';
-import { cmdlineOf, DAEMON_NODE_FLAGS, isAlive, processesMatching, signal, waitGone } from '../lib/proc.js';
+import { cmdlineOf, DAEMON_ENV, DAEMON_NODE_FLAGS, isAlive, processesMatching, signal, waitGone } from '../lib/proc.js';
 import { trace } from '../lib/trace.js';
 import type { Repository } from '../daemon/repository.js';
 
@@ -34,7 +34,7 @@ export async function spawnDaemon(repo: Repository, projectDir: string, cli: str
   const log = fs.openSync(logFile, 'a', 0o640);
   const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, cli, '__daemon', '--repo', repo.dir], {
     cwd: projectDir,
-    env: process.env,
+    env: { ...DAEMON_ENV, ...process.env },
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
   });

@@ -134,6 +134,9 @@ supervision('a SIGKILLed daemon is replaced by its watchdog; the compute is adop
     await fault('daemon SIGKILL', async () => void process.kill(daemon, 'SIGKILL'));
     await waitFor('a new daemon', async () => (await daemonPid()) !== daemon && (await neon(['status'], { cwd: dir })).code === 0);
     assert.is(await pidOf('main'), compute, 'the same postmaster serves on');
+    // The replacement keeps the daemon's malloc setting (lib/proc.ts DAEMON_ENV), which holds its memory down.
+    const environ = fs.readFileSync(`/proc/${await daemonPid()}/environ`, 'utf8').split('\0');
+    assert.ok(environ.includes('MALLOC_MMAP_THRESHOLD_=131072'), 'the restarted daemon has DAEMON_ENV');
   }
 });
 
