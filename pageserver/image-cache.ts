@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { ChunkList } from '../chunkstore/chunk-list.js';
 import type { PgUser } from '../postgres/user.js';
@@ -322,7 +323,7 @@ export class ImageCache {
     const started = Date.now();
     const done = (async () => {
       // Let the checkout's compute start first: the refill reads and writes a whole image.
-      await new Promise((resolve) => setTimeout(resolve, REFILL_DELAY_MS));
+      await sleep(REFILL_DELAY_MS, undefined, { signal: abort.signal });
       await restoreImage(store, manifest, root, { concurrency: 4, signal: abort.signal });
       await syncTree(root);
       abort.signal.throwIfAborted();

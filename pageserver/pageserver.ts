@@ -236,7 +236,7 @@ export class Pageserver {
       // takeCache: an older image's copy may be renamed into place (a checkout), see ImageCache.restore; a rename
       // costs nothing, and the copy must not be used up by a checkout that its WAL then refuses.
       if (options.takeCache) await staging;
-      await this.cache.refilled(); // a copy that a checkout took and that is being written again
+      if (!this.cache.has(key)) await this.cache.refilled(); // a copy that a checkout took is being written again
       const { owner } = this.deps;
       const progress = options.progress && ((bytes: number) => options.progress!(bytes, image.rawBytes));
       const take = options.takeCache ? this.store : undefined;

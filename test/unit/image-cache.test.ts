@@ -149,6 +149,15 @@ test('a copy taken for a checkout is renamed into place (or cloned where that is
       assert.match(warnings.join('\n'), /could not be written again/);
       assert.equal(fs.readdirSync(cache.dir).filter((name) => name.startsWith('incoming-')), [], 'the failed refill left no folder');
     } else assert.ok(cache.has(newest.key), 'cloned: the newest copy stays');
+
+    // Closing the cache (the daemon stops) stops a refill at once and leaves nothing of it.
+    const third = await put(cache, 0x3000000, 3);
+    warnings.length = 0;
+    await cache.restore(third.key, third.manifest, path.join(dir, 'pgdata3'), undefined, { take: store });
+    await cache.close();
+    // (This store holds no chunks: a refill that had run would have failed, and said so.)
+    assert.equal(warnings, [], 'the refill was stopped, not run');
+    assert.equal(fs.readdirSync(cache.dir).filter((name) => name.startsWith('incoming-')), []);
   } finally {
     await store.close();
   }
