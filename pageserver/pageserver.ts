@@ -14,6 +14,7 @@ import { recoverySettings, stageWal, type RecoveryTarget } from './recovery.js';
 import { restoreImage } from './restore.js';
 import { ImageCache, type ImageMirror } from './image-cache.js';
 import type { NewImage } from './take-image.js';
+import { collectWhenIdle } from '../lib/worker.js';
 import { takeIncrementalImage, type IncrementalRequest } from './incremental.js';
 
 /** What the pageserver needs from its host (the daemon, or `neon init`). */
@@ -133,6 +134,13 @@ export class Pageserver {
     await mirror.commit(key).catch(async (error: Error) => {
       this.deps.log.warn('the cached copy of %s could not be written (%s): computes restore it from chunks', key, error.message);
       await mirror.abandon();
+    });
+    // Once the copy is on disk the image's buffers are all let go: collect them, or an idle daemon keeps them. Some
+    // of what an image leaves goes only seconds later (cause not found; 1 GB: RSS 122–152 MB after the first
+    // collection, 96–104 MB after a second one 12 s later, none 1 s later): collect once more then.
+    void this.cache.settled(key).then(() => {
+      collectWhenIdle();
+      setTimeout(collectWhenIdle, 12_000).unref();
     });
     return manifest;
   }
