@@ -71,11 +71,6 @@ export class ChunkWorkers {
     private readonly entry: URL | undefined = workerEntry(import.meta.url, 'chunkstore', 'chunk-worker'),
   ) {}
 
-  /** Workers running now. */
-  get live(): number {
-    return this.slots.length;
-  }
-
   /** False when no worker entry exists (batches run inline). */
   get threaded(): boolean {
     return this.entry !== undefined;
@@ -123,19 +118,6 @@ export class ChunkWorkers {
   async close(): Promise<void> {
     const slots = this.slots.splice(0);
     await Promise.all(slots.map((slot) => slot.worker.terminate()));
-  }
-
-  /**
-   * End every worker that has nothing to do now, instead of after {@link IDLE_MS}: when a big piece of work (an
-   * image) is done, so that the process gives their heaps back at once (each worker holds a V8 heap and a malloc
-   * arena of its own). The next batch starts new ones.
-   */
-  retireIdle(): void {
-    for (const slot of [...this.slots]) {
-      if (slot.pending.size) continue;
-      clearTimeout(slot.idle);
-      this.retire(slot);
-    }
   }
 
   /** End an idle worker; the next batch starts a new one. */

@@ -10,7 +10,6 @@ import { textRows, WireConnection } from '../replication/connection.js';
 import { parseLsn, segmentOf, segmentStart } from '../core/wal.js';
 import type { Compute } from './compute.js';
 import { trace } from '../lib/trace.js';
-import { chunkWorkers } from '../chunkstore/workers.js';
 
 const CHECK_EVERY_MS = 15_000;
 /** Incrementals in a row before a full image again: bounds what a stale free space map or a missed page could cost. */
@@ -107,7 +106,6 @@ export class ImageService {
       throw error;
     } finally {
       this.taking = false;
-      chunkWorkers().retireIdle(); // images are minutes apart: give the hashing threads' memory back now
     }
   }
 
