@@ -228,42 +228,46 @@ export class ChunkStore {
    */
   async readMany(hashes: readonly string[]): Promise<Buffer[]> {
     this.assertOpen();
-    const out = new Array<Buffer>(hashes.length);
-    const onDisk = (hash: string | undefined) => {
-      const location = hash === undefined || hash === ZERO_PAGE_HASH ? undefined : this.table.find(hash);
-      return location && !location.slot.bytes ? location : undefined;
-    };
-    for (let i = 0; i < hashes.length; ) {
-      const first = onDisk(hashes[i]);
-      const run = first ? [first] : [];
-      let end = first ? first.offset + RECORD_HEADER + first.stored : 0;
-      for (let next = first && onDisk(hashes[i + 1]); next && end - first!.offset < RUN_BYTES; next = onDisk(hashes[i + run.length])) {
-        if (next.slot !== first!.slot || next.offset !== end) break;
-        run.push(next);
-        end = next.offset + RECORD_HEADER + next.stored;
-      }
-      const file = first && packPath(this.dir, first.slot.id!);
-      const bytes =
-        run.length > 1
-          ? await this.handles
-              .use(file!, async (handle) => {
-                const buf = Buffer.allocUnsafe(end - first!.offset);
-                const { bytesRead } = await handle.read(buf, 0, buf.length, first!.offset);
-                return buf.subarray(0, bytesRead);
-              })
-              .catch((error: unknown) => {
-                if (isMissing(error)) return undefined; // moved by gc meanwhile: read() finds the chunks' new place
-                throw error;
-              })
-          : undefined;
-      if (!bytes) {
-        out[i] = await this.read(hashes[i]);
-        i++;
-        continue;
-      }
-      for (const location of run) out[i++] = this.unpack(bytes, location.offset - first!.offset, location, file!);
+    const out: Buffer[] = [];
+    while (out.length < hashes.length) {
+      const run = this.runAt(hashes, out.length);
+      const read = run.length > 1 ? await this.readRun(run) : undefined;
+      if (read) out.push(...read);
+      else out.push(await this.read(hashes[out.length]));
     }
     return out;
+  }
+
+  /** Where the chunks from `hashes[start]` on lie one after another in one pack file, up to about RUN_BYTES. */
+  private runAt(hashes: readonly string[], start: number): Location[] {
+    const run: Location[] = [];
+    for (let i = start; i < hashes.length; i++) {
+      const location = hashes[i] === ZERO_PAGE_HASH ? undefined : this.table.find(hashes[i]);
+      if (!location || location.slot.bytes) break; // not in a pack file: read() serves it
+      const last = run.at(-1);
+      const end = last && last.offset + RECORD_HEADER + last.stored;
+      if (last && (location.slot !== last.slot || location.offset !== end || end! - run[0].offset >= RUN_BYTES)) break;
+      run.push(location);
+    }
+    return run;
+  }
+
+  /** The chunks of `run` (adjacent records of one pack file) from one read; undefined when gc moved the pack. */
+  private async readRun(run: Location[]): Promise<Buffer[] | undefined> {
+    const [first] = run;
+    const last = run[run.length - 1];
+    const file = packPath(this.dir, first.slot.id!);
+    const bytes = await this.handles
+      .use(file, async (handle) => {
+        const buf = Buffer.allocUnsafe(last.offset + RECORD_HEADER + last.stored - first.offset);
+        const { bytesRead } = await handle.read(buf, 0, buf.length, first.offset);
+        return buf.subarray(0, bytesRead);
+      })
+      .catch((error: unknown) => {
+        if (isMissing(error)) return undefined; // read() finds the chunks' new place
+        throw error;
+      });
+    return bytes && run.map((location) => this.unpack(bytes, location.offset - first.offset, location, file));
   }
 
   /** Where chunk `hash` is stored, or undefined. */

@@ -140,8 +140,8 @@ export function treeBytes(dir: string): number {
 }
 
 /**
- * Flush every file and folder under `dir` to disk (fdatasync, several at once on libuv's threads), then `dir`'s
- * own entry in its parent: a copy marked complete after this survives a power loss whole.
+ * Flush every file and folder under `dir` to disk (fdatasync, several at once on libuv's threads). Not `dir`'s
+ * own entry in its parent: the caller renames it into place afterwards and syncs that folder then.
  */
 export async function syncTree(dir: string): Promise<void> {
   const files: string[] = [];
@@ -164,5 +164,4 @@ export async function syncTree(dir: string): Promise<void> {
   };
   await Promise.all(Array.from({ length: 4 }, worker));
   for (const folder of dirs) await flush(folder, false);
-  await flush(path.dirname(dir), false);
 }

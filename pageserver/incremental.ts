@@ -23,7 +23,7 @@ import { ChunkPipeline } from '../chunkstore/pipeline.js';
 import type { ImageCache } from './image-cache.js';
 import { PAGE_SIZE } from './image-builder.js';
 import { imageKey, type ImageFile, type ImageManifest } from './manifest.js';
-import { readControlFile } from './pg-control.js';
+import { readControlFile, type ControlData } from './pg-control.js';
 import { shareWithPostgres, stageWal, walToStage, type WalSpan } from './recovery.js';
 import { pagesToRead, parseRelPath, relKey, touchedRelations } from './rel-path.js';
 import { replayTo } from './replay.js';
@@ -109,10 +109,10 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
       // A replay of WAL that the walk found damaged stopped short (Postgres checks every record's CRC too): run it
       // again on the verified copies, from the restartpoint where it stopped.
       let failed = await replaying;
-      if (!replaying || failed || !atCheckpoint(adopted.root, request.checkpoint)) failed = await (replaying = replay());
+      if (!replaying || failed || !atCheckpoint(readControlFile(adopted.root), request.checkpoint)) failed = await (replaying = replay());
       if (failed) throw failed;
       const control = readControlFile(adopted.root);
-      if (control.state !== 2 || control.checkpoint !== request.checkpoint) {
+      if (!atCheckpoint(control, request.checkpoint)) {
         throw new NeonError(
           'replay_failed',
           `the replay stopped at checkpoint ${formatLsn(control.checkpoint)} (state ${control.state}), not at ${formatLsn(request.checkpoint)}`,
@@ -153,9 +153,8 @@ export async function takeIncrementalImage(ctx: IncrementalContext, request: Inc
   }
 }
 
-/** True when Postgres shut down in `dataDir` at the checkpoint record `checkpoint` (a finished replay). */
-function atCheckpoint(dataDir: string, checkpoint: Lsn): boolean {
-  const control = readControlFile(dataDir);
+/** True when pg_control says Postgres shut down in recovery at the checkpoint record `checkpoint` (a finished replay). */
+function atCheckpoint(control: ControlData, checkpoint: Lsn): boolean {
   return control.state === 2 && control.checkpoint === checkpoint;
 }
 
