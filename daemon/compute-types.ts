@@ -46,4 +46,6 @@ export interface ComputeDeps {
   settings?: Record<string, string | number | boolean>;
   /** Persist a changed record (its port) in state.json. */
   save(record: ComputeRecord): Promise<void>;
+  /** Restore its data directory again, which could not be trusted: the record to start it with (its recovery). */
+  remake(record: ComputeRecord): Promise<ComputeRecord>;
 }

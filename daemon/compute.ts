@@ -9,6 +9,7 @@ import { adoptPostmaster, stopLeftovers } from '../postgres/postmaster.js';
 import { ensureInternalRole, sql, type Login } from '../postgres/sql.js';
 import { asUser } from '../postgres/user.js';
 import { trace } from '../lib/trace.js';
+import { finishSync, syncState } from '../pageserver/unsynced.js';
 import * as wait from './compute-wait.js';
 import type { ComputeDeps, ComputeInfo, ComputeState } from './compute-types.js';
 import { isPrimary, type ComputeRecord } from './repository.js';
@@ -160,6 +161,15 @@ export class Compute {
     this.stopping = false;
     try {
       ensureSocketDir(deps.socketDir, deps.pgUser);
+      if (syncState(this.dataDir) === 'lost') {
+        // Restored, and the machine went down before its files reached the disk (see pageserver/unsynced.ts).
+        log.warn(
+          'compute %s: its data directory was restored before the machine last went down, and had not all reached the disk: making it again from the image and the WAL',
+          record.name,
+        );
+        this.record = await deps.remake(this.record);
+        await deps.save(this.record);
+      }
       if (await this.adopt()) return;
       trace('daemon', `compute ${record.name}: launch`);
       const leftovers = await stopLeftovers(this.dataDir);
@@ -224,6 +234,7 @@ export class Compute {
     this.state = 'running';
     this.runningSince = Date.now();
     deps.log.info('compute %s running (pid %d, port %d)', record.name, child.pid, port);
+    this.flushRestored();
     await deps.hooks.computeStarted
       .promise({ name: record.name, pid: child.pid, port })
       .catch((error) => deps.log.error('%s', error.message));
@@ -249,6 +260,23 @@ export class Compute {
       deps.log.warn('settings of compute %s not reloaded: %s', this.record.name, error.message),
     );
     return true;
+  }
+
+  private flushing = false;
+
+  // A data directory restored for it started before its files reached the disk: they are flushed now, while it
+  // runs (see pageserver/unsynced.ts). A failure leaves it marked: the next start tries again.
+  private flushRestored(): void {
+    const { dataDir, deps } = this;
+    if (this.flushing || syncState(dataDir) !== 'pending') return;
+    this.flushing = true;
+    void finishSync(dataDir)
+      .then(() => deps.log.info('compute %s: its restored files are on disk', this.record.name))
+      .catch((error: NodeJS.ErrnoException) => {
+        // Moved or removed meanwhile (a checkout kept it aside, a destroy): whoever starts it next flushes it.
+        if (error.code !== 'ENOENT') deps.log.warn('compute %s: its restored files were not flushed: %s', this.record.name, error.message);
+      })
+      .finally(() => (this.flushing = false));
   }
 
   /** The LSN recovery stopped at, after a start at a point of history. */

@@ -18,6 +18,7 @@ import { isReplica } from './schemas.js';
 import { createStorageReplica } from './storage-replica.js';
 import { readFollowSpec } from './storage-follower.js';
 import { trace } from '../lib/trace.js';
+import { fsyncDir } from '../core/fs-atomic.js';
 
 /** `PUT /pgs`: what a new compute is to be (the seed's `{ name, storage_name }`, plus branch, point and kind). */
 export interface CreateComputeRequest {
@@ -141,22 +142,9 @@ async function materialise(
   trace('daemon', `pg create ${name}: start`);
   try {
     makeComputeHome(home);
-    const walDir = path.join(home, 'wal');
-    const standby = target.action === 'standby';
-    const prepared = await daemon.pageserver.prepare(branch, standby ? { action: 'promote' } : target, path.join(home, 'pgdata'), walDir, {
-      finishedWalOnly: standby,
-    });
+    const recovery = await restoreData(daemon, name, branch, target, path.join(home, 'pgdata'), path.join(home, 'wal'));
     trace('daemon', `pg create ${name}: prepared`);
-    const settings = { ...prepared.settings, ...CREATION_SETTINGS };
-    if (standby) {
-      // A replica streams from the primary, and restores older WAL from the store until it catches up.
-      // It logs in as neon's internal role over the private socket: no user's password change can cut it off.
-      const primary = daemon.primaryOf(target.primary);
-      fs.renameSync(path.join(home, 'pgdata', 'recovery.signal'), path.join(home, 'pgdata', 'standby.signal'));
-      settings.primary_conninfo = `host=${primary.host} port=${primary.port} user=${primary.user} application_name=${name}`;
-      delete settings.recovery_target_action;
-    }
-    const until = standby ? 'standby' : target.action === 'pause' ? 'paused' : 'promoted';
+    const standby = target.action === 'standby';
     // Roles come from the history it starts from, so the login is its parent's, and it stays that way (neon never
     // changes a user's password): a branch, a replica and a promoted replica answer to the same credentials.
     const source = standby ? target.primary : (parentPrimary(daemon, branch) ?? main);
@@ -171,19 +159,86 @@ async function materialise(
       running: true,
       createdAt: new Date().toISOString(),
       ...kind,
-      recovery: { settings, until, ...(until === 'promoted' ? { walDir } : {}) },
+      recovery,
     };
     await daemon.saveCompute(record);
     const compute = daemon.addCompute(record);
     trace('daemon', `pg create ${name}: saved`);
     await compute.start();
-    if (until === 'promoted') await becomePrimary(daemon, compute);
+    if (recovery.until === 'promoted') await becomePrimary(daemon, compute);
     trace('daemon', `pg create ${name}: done`);
     return compute.info();
   } catch (error) {
     await destroyCompute(daemon, name, { force: true }).catch(() => undefined);
     throw error;
   }
+}
+
+/** Restore `branch` at `target` into `dataDir` (its WAL into `walDir`): the recovery of the compute's first start. */
+async function restoreData(
+  daemon: DaemonContext,
+  name: string,
+  branch: string,
+  target: RecoveryTarget | { action: 'standby'; primary: ComputeRecord },
+  dataDir: string,
+  walDir: string,
+): Promise<NonNullable<ComputeRecord['recovery']>> {
+  const standby = target.action === 'standby';
+  const prepared = await daemon.pageserver.prepare(branch, standby ? { action: 'promote' } : target, dataDir, walDir, {
+    finishedWalOnly: standby,
+  });
+  const settings = { ...prepared.settings, ...CREATION_SETTINGS };
+  if (standby) {
+    // A replica streams from the primary, and restores older WAL from the store until it catches up.
+    // It logs in as neon's internal role over the private socket: no user's password change can cut it off.
+    const primary = daemon.primaryOf(target.primary);
+    fs.renameSync(path.join(dataDir, 'recovery.signal'), path.join(dataDir, 'standby.signal'));
+    settings.primary_conninfo = `host=${primary.host} port=${primary.port} user=${primary.user} application_name=${name}`;
+    delete settings.recovery_target_action;
+  }
+  const until = standby ? 'standby' : target.action === 'pause' ? 'paused' : 'promoted';
+  return { settings, until, ...(until === 'promoted' ? { walDir } : {}) };
+}
+
+/**
+ * Make a compute's data directory again, where the one it has cannot be trusted: restored, and the machine went
+ * down before its files reached the disk (see pageserver/unsynced.ts). Everything a compute writes that counts
+ * is in the WAL its safekeepers acknowledged, so it is restored from its branch's image and WAL as it was made: a
+ * primary at the end of its branch's WAL, a static compute at its point, a replica behind its primary. Files no
+ * WAL carries (`ALTER SYSTEM`'s postgresql.auto.conf, pg_hba.conf edits) come back as the image holds them.
+ * Returns the record to start it with.
+ */
+export async function remakeDataDir(daemon: DaemonContext, record: ComputeRecord): Promise<ComputeRecord> {
+  const dataDir = daemon.repo.dataDirOf(record);
+  const home = path.dirname(dataDir);
+  const how = `neon pg destroy ${record.name} and create it again`;
+  if (readFollowSpec(home)) {
+    throw new NeonError(
+      'data_lost',
+      `compute ${record.name}'s data directory did not all reach the disk before the machine went down: ${how}`,
+    );
+  }
+  let target: RecoveryTarget | { action: 'standby'; primary: ComputeRecord };
+  if (record.replica) {
+    const primary = primaryOfBranch(daemon, record.branch);
+    if (!primary)
+      throw new NeonError('data_lost', `replica ${record.name} must be made again and branch ${record.branch} has no primary: ${how}`);
+    target = { action: 'standby', primary: primary.record };
+  } else if (record.readOnly && record.at) {
+    const point = await resolveTarget(daemon, record.at, record.branch);
+    target = { lsn: point.lsn, time: point.time, timeline: point.timeline, action: 'pause' };
+  } else {
+    target = await tipTarget(daemon, record.branch);
+  }
+  const next = `${dataDir}.remade`;
+  const lost = `${dataDir}.lost`;
+  for (const leftover of [next, lost]) fs.rmSync(leftover, { recursive: true, force: true });
+  const recovery = await restoreData(daemon, record.name, record.branch, target, next, path.join(home, 'wal'));
+  fs.renameSync(dataDir, lost);
+  fs.renameSync(next, dataDir);
+  await fsyncDir(home);
+  fs.rmSync(lost, { recursive: true, force: true });
+  return { ...record, recovery };
 }
 
 /**

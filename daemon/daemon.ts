@@ -108,7 +108,8 @@ export class Daemon implements DaemonContext {
     // a daemon crash): what a started compute needs of it waits for it.
     let openHistory!: () => void;
     const history = new Promise<void>((resolve) => (openHistory = resolve)).then(() => this.openHistory(state));
-    this.tapComputeStarted(() => (openHistory(), history));
+    this.history = () => (openHistory(), history);
+    this.tapComputeStarted(this.history);
     // Side by side, none waiting for another: Postgres, the safekeepers' processes (a primary's commits wait for
     // them through synchronous_standby_names, not its start), the history and the REST API (whose modules load
     // meanwhile). Postgres is spawned first: compiling those modules on this thread would hold its launch up.
@@ -191,6 +192,9 @@ export class Daemon implements DaemonContext {
     this.health.start();
   }
 
+  /** Opens the history (pageserver, WAL) now if it is not yet, and resolves once it is open. */
+  private history: () => Promise<void> = async () => undefined;
+
   /** Called after each compute launch (see launches()). */
   private onLaunch: () => void = () => undefined;
 
@@ -218,6 +222,10 @@ export class Daemon implements DaemonContext {
       sharedBuffers,
       settings: { ...this.config.postgres?.settings, ...this.primarySettings(record) },
       save: (changed) => this.saveCompute(changed),
+      remake: async (lost) => {
+        await this.history();
+        return (await import('./computes.js')).remakeDataDir(this, lost);
+      },
     });
     this.computes.set(record.name, compute);
     return compute;

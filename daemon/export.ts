@@ -11,6 +11,7 @@ import type { DaemonContext } from './context.js';
 import { checkFormatName, openSnapshotPath, progressLogger, singleUser } from './import.js';
 import { markPoint, primaryOfBranch, resolveTarget } from './snapshots.js';
 import { withoutInternalHba } from '../postgres/internal.js';
+import { UNSYNCED } from '../pageserver/unsynced.js';
 
 /** What `neon export` asks for: where, in which format, and which point of history (default: main's present). */
 export interface ExportRequest {
@@ -64,7 +65,7 @@ async function targetOf(daemon: ExportHost, request: ExportRequest): Promise<{ b
  * neon.conf and the line including it, neon's block in pg_hba.conf, recovery signal files.
  */
 export async function removeNeonSettings(dataDir: string): Promise<void> {
-  for (const name of ['neon.conf', 'recovery.signal', 'standby.signal', 'postmaster.pid', 'postmaster.opts']) {
+  for (const name of ['neon.conf', 'recovery.signal', 'standby.signal', 'postmaster.pid', 'postmaster.opts', UNSYNCED]) {
     await fs.rm(path.join(dataDir, name), { force: true });
   }
   const conf = path.join(dataDir, 'postgresql.conf');
@@ -103,7 +104,7 @@ export async function exportPoint(
   const dataDir = path.join(work, 'pgdata');
   try {
     onProgress?.({ step: 'replay', bytes: 0 });
-    const prepared = await daemon.pageserver.prepare(branch, target, dataDir, path.join(work, 'wal'));
+    const prepared = await daemon.pageserver.prepare(branch, target, dataDir, path.join(work, 'wal'), { scratch: true });
     const fields = await singleUser({
       binaries: daemon.binaries,
       dataDir,

@@ -11,6 +11,7 @@ import { formatLsn, type Lsn, parseLsn } from '../core/wal.js';
 import { History, type Branch } from './history.js';
 import { decodeManifest, encodeManifest, imageKey, lsnOfImageKey, type ImageManifest } from './manifest.js';
 import { recoverySettings, stageWal, type RecoveryTarget } from './recovery.js';
+import { markUnsynced } from './unsynced.js';
 import { restoreImage } from './restore.js';
 import { ImageCache, type ImageMirror } from './image-cache.js';
 import type { NewImage } from './take-image.js';
@@ -220,14 +221,16 @@ export class Pageserver {
 
   /**
    * Make `dataDir` (which must not exist) ready to start at `target` on `branch`: restore the chosen image, gather
-   * the WAL from it on into `walDir`, and return the recovery settings for the first start.
+   * the WAL from it on into `walDir`, and return the recovery settings for the first start. Its files are not
+   * waited for to reach the disk: it is marked so (see unsynced.ts), and the compute started on it flushes them;
+   * a `scratch` directory (an export's) is neither marked nor flushed.
    */
   async prepare(
     branch: string,
     target: RecoveryTarget,
     dataDir: string,
     walDir: string,
-    options: { finishedWalOnly?: boolean; takeCache?: boolean; progress?: (bytes: number, total: number) => void } = {},
+    options: { finishedWalOnly?: boolean; takeCache?: boolean; scratch?: boolean; progress?: (bytes: number, total: number) => void } = {},
   ): Promise<Prepared> {
     const wal = this.deps.wal;
     if (!wal) throw new Error('the pageserver has no WAL store here');
@@ -265,6 +268,7 @@ export class Pageserver {
     const { files } = staged.value;
     fs.writeFileSync(path.join(dataDir, 'recovery.signal'), '');
     if (this.deps.owner) fs.chownSync(path.join(dataDir, 'recovery.signal'), this.deps.owner.uid, this.deps.owner.gid);
+    if (!options.scratch) await markUnsynced(dataDir, this.deps.owner);
     return { image, settings: recoverySettings(walDir, target), walDir, walFiles: files };
   }
 

@@ -12,6 +12,7 @@ import { ImageBuilder } from './image-builder.js';
 import type { ImageMirror } from './image-cache.js';
 import type { ImageManifest } from './manifest.js';
 import { isCleanShutdown, readControlFile } from './pg-control.js';
+import { UNSYNCED } from './unsynced.js';
 
 /** A manifest before its checksum is computed (see encodeManifest). */
 export type NewImage = Omit<ImageManifest, 'checksum'>;
@@ -163,6 +164,7 @@ export const SKIP_FILES = new Set([
   'standby.signal',
   'recovery.signal',
   'backup_label.old',
+  UNSYNCED,
 ]);
 export const EMPTY_DIRS = new Set([
   'pg_wal',
